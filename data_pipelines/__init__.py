@@ -1,0 +1,1 @@
+"""Offline tools that turn videos and texts into sharded TFRecords."""

@@ -1,0 +1,1 @@
+"""HD-VILA high-resolution video-language pretraining in JAX/Flax."""

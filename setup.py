@@ -1,0 +1,31 @@
+"""hdvila_jax: HD-VILA video-language pretraining in JAX/Flax."""
+from setuptools import find_packages, setup
+
+setup(
+    name="hdvila_jax",
+    version="0.1.0",
+    description="HD-VILA (CVPR 2022) high-resolution video-language pretraining in JAX/Flax",
+    python_requires=">=3.10",
+    packages=find_packages(include=["hdvila_jax", "hdvila_jax.*", "data_pipelines", "data_pipelines.*", "configs"]),
+    install_requires=[
+        "jax>=0.4.35",
+        "flax>=0.10",
+        "optax",
+        "orbax-checkpoint",
+        "ml-collections",
+        "absl-py",
+        "numpy",
+        "safetensors",
+        "tensorflow-cpu",
+        "tensorflow-datasets",
+        "grain",
+        "transformers",
+        "tokenizers",
+        "av",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest", "torch==2.13.0"],
+        "convert": ["torch==2.13.0"],
+    },
+)
