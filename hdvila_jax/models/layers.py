@@ -1,0 +1,62 @@
+"""Small building blocks shared by the video and text towers."""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+Dtype = jnp.dtype
+
+bert_init = nn.initializers.normal(stddev=0.02)
+trunc_init = nn.initializers.truncated_normal(stddev=0.02)
+exact_gelu = functools.partial(nn.gelu, approximate=False)
+
+
+def layer_norm(eps: float, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.LayerNorm:
+    """LayerNorm with PyTorch's two-pass variance (exact parity with ``torch.nn.LayerNorm``)."""
+    return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype,
+                        use_fast_variance=False, name=name)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None,
+              dropout: nn.Module | None, deterministic: bool) -> jax.Array:
+    """Scaled dot-product attention over ``[..., heads, len, head_dim]``; softmax in float32."""
+    scale = q.shape[-1] ** -0.5
+    logits = jnp.einsum("...qd,...kd->...qk", q, k).astype(jnp.float32) * scale
+    if bias is not None:
+        logits = logits + bias
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    if dropout is not None:
+        probs = dropout(probs, deterministic=deterministic)
+    return jnp.einsum("...qk,...kd->...qd", probs, v)
+
+
+def split_heads(x: jax.Array, num_heads: int) -> jax.Array:
+    """``[..., L, H*d] -> [..., H, L, d]``."""
+    *lead, length, width = x.shape
+    x = x.reshape(*lead, length, num_heads, width // num_heads)
+    return jnp.swapaxes(x, -2, -3)
+
+
+def merge_heads(x: jax.Array) -> jax.Array:
+    """``[..., H, L, d] -> [..., L, H*d]``."""
+    x = jnp.swapaxes(x, -2, -3)
+    return x.reshape(*x.shape[:-2], -1)
+
+
+def linear_resize_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """``[size_out, size_in]`` weights of PyTorch's linear interpolation with
+    ``align_corners=False`` (half-pixel centres, source index clamped at 0, no antialias)."""
+    weights = np.zeros((size_out, size_in), np.float64)
+    scale = size_in / size_out
+    for i in range(size_out):
+        src = max((i + 0.5) * scale - 0.5, 0.0)
+        lo = min(int(np.floor(src)), size_in - 1)
+        hi = min(lo + 1, size_in - 1)
+        frac = src - lo
+        weights[i, lo] += 1.0 - frac
+        weights[i, hi] += frac
+    return weights.astype(np.float32)

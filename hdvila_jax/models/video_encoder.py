@@ -1,0 +1,81 @@
+"""Hybrid spatiotemporal video encoder (SPEC section 2).
+
+Per clip: the HR middle frame goes through ``cnn_hr`` (C2..C5) and ``grid_hr``
+(1x1 conv, 2x2 max-pool, GELU) to the stride-64 grid; HR C4 taken every 4th row and
+column plus each LR neighbour's C4 (``cnn_lr``, stopped after stage 3) go through the
+shared ``grid_lr`` (1x1 conv, GELU); the 7 grids in time order run through the
+TimeSformer; its middle step and the HR grid are fused by ``fuse`` (1x1 conv, GELU).
+Intermediates are sown into the ``intermediates`` collection under this module.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from hdvila_jax.models.config import ModelConfig
+from hdvila_jax.models.layers import exact_gelu
+from hdvila_jax.models.resnet import ResNet
+from hdvila_jax.models.timesformer import TimeSformer
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+def normalize_pixels(images: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    """RGB 0..255 (any dtype) -> normalised ``dtype``, computed in float32."""
+    x = images.astype(jnp.float32)
+    x = (x - jnp.asarray(PIXEL_MEAN, jnp.float32)) / jnp.asarray(PIXEL_STD, jnp.float32)
+    return x.astype(dtype)
+
+
+class HybridVideoEncoder(nn.Module):
+    """``img_middle [B, C, H, W, 3]`` + ``img_other [B, C, F-1, H/4, W/4, 3]`` -> grid ``[B, C, H/64, W/64, D]``."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, img_middle: jax.Array, img_other: jax.Array, deterministic: bool = True) -> jax.Array:
+        cfg = self.config
+        dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        batch, clips = img_middle.shape[:2]
+        n_other = img_other.shape[2]
+        conv1x1 = lambda name: nn.Conv(cfg.hidden_size, (1, 1), use_bias=False, dtype=dtype,
+                                       param_dtype=pdtype, name=name)
+        resnet = nn.remat(ResNet) if cfg.remat else ResNet
+
+        hr = normalize_pixels(img_middle.reshape(batch * clips, *img_middle.shape[2:]), dtype)
+        hr_stages = resnet(cfg.resnet_depth, 4, dtype, pdtype, name="cnn_hr")(hr)
+        hr_c4, hr_c5 = hr_stages[2], hr_stages[3]
+        self.sow("intermediates", "hr_stage3", hr_c4)
+        self.sow("intermediates", "hr_stage4", hr_c5)
+        hr_grid = exact_gelu(nn.max_pool(conv1x1("grid_hr")(hr_c5), (2, 2), strides=(2, 2)))
+        self.sow("intermediates", "hr_grid", hr_grid)
+
+        grid_lr = conv1x1("grid_lr")
+        hr_c4_down = hr_c4[:, ::4, ::4]
+        self.sow("intermediates", "hr_stage3_down", hr_c4_down)
+        hr_low_grid = exact_gelu(grid_lr(hr_c4_down))
+        self.sow("intermediates", "hr_stage3_down_grid", hr_low_grid)
+
+        lr = normalize_pixels(img_other.reshape(batch * clips * n_other, *img_other.shape[3:]), dtype)
+        lr_c4 = resnet(cfg.resnet_depth, 3, dtype, pdtype, name="cnn_lr")(lr)[-1]
+        self.sow("intermediates", "lr_stage3", lr_c4)
+        lr_grid = exact_gelu(grid_lr(lr_c4))
+        self.sow("intermediates", "lr_grid", lr_grid)
+
+        if lr_grid.shape[1:3] != hr_grid.shape[1:3]:
+            raise ValueError(f"LR frames give a {lr_grid.shape[1:3]} grid but the HR frame gives "
+                             f"{hr_grid.shape[1:3]}: img_other must be img_middle's size / 4")
+        lr_grid = lr_grid.reshape(batch * clips, n_other, *lr_grid.shape[1:])
+        half = (n_other + 1) // 2
+        frames = jnp.concatenate([lr_grid[:, :half], hr_low_grid[:, None], lr_grid[:, half:]], axis=1)
+        self.sow("intermediates", "timesformer_in", frames)
+        frames = TimeSformer(cfg.timesformer_depth, cfg.timesformer_heads, cfg.timesformer_mlp_ratio,
+                             cfg.timesformer_drop_path_rate, cfg.timesformer_grid, cfg.timesformer_frames,
+                             dtype, pdtype, name="timesformer")(frames, deterministic)
+        self.sow("intermediates", "timesformer_out", frames)
+
+        fused = exact_gelu(conv1x1("fuse")(jnp.concatenate([hr_grid, frames[:, half]], axis=-1)))
+        self.sow("intermediates", "middle_feature", fused)
+        return fused.reshape(batch, clips, *fused.shape[1:])
