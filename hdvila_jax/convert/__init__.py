@@ -10,7 +10,7 @@ from typing import Mapping
 
 import numpy as np
 
-from hdvila_jax.convert.loader import ConversionError, ConversionReport, load_rules, unfilled_leaves
+from hdvila_jax.convert.loader import ConversionError, ConversionReport, export_rules, load_rules, unfilled_leaves
 from hdvila_jax.convert.rules import (BERT_UNUSED, HDVILA_UNUSED, RESNET_UNUSED, bert_rules, hdvila_rules,
                                       resnet_rules)
 from hdvila_jax.convert.torch_io import load_state_dict
@@ -19,7 +19,7 @@ from hdvila_jax.models.variables import abstract_variables
 
 StateDict = Mapping[str, np.ndarray]
 
-__all__ = ["ConversionError", "ConversionReport", "convert_hdvila", "load_bert", "load_resnet",
+__all__ = ["ConversionError", "ConversionReport", "convert_hdvila", "export_hdvila", "load_bert", "load_resnet",
            "load_state_dict"]
 
 
@@ -40,6 +40,12 @@ def convert_hdvila(state_dict: StateDict, cfg: ModelConfig, stage: int) -> dict:
     if unfilled:
         raise ConversionError(f"no checkpoint entry fills these model variables: {unfilled}")
     return variables
+
+
+def export_hdvila(variables: Mapping, cfg: ModelConfig, stage: int) -> dict[str, np.ndarray]:
+    """Our variables as a reference-layout state_dict (the inverse of :func:`convert_hdvila`),
+    without the entries the reference never reads."""
+    return export_rules(variables, hdvila_rules(cfg, stage))
 
 
 def _bert_prefix(state_dict: StateDict) -> str:

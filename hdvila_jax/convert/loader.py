@@ -1,6 +1,6 @@
 """Apply name rules that map PyTorch state_dict keys onto a Flax variables tree, strictly.
 
-A rule maps one torch key to ``(collection, path, transform)``. Loading reports, by
+A rule maps one torch key to ``(collection, path, layout)``. Loading reports, by
 name, every key that is missing, unexpected (and not known to be unused) or whose
 shape does not fit, and refuses a partial load unless the caller allows it.
 """
@@ -8,40 +8,36 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import jax
 import numpy as np
 from flax import traverse_util
 
-Transform = Callable[[np.ndarray], np.ndarray]
-
-
-def identity(x: np.ndarray) -> np.ndarray:
-    return x
-
-
-def linear(w: np.ndarray) -> np.ndarray:
-    """torch Linear ``[out, in]`` -> Flax Dense ``[in, out]``."""
-    return w.T
-
-
-def conv(w: np.ndarray) -> np.ndarray:
-    """torch Conv2d ``[out, in, kh, kw]`` -> Flax Conv ``[kh, kw, in, out]``."""
-    return w.transpose(2, 3, 1, 0)
+# Axis permutations torch -> Flax: Linear [out, in] -> Dense [in, out];
+# Conv2d [out, in, kh, kw] -> Conv [kh, kw, in, out].
+LAYOUTS = {"same": None, "linear": (1, 0), "conv": (2, 3, 1, 0)}
 
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-    """Where one torch tensor lands: ``variables[collection][path]`` after ``transform``."""
+    """Where one torch tensor lands: ``variables[collection][path]``, permuted by ``layout``."""
 
     collection: str
     path: tuple[str, ...]
-    transform: Transform = identity
+    layout: str = "same"
 
     @property
     def name(self) -> str:
         return "/".join((self.collection,) + self.path)
+
+    def to_flax(self, value: np.ndarray) -> np.ndarray:
+        perm = LAYOUTS[self.layout]
+        return value if perm is None else value.transpose(perm)
+
+    def to_torch(self, value: np.ndarray) -> np.ndarray:
+        perm = LAYOUTS[self.layout]
+        return value if perm is None else value.transpose(np.argsort(perm))
 
 
 Rules = dict[str, Target]
@@ -91,7 +87,7 @@ def load_rules(variables: Mapping[str, Any], state_dict: Mapping[str, np.ndarray
         if leaf_key not in flat:
             raise ConversionError(f"rule for {key!r} points at {target.name}, which the model does not have")
         leaf = flat[leaf_key]
-        array = np.asarray(target.transform(np.asarray(value)))
+        array = target.to_flax(np.asarray(value))
         if array.shape != tuple(leaf.shape):
             report.mismatched.append(f"{key}: checkpoint {tuple(np.shape(value))} -> {array.shape}, "
                                      f"model {target.name} expects {tuple(leaf.shape)}")
@@ -109,6 +105,13 @@ def load_rules(variables: Mapping[str, Any], state_dict: Mapping[str, np.ndarray
     if problems:
         raise ConversionError(f"checkpoint does not fit the model ({report.summary()}):\n" + "\n".join(problems))
     return traverse_util.unflatten_dict(flat), report
+
+
+def export_rules(variables: Mapping[str, Any], rules: Rules) -> dict[str, np.ndarray]:
+    """The inverse of :func:`load_rules`: a torch-layout state_dict of ``variables`` by ``rules``."""
+    flat = _flat(variables)
+    return {key: np.ascontiguousarray(t.to_torch(np.asarray(flat[(t.collection,) + t.path])))
+            for key, t in rules.items()}
 
 
 def unfilled_leaves(variables: Mapping[str, Any]) -> list[str]:

@@ -2,7 +2,7 @@
 HD-VILA state_dict of SPEC section 6) to our Flax parameter tree."""
 from __future__ import annotations
 
-from hdvila_jax.convert.loader import Rules, Target, conv, linear
+from hdvila_jax.convert.loader import Rules, Target
 from hdvila_jax.models.config import ModelConfig
 from hdvila_jax.models.resnet import STAGE_BLOCKS
 
@@ -18,12 +18,12 @@ BERT_UNUSED = ("*position_ids", "pooler.*", "bert.pooler.*")     # HD-VILA's poo
 RESNET_UNUSED = ("*num_batches_tracked", "fc.*")
 
 
-def _params(*path: str, transform=None) -> Target:
-    return Target("params", tuple(path), transform or (lambda x: x))
+def _params(*path: str, layout: str = "same") -> Target:
+    return Target("params", tuple(path), layout)
 
 
 def _linear(prefix: str, *path: str) -> Rules:
-    return {f"{prefix}.weight": _params(*path, "kernel", transform=linear), f"{prefix}.bias": _params(*path, "bias")}
+    return {f"{prefix}.weight": _params(*path, "kernel", layout="linear"), f"{prefix}.bias": _params(*path, "bias")}
 
 
 def _norm(prefix: str, *path: str) -> Rules:
@@ -37,7 +37,7 @@ def _batch_norm(prefix: str, *path: str) -> Rules:
 
 
 def _conv(prefix: str, *path: str) -> Rules:
-    return {f"{prefix}.weight": _params(*path, "kernel", transform=conv)}
+    return {f"{prefix}.weight": _params(*path, "kernel", layout="conv")}
 
 
 def resnet_rules(torch_prefix: str, flax_path: tuple[str, ...], depth: int, num_stages: int = 4) -> Rules:
@@ -85,7 +85,7 @@ def bert_rules(cfg: ModelConfig, prefix: str, with_mlm_head: bool, cls_prefix: s
     if with_mlm_head:
         c = f"{cls_prefix}.predictions"
         rules.update({f"{c}.bias": _params("heads", "mlm", "bias"),
-                      f"{c}.decoder.weight": _params("heads", "mlm", "decoder", "kernel", transform=linear),
+                      f"{c}.decoder.weight": _params("heads", "mlm", "decoder", "kernel", layout="linear"),
                       **_linear(f"{c}.transform.dense", "heads", "mlm", "dense"),
                       **_norm(f"{c}.transform.LayerNorm", "heads", "mlm", "norm"),
                       **_linear(f"{cls_prefix}.seq_relationship", "heads", "itm")})

@@ -1,6 +1,8 @@
 """Creating the model's variables: example inputs, random init and abstract shapes."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -17,10 +19,15 @@ def example_batch(cfg: ModelConfig, batch: int = 1, clips: int = 1, text_len: in
                 text_input_mask=jnp.ones((batch, text_len), jnp.int32))
 
 
+@functools.lru_cache(maxsize=8)
+def _jitted_init(cfg: ModelConfig, stage: int):
+    model = HDVILA(cfg)
+    return jax.jit(lambda r: model.init(r, example_batch(cfg), stage=stage))
+
+
 def init_variables(cfg: ModelConfig, rng: jax.Array, stage: int) -> dict:
     """Randomly initialised ``{'params', 'batch_stats'}`` of the stage-``stage`` model."""
-    model = HDVILA(cfg)
-    return jax.jit(lambda r: model.init(r, example_batch(cfg), stage=stage))(rng)
+    return _jitted_init(cfg, stage)(rng)
 
 
 def abstract_variables(cfg: ModelConfig, stage: int) -> dict:
