@@ -23,6 +23,7 @@ setup(
         "tokenizers",
         "av",
         "tqdm",
+        "importlib_resources",  # tensorflow-datasets imports it without declaring it
     ],
     extras_require={
         "test": ["pytest", "torch==2.13.0"],

@@ -1,0 +1,188 @@
+"""Readers of the annotation formats the builder accepts, each giving ClipSpecs and BadInputs.
+
+- Clip jsonl (HD-VILA pretraining, downstream retrieval): one JSON object per line with
+  `clip_id` and `text` (a string or a list of strings). A `.json` file holding a list of
+  such objects is read the same way.
+- HD-VILA-100M metadata: one video per line, `{"video_id": ..., "clip": [{"clip_id": ...,
+  "span": [start, end]}, ...]}` with spans in seconds or "HH:MM:SS.fff", plus a clip jsonl
+  transcript file giving each clip's text. Clips are cut from `<videos>/<video_id>.mp4`.
+
+Video files are looked up under the videos directory as `<clip_id>`, `<clip_id>.mp4`,
+`<clip_id up to the first dot>/<clip_id>` (the HD-VILA clip layout) or
+`<basename of clip_id>.mp4`, first existing wins.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Iterator
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipSpec:
+    """One clip to build: where its frames come from and its text(s)."""
+
+    clip_id: str
+    video_id: str
+    video_path: str
+    texts: tuple[str, ...]
+    span: tuple[float, float] | None  # seconds [start, end) within the video, or the whole video
+    video_index: int  # position among the split's valid annotations, stable for a fixed file
+
+
+@dataclasses.dataclass(frozen=True)
+class BadInput:
+    """An input that was skipped (or, as a warning, changed); `item` names the clip or line."""
+
+    item: str
+    reason: str
+
+
+def resolve_video_path(videos_dir: str, name: str) -> str:
+    """The first existing candidate path for a clip or video name (else the first candidate)."""
+    candidates = [
+        os.path.join(videos_dir, name),
+        os.path.join(videos_dir, name + ".mp4"),
+        os.path.join(videos_dir, name.split(".")[0], name),
+        os.path.join(videos_dir, os.path.basename(name) + ".mp4"),
+    ]
+    for path in candidates:
+        if os.path.isfile(path):
+            return path
+    return candidates[1]
+
+
+def _json_objects(path: str) -> Iterator[tuple[str, dict | None, str | None]]:
+    """Yields (item, object, error) for each non-blank entry of a jsonl or json-list file."""
+    if path.endswith(".json"):
+        with open(path, encoding="utf-8") as f:
+            entries = json.load(f)
+        if not isinstance(entries, list):
+            raise ValueError(f"{path}: a .json annotation file must hold a list of objects")
+        for i, entry in enumerate(entries):
+            item = f"{path}[{i}]"
+            yield (item, entry, None) if isinstance(entry, dict) else (item, None, "not a JSON object")
+        return
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            item = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as e:
+                yield item, None, f"invalid UTF-8: {e.reason} at byte {e.start}"
+                continue
+            if not line:
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield item, None, f"malformed JSON: {e.msg}"
+                continue
+            yield (item, entry, None) if isinstance(entry, dict) else (item, None, "not a JSON object")
+
+
+def _texts(entry: dict) -> tuple[str, ...] | None:
+    text = entry.get("text")
+    texts = [text] if isinstance(text, str) else text
+    if not isinstance(texts, list) or not texts:
+        return None
+    if not all(isinstance(t, str) and t.strip() for t in texts):
+        return None
+    return tuple(t.strip() for t in texts)
+
+
+def _clip_texts(path: str) -> tuple[list[tuple[str, str, tuple[str, ...]]], list[BadInput]]:
+    """(item, clip_id, texts) of every valid entry of a clip jsonl, plus the bad entries."""
+    good, bad, seen = [], [], set()
+    for item, entry, error in _json_objects(path):
+        if error is not None:
+            bad.append(BadInput(item, error))
+            continue
+        clip_id = entry.get("clip_id")
+        if not isinstance(clip_id, str) or not clip_id:
+            bad.append(BadInput(item, "missing key 'clip_id'"))
+            continue
+        texts = _texts(entry)
+        if texts is None:
+            bad.append(BadInput(item, "missing key 'text' (a non-empty string or list of strings)"))
+            continue
+        if clip_id in seen:
+            bad.append(BadInput(item, f"duplicate clip_id ({clip_id})"))
+            continue
+        seen.add(clip_id)
+        good.append((item, clip_id, texts))
+    return good, bad
+
+
+def read_clip_annotations(path: str, videos_dir: str) -> tuple[list[ClipSpec], list[BadInput]]:
+    """Reads a clip jsonl (or json list): one clip video per entry."""
+    entries, bad = _clip_texts(path)
+    specs = [
+        ClipSpec(clip_id=clip_id, video_id=clip_id, video_path=resolve_video_path(videos_dir, clip_id),
+                 texts=texts, span=None, video_index=i)
+        for i, (_, clip_id, texts) in enumerate(entries)
+    ]
+    return specs, bad
+
+
+def parse_timestamp(value: float | int | str) -> float:
+    """Seconds from a number or an "[HH:]MM:SS[.fff]" string."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        seconds = 0.0
+        for part in value.split(":"):
+            seconds = seconds * 60 + float(part)
+        return seconds
+    raise ValueError(f"not a timestamp: {value!r}")
+
+
+def _span(value) -> tuple[float, float]:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError(f"span must be [start, end], got {value!r}")
+    start, end = parse_timestamp(value[0]), parse_timestamp(value[1])
+    if not 0 <= start < end:
+        raise ValueError(f"span must have 0 <= start < end, got {value!r}")
+    return start, end
+
+
+def read_hdvila100m_annotations(metadata_path: str, transcripts_path: str,
+                                videos_dir: str) -> tuple[list[ClipSpec], list[BadInput]]:
+    """Reads HD-VILA-100M video metadata plus a clip_id -> text transcript jsonl."""
+    entries, bad = _clip_texts(transcripts_path)
+    transcripts = {clip_id: texts for _, clip_id, texts in entries}
+    specs: list[ClipSpec] = []
+    seen = set()
+    for item, entry, error in _json_objects(metadata_path):
+        if error is not None:
+            bad.append(BadInput(item, error))
+            continue
+        video_id, clips = entry.get("video_id"), entry.get("clip")
+        if not isinstance(video_id, str) or not video_id:
+            bad.append(BadInput(item, "missing key 'video_id'"))
+            continue
+        if not isinstance(clips, list):
+            bad.append(BadInput(item, "missing key 'clip' (a list of {clip_id, span})"))
+            continue
+        video_path = resolve_video_path(videos_dir, video_id)
+        for clip in clips:
+            clip_id = clip.get("clip_id") if isinstance(clip, dict) else None
+            if not isinstance(clip_id, str) or not clip_id:
+                bad.append(BadInput(item, "clip entry without 'clip_id'"))
+                continue
+            try:
+                span = _span(clip.get("span"))
+            except ValueError as e:
+                bad.append(BadInput(clip_id, f"bad span: {e}"))
+                continue
+            if clip_id not in transcripts:
+                bad.append(BadInput(clip_id, "no transcript"))
+                continue
+            if clip_id in seen:
+                bad.append(BadInput(clip_id, "duplicate clip_id"))
+                continue
+            seen.add(clip_id)
+            specs.append(ClipSpec(clip_id=clip_id, video_id=video_id, video_path=video_path,
+                                  texts=transcripts[clip_id], span=span, video_index=len(specs)))
+    return specs, bad

@@ -1,0 +1,143 @@
+"""Decodes annotated videos into sharded TFRecords of HR/LR JPEG frames (one record per clip).
+
+  python -m data_pipelines.build_tfrecords --videos DIR --annotations FILE --output DIR \
+      [--split train] [--num_shards N] [--workers K] [--frame_size 720 1280] \
+      [--sample_rate 12] [--num_candidates 8] [--min_clips 4] [--jpeg_quality 90]
+  # HD-VILA-100M metadata (clips cut by span from full videos):
+  python -m data_pipelines.build_tfrecords --format hdvila100m --annotations META.jsonl \
+      --transcripts TEXTS.jsonl --videos DIR --output DIR
+
+Writes `<split>-SSSSS-of-NNNNN.tfrecord` shards with JSON sidecars, `<split>_build.json`
+(the options) and `<split>_report.json` (every skipped input and warning with its reason).
+Re-running the same command resumes: finished shards are kept.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import multiprocessing
+import os
+import sys
+from typing import Iterator
+
+from tqdm import tqdm
+
+from data_pipelines import build_report
+from data_pipelines.annotations import ClipSpec, read_clip_annotations, read_hdvila100m_annotations
+from data_pipelines.clip_encoder import BuildOptions, ClipResult, encode_clip
+from data_pipelines.shard_writer import ShardWriter, read_sidecar, shard_finished, shard_path, shard_ranges
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--videos", required=True, help="directory of the video files")
+    parser.add_argument("--annotations", required=True, help="clip jsonl/json, or hdvila100m metadata jsonl")
+    parser.add_argument("--format", choices=("clips", "hdvila100m"), default="clips")
+    parser.add_argument("--transcripts", help="clip_id -> text jsonl (required by --format hdvila100m)")
+    parser.add_argument("--output", required=True, help="directory for shards and reports")
+    parser.add_argument("--split", default="train", help="shard name prefix, e.g. train or val")
+    parser.add_argument("--num_shards", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=os.cpu_count(),
+                        help="decoding processes (1: decode in this process)")
+    defaults = BuildOptions()
+    parser.add_argument("--frame_size", type=int, nargs=2, metavar=("H", "W"),
+                        default=(defaults.frame_height, defaults.frame_width),
+                        help="stored HR frame size; every video is resized (bicubic) to it")
+    parser.add_argument("--sample_rate", type=int, default=defaults.sample_rate,
+                        help="frame stride between the 7 frames of a clip (SPEC §1)")
+    parser.add_argument("--num_frm", type=int, default=defaults.num_frm)
+    parser.add_argument("--min_clips", type=int, default=defaults.min_clips,
+                        help="clips the short-video rule must leave room for (max of train/inference n_clips)")
+    parser.add_argument("--num_candidates", type=int, default=defaults.num_candidates,
+                        help="candidate middle frames stored per clip")
+    parser.add_argument("--jpeg_quality", type=int, default=defaults.jpeg_quality)
+    args = parser.parse_args(argv)
+    if args.format == "hdvila100m" and not args.transcripts:
+        parser.error("--format hdvila100m needs --transcripts")
+    if args.num_shards < 1 or args.workers < 1:
+        parser.error("--num_shards and --workers must be >= 1")
+    return args
+
+
+def _options(args: argparse.Namespace) -> BuildOptions:
+    options = BuildOptions(frame_height=args.frame_size[0], frame_width=args.frame_size[1],
+                           sample_rate=args.sample_rate, num_frm=args.num_frm, min_clips=args.min_clips,
+                           num_candidates=args.num_candidates, jpeg_quality=args.jpeg_quality)
+    options.validate()
+    return options
+
+
+def _check_build_config(path: str, config: dict) -> None:
+    """Records the build config, or checks that a resumed build uses the same one."""
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)
+        if previous != config:
+            changed = sorted(k for k in config.keys() | previous.keys() if config.get(k) != previous.get(k))
+            raise SystemExit(f"{path}: existing shards were built with different settings ({', '.join(changed)});"
+                             " use another --output or delete them")
+        return
+    with open(path, "w") as f:
+        json.dump(config, f, indent=1)
+
+
+def _results(specs: list[ClipSpec], options: BuildOptions, workers: int) -> Iterator[ClipResult]:
+    encode = functools.partial(encode_clip, options)
+    if workers == 1:
+        yield from map(encode, specs)
+        return
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        yield from pool.imap(encode, specs, chunksize=1)
+
+
+def build(args: argparse.Namespace) -> dict:
+    """Runs the build described by parsed arguments; returns the report."""
+    options = _options(args)
+    if args.format == "clips":
+        specs, annotation_errors = read_clip_annotations(args.annotations, args.videos)
+    else:
+        specs, annotation_errors = read_hdvila100m_annotations(args.annotations, args.transcripts, args.videos)
+    os.makedirs(args.output, exist_ok=True)
+    _check_build_config(os.path.join(args.output, f"{args.split}_build.json"), {
+        **dataclasses.asdict(options), "format": args.format, "num_shards": args.num_shards,
+        "annotations": os.path.abspath(args.annotations), "num_clips": len(specs)})
+
+    num_shards = min(args.num_shards, max(1, len(specs)))
+    ranges = shard_ranges(len(specs), num_shards)
+    paths = [shard_path(args.output, args.split, s, num_shards) for s in range(num_shards)]
+    todo = [s for s in range(num_shards) if not shard_finished(paths[s])]
+    if len(todo) < num_shards:
+        print(f"resuming: {num_shards - len(todo)} of {num_shards} shards already written")
+    pending = [specs[i] for s in todo for i in ranges[s]]
+    results = _results(pending, options, min(args.workers, max(1, len(pending))))
+    with tqdm(total=len(pending), unit="clip", desc=f"{args.split} clips", file=sys.stdout) as bar:
+        for s in todo:
+            with ShardWriter(paths[s]) as writer:
+                for _ in ranges[s]:
+                    result = next(results)
+                    if result.record is not None:
+                        writer.write(result.record)
+                    writer.note(result.skipped, result.warnings)
+                    bar.update()
+                writer.finish()
+    results.close()
+
+    sidecars = [read_sidecar(p) for p in paths]
+    report_path = os.path.join(args.output, f"{args.split}_report.json")
+    report = build_report.write_report(
+        report_path, args.split, num_annotated=len(specs) + len(annotation_errors),
+        num_records=sum(s["num_records"] for s in sidecars), total_bytes=sum(os.path.getsize(p) for p in paths),
+        annotation_errors=annotation_errors, skipped=[b for s in sidecars for b in s["skipped"]],
+        warnings=[w for s in sidecars for w in s["warnings"]])
+    print(build_report.summary(report, report_path))
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    build(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Default `data` sub-configs of the input pipeline (see hdvila_jax/data/pipeline.py).
+
+Fields:
+  train_files, val_files: glob patterns of clip-record TFRecord shards.
+  vocab_file: BERT WordPiece vocab.txt, or a directory holding one.
+  max_txt_len: tokens per text incl. [CLS]/[SEP] (SPEC §1: 50 pretraining/retrieval).
+  crop_size: (H, W) of the HR crop; LR crops are (H/4, W/4). Must fit the stored frames.
+  num_frm: frames per clip (7); records must have been built with the same value.
+  train_n_clips, inference_n_clips: clips per example in training / evaluation.
+  mlm_probability: 0 for stage 1 (no `mlm_labels`); 0.15 for stage 2 (SPEC §5).
+  num_parallel_calls: threads decoding examples (TF's eager JPEG decoding barely gains from a
+    second thread on this 2-core machine; see data_pipelines/README.md).
+  prefetch_buffer_size: examples decoded ahead.
+  seed: shuffling, clip/crop sampling and masking are pure functions of (seed, index).
+Shuffling is a full permutation per epoch (grain), so there is no shuffle buffer.
+"""
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+DEMO_ROOT = "demo_data"
+
+
+def _base() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        train_files="",
+        val_files="",
+        vocab_file="",
+        max_txt_len=50,
+        crop_size=(640, 1024),
+        num_frm=7,
+        train_n_clips=2,
+        inference_n_clips=4,
+        mlm_probability=0.0,
+        num_parallel_calls=2,
+        prefetch_buffer_size=32,
+        seed=0,
+    ))
+
+
+def get_data_config(variant: str = "paper", root: str | None = None) -> ml_collections.ConfigDict:
+    """The data config of a variant: "paper" (HD-VILA-100M records under `root`), "demo" (the
+    bundled demo set written by `python -m data_pipelines.make_demo --output root`) or "tiny"
+    (demo records with small crops and single clips, for quick trainer tests)."""
+    config = _base()
+    if variant == "paper":
+        root = root or "data/hdvila100m"
+        config.train_files = os.path.join(root, "records", "train-*.tfrecord")
+        config.val_files = os.path.join(root, "records", "val-*.tfrecord")
+        config.vocab_file = os.path.join(root, "vocab.txt")
+        return config
+    if variant not in ("demo", "tiny"):
+        raise ValueError(f"unknown data config variant {variant!r}; known: paper, demo, tiny")
+    root = root or DEMO_ROOT
+    config.train_files = os.path.join(root, "records", "train-*.tfrecord")
+    config.val_files = os.path.join(root, "records", "val-*.tfrecord")
+    config.vocab_file = os.path.join(root, "vocab.txt")
+    config.max_txt_len = 12
+    config.num_parallel_calls = 2
+    config.prefetch_buffer_size = 16
+    if variant == "demo":
+        config.crop_size = (128, 192)
+        config.train_n_clips = 2
+        config.inference_n_clips = 4
+    else:
+        config.crop_size = (64, 96)
+        config.train_n_clips = 1
+        config.inference_n_clips = 2
+    return config

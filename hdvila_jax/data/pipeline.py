@@ -1,0 +1,180 @@
+"""The input pipeline: clip-record TFRecords -> per-process batches for the trainer.
+
+    make_train_iterator(config, process_index, process_count) -> grain DatasetIterator
+    make_eval_iterator(config, process_index, process_count, batch_size=None) -> DatasetIterator
+
+`config.data` is a config of hdvila_jax/data/config.py; `config.batch_size` is the global
+batch, each process gets `batch_size // process_count` examples per batch. A batch is a
+dict of numpy arrays:
+
+    img_middle      uint8 [B, clips, H, W, 3]        HR middle frames, RGB, NHWC
+    img_other       uint8 [B, clips, 6, H/4, W/4, 3]  LR neighbours: 3 before, then 3 after
+    text_input_ids  int32 [B, L]                      [CLS] ... [SEP] [PAD]...; MLM-masked
+                                                      when data.mlm_probability > 0
+    text_input_mask int32 [B, L]
+    mlm_labels      int32 [B, L]                      only when data.mlm_probability > 0:
+                                                      original id at targets, -100 elsewhere
+    video_index     int32 [B]                         stable id of the clip in its split
+    valid           bool  [B]                         evaluation only: False on padding
+
+with clips = data.train_n_clips (training) or data.inference_n_clips (evaluation).
+
+Records are indexed once and read by random access through grain (`TFRecordDataSource`).
+Process p takes records p, p + P, p + 2P, ... (disjoint and complete). Training shuffles
+that shard with a fresh permutation each epoch and repeats forever; clip sampling, crop,
+caption choice and MLM masking draw from a generator seeded by (seed, process, position in
+the stream), so the stream is a pure function of the seed and the iterator's state is one
+integer: `it.get_state()` returns a small JSON-able dict and `it.set_state(state)` resumes
+exactly there (orbax can also save it with grain's checkpoint handler). Evaluation visits
+every record of the split exactly once over all processes, pads every process to the same
+number of full batches (`valid` marks real examples), and uses even clip spacing, a centre
+crop and fixed masking seeded by (seed, video_index).
+"""
+from __future__ import annotations
+
+import glob
+import math
+
+import grain
+import ml_collections
+import numpy as np
+
+from hdvila_jax.data import sampling
+from hdvila_jax.data.frames import decode_clip_frames
+from hdvila_jax.data.records import parse_clip_record
+from hdvila_jax.data.text import ThreadLocalTokenizer, mask_tokens
+from hdvila_jax.data.tfrecord_source import TFRecordDataSource
+
+
+def list_files(pattern: str, field: str) -> list[str]:
+    """The sorted files matching a glob pattern of config field `field`."""
+    if not pattern:
+        raise ValueError(f"config.data.{field} is empty; set it to a glob of clip-record shards")
+    files = sorted(glob.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"config.data.{field}={pattern!r} matches no files")
+    return files
+
+
+class ExampleDecoder:
+    """Turns (record bytes, valid) into one example's arrays (the per-example work)."""
+
+    def __init__(self, data: ml_collections.ConfigDict, training: bool):
+        self.training = training
+        self.n_clips = data.train_n_clips if training else data.inference_n_clips
+        self.crop_hw = tuple(data.crop_size)
+        self.num_frm = data.num_frm
+        self.max_txt_len = data.max_txt_len
+        self.mlm_probability = data.mlm_probability
+        self.seed = data.seed
+        self.tokenizer = ThreadLocalTokenizer(data.vocab_file)
+
+    def __call__(self, element: tuple[bytes, bool], rng: np.random.Generator | None = None) -> dict:
+        data, valid = element
+        record = parse_clip_record(data)
+        if record.num_frm != self.num_frm:
+            raise ValueError(f"clip {record.clip_id}: record built with num_frm={record.num_frm}, "
+                             f"config.data.num_frm={self.num_frm}")
+        frame_hw = (record.frame_height, record.frame_width)
+        if self.training:
+            candidates = sampling.random_middles(record.num_candidates, self.n_clips, rng)
+            offset = sampling.random_crop_offset(frame_hw, self.crop_hw, rng)
+            text = record.texts[int(rng.integers(len(record.texts)))]
+        else:
+            rng = np.random.default_rng([self.seed, record.video_index])
+            candidates = sampling.even_middles(record.num_candidates, self.n_clips)
+            offset = sampling.centre_crop_offset(frame_hw, self.crop_hw)
+            text = record.texts[0]
+        img_middle, img_other = decode_clip_frames(record, candidates, offset, self.crop_hw)
+        input_ids, input_mask = self.tokenizer.encode(text, self.max_txt_len)
+        example = {
+            "img_middle": img_middle,
+            "img_other": img_other,
+            "text_input_ids": input_ids,
+            "text_input_mask": input_mask,
+            "video_index": np.int32(record.video_index),
+        }
+        if self.mlm_probability > 0:
+            example["text_input_ids"], example["mlm_labels"] = mask_tokens(
+                input_ids, self.tokenizer.special_ids, self.tokenizer.mask_id, self.tokenizer.vocab_size,
+                self.mlm_probability, rng)
+        if not self.training:
+            example["valid"] = np.bool_(valid)
+        return example
+
+
+def _per_process_batch(config: ml_collections.ConfigDict, process_count: int, batch_size: int | None) -> int:
+    batch_size = config.batch_size if batch_size is None else batch_size
+    if batch_size % process_count:
+        raise ValueError(f"batch_size {batch_size} is not divisible by process_count {process_count}")
+    return batch_size // process_count
+
+
+def _process_shard(pattern: str, field: str, process_index: int,
+                   process_count: int) -> tuple[grain.MapDataset, int]:
+    """This process's records (every process_count-th) and the total number of records."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    source = TFRecordDataSource(list_files(pattern, field))
+    shard = grain.MapDataset.source(source)[process_index::process_count]
+    if len(shard) == 0:
+        raise ValueError(f"config.data.{field}: {len(source)} records cannot feed {process_count} processes")
+    return shard, len(source)
+
+
+def _read_options(data: ml_collections.ConfigDict) -> grain.ReadOptions:
+    return grain.ReadOptions(num_threads=data.num_parallel_calls,
+                             prefetch_buffer_size=data.prefetch_buffer_size)
+
+
+def _process_seed(seed: int, process_index: int) -> int:
+    return int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
+
+
+def _mark_valid(data: bytes) -> tuple[bytes, bool]:
+    return data, True
+
+
+def make_train_iterator(config: ml_collections.ConfigDict, process_index: int,
+                        process_count: int) -> grain.DatasetIterator:
+    """An endless, shuffled, resumable iterator of this process's training batches."""
+    data = config.data
+    batch = _per_process_batch(config, process_count, None)
+    seed = _process_seed(data.seed, process_index)
+    shard, _ = _process_shard(data.train_files, "train_files", process_index, process_count)
+    dataset = (shard
+               .shuffle(seed=seed)
+               .repeat(None)
+               .map(_mark_valid)
+               .random_map(ExampleDecoder(data, training=True), seed=seed)
+               .to_iter_dataset(_read_options(data))
+               .batch(batch, drop_remainder=True))
+    return iter(dataset)
+
+
+class _PadTo:
+    """Index -> (record, True) inside the shard, (first record, False) past its end."""
+
+    def __init__(self, shard: grain.MapDataset):
+        self.shard = shard
+
+    def __call__(self, index: int) -> tuple[bytes, bool]:
+        if index < len(self.shard):
+            return self.shard[index], True
+        return self.shard[0], False
+
+
+def make_eval_iterator(config: ml_collections.ConfigDict, process_index: int, process_count: int,
+                       batch_size: int | None = None) -> grain.DatasetIterator:
+    """One pass over the validation records: every record exactly once across processes,
+    each process padded to the same number of full batches (see `valid`)."""
+    data = config.data
+    batch = _per_process_batch(config, process_count, batch_size)
+    shard, total = _process_shard(data.val_files, "val_files", process_index, process_count)
+    num_batches = math.ceil(math.ceil(total / process_count) / batch)
+    dataset = (grain.MapDataset.range(num_batches * batch)
+               .map(_PadTo(shard))
+               .map(ExampleDecoder(data, training=False))
+               .to_iter_dataset(_read_options(data))
+               .batch(batch, drop_remainder=False))
+    return iter(dataset)

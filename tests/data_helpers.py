@@ -1,0 +1,51 @@
+"""Helpers of the data tests: tiny synthetic videos, builds in-process, PSNR."""
+from __future__ import annotations
+
+import json
+
+import av
+import numpy as np
+
+from data_pipelines import build_tfrecords
+from data_pipelines.synthetic_videos import MovingShape, write_moving_shape_video
+
+FRAME_HW = (64, 96)
+
+
+def write_video(path: str, num_frames: int = 40, hw: tuple[int, int] = FRAME_HW, seed: int = 0,
+                content: MovingShape = MovingShape("red", "circle", "right"), fps: int = 15) -> None:
+    write_moving_shape_video(path, content, num_frames, hw[0], hw[1], fps, seed=seed)
+
+
+def write_jsonl(path: str, entries: list) -> None:
+    """Writes entries: dicts become JSON lines, bytes are written verbatim as a line."""
+    with open(path, "wb") as f:
+        for entry in entries:
+            f.write(entry if isinstance(entry, bytes) else json.dumps(entry).encode())
+            f.write(b"\n")
+
+
+def build(videos: str, annotations: str, output: str, *extra: str, frame_hw=FRAME_HW,
+          sample_rate: int = 2, num_shards: int = 2) -> dict:
+    args = build_tfrecords.parse_args([
+        "--videos", videos, "--annotations", annotations, "--output", output,
+        "--num_shards", str(num_shards), "--workers", "1",
+        "--frame_size", str(frame_hw[0]), str(frame_hw[1]), "--sample_rate", str(sample_rate), *extra])
+    return build_tfrecords.build(args)
+
+
+def decode_all_frames(path: str, hw: tuple[int, int]) -> np.ndarray:
+    """Every frame of a video, bicubic-resized to hw, as uint8 RGB [T, H, W, 3]."""
+    with av.open(path) as container:
+        return np.stack([f.reformat(width=hw[1], height=hw[0], format="rgb24", interpolation="BICUBIC")
+                         .to_ndarray() for f in container.decode(video=0)])
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    import tensorflow as tf
+    return tf.io.decode_jpeg(data, channels=3).numpy()
