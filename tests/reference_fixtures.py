@@ -18,6 +18,18 @@ from hdvila_jax.convert.rules import hdvila_rules
 from hdvila_jax.losses import contrastive_loss
 from hdvila_jax.models import HDVILA, ModelConfig
 
+# Tolerances of the fixtures' README: relative error per tensor (float32), of the losses and of
+# the per-parameter gradient L2 norms.
+TENSOR_RTOL = 1e-4
+LOSS_RTOL = 1e-5
+GRAD_RTOL = 1e-3
+SCALARS = ("loss", "mlm_loss", "mlm_acc")
+# Gradients that are zero in exact arithmetic (e.g. attention key biases: softmax ignores a
+# constant added to a row of logits) come out as float32 round-off, ~1e-9 here, in both
+# implementations. Reference norms below this fraction of the largest one are such noise:
+# ours must be as small, but their ratio means nothing.
+ROUNDOFF_FRACTION = 1e-6
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = REPO.parent / "shared" / "fixtures"
 STAGE1_TEMPERATURE = 0.05
@@ -141,3 +153,61 @@ def run_fixture(folder: pathlib.Path):
     out, inter, grads = forward_and_grad(cfg, stage, variables, inputs)
     return meta, ours_in_reference_layout(out, inter, meta, stage), ref_out, \
         grad_norms_by_torch_name(grads, cfg, stage), ref_grads
+
+
+def relative_error(ours: np.ndarray, ref: np.ndarray) -> float:
+    """``||ours - ref|| / ||ref||`` in float64."""
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    return float(np.linalg.norm(ours - ref) / np.linalg.norm(ref))
+
+
+@functools.lru_cache(maxsize=None)
+def cached_run(folder: pathlib.Path):
+    """:func:`run_fixture`, once per folder per test session."""
+    return run_fixture(folder)
+
+
+def check_outputs(folder: pathlib.Path) -> float:
+    """Assert every reference output of ``folder`` is matched; return the worst relative error."""
+    meta, ours, ref, _, _ = cached_run(folder)
+    missing = sorted(set(ref) - set(ours))
+    assert not missing, f"{folder.name}: outputs we do not produce: {missing}"
+    errors = {}
+    for name, value in ref.items():
+        assert ours[name].shape == value.shape, f"{name}: shape {ours[name].shape} vs reference {value.shape}"
+        if name in SCALARS and value == 0:  # e.g. the MLM accuracy of a random model: must be exactly 0 too
+            assert ours[name] == 0, f"{name}: ours {ours[name]} vs reference 0"
+            continue
+        assert np.linalg.norm(value) > 0, f"{name}: reference is all zeros, comparison would be meaningless"
+        errors[name] = relative_error(ours[name], value)
+    worst = max(errors, key=errors.get)
+    print(f"\n{folder.name}: worst relative error {errors[worst]:.2e} ({worst})")
+    bad = {n: e for n, e in errors.items() if e >= (LOSS_RTOL if n in SCALARS else TENSOR_RTOL)}
+    assert not bad, f"{folder.name}: relative errors over tolerance: {bad}"
+    return errors[worst]
+
+
+def check_gradient_norms(folder: pathlib.Path) -> float:
+    """Assert our per-parameter gradient L2 norms match the reference's; return the worst relative error."""
+    _, _, _, ours, ref = cached_run(folder)
+    ref_norms = {k: v[0] for k, v in ref["l2_and_sum"].items()}
+    without_grad = set(ref["params_without_grad"])
+    # Every parameter the reference trains must exist in ours (no silently dropped weights).
+    assert not (set(ref_norms) - set(ours)), f"parameters we lack: {sorted(set(ref_norms) - set(ours))}"
+    # What the reference's loss does not reach, ours does not reach either.
+    reached = {k: ours[k] for k in without_grad & set(ours) if ours[k] != 0.0}
+    assert not reached, f"gradients where the reference has none: {reached}"
+    largest = max(ref_norms.values())
+    if largest == 0:  # a degenerate loss (InfoNCE over one pair is 0): ours must vanish too
+        assert not any(ours[k] for k in ref_norms), f"{folder.name}: reference gradients are all 0, ours are not"
+        return 0.0
+    floor = ROUNDOFF_FRACTION * largest
+    noise = {k for k, n in ref_norms.items() if n < floor}
+    loud = {k: ours[k] for k in noise if ours[k] >= floor}
+    assert not loud, f"gradients the reference has as round-off (< {floor:.1e}) are large in ours: {loud}"
+    errors = {k: abs(ours[k] - n) / n for k, n in ref_norms.items() if k not in noise}
+    worst = max(errors, key=errors.get)
+    print(f"\n{folder.name}: worst gradient-norm relative error {errors[worst]:.2e} ({worst})")
+    bad = {k: e for k, e in errors.items() if e >= GRAD_RTOL}
+    assert not bad, f"{folder.name}: gradient-norm relative errors over tolerance: {bad}"
+    return errors[worst]
