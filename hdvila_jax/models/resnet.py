@@ -74,18 +74,23 @@ class ResNet(nn.Module):
     """ResNet returning the outputs of stages 1..``num_stages`` (C2.. at strides 4, 8, 16, 32).
 
     ``num_stages=3`` stops after stage 3 (C4), as the LR branch does; the stage-4
-    parameters are then never created.
+    parameters are then never created. ``remat`` recomputes each residual block in the
+    backward pass instead of keeping its activations.
     """
 
     depth: int = 50
     num_stages: int = 4
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> Sequence[jax.Array]:
         d, p = self.dtype, self.param_dtype
         block_cls = BasicBlock if self.depth in (18, 34) else Bottleneck
+        expansion = block_cls.expansion
+        if self.remat:
+            block_cls = nn.remat(block_cls)
         x = nn.relu(_bn(d, p, "bn1")(_conv(64, 7, 2, d, p, "conv1")(x)))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         in_channels, outputs = 64, []
@@ -93,8 +98,8 @@ class ResNet(nn.Module):
             planes = 64 * 2**stage
             for b in range(num_blocks):
                 stride = 2 if (b == 0 and stage > 0) else 1
-                downsample = b == 0 and (stride != 1 or in_channels != planes * block_cls.expansion)
+                downsample = b == 0 and (stride != 1 or in_channels != planes * expansion)
                 x = block_cls(planes, stride, downsample, d, p, name=f"layer{stage + 1}_{b}")(x)
-                in_channels = planes * block_cls.expansion
+                in_channels = planes * expansion
             outputs.append(x)
         return outputs

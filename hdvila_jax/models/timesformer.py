@@ -84,6 +84,7 @@ class TimeSformer(nn.Module):
     native_frames: int = 7
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat: bool = False  # recompute each block in the backward pass
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
@@ -99,7 +100,8 @@ class TimeSformer(nn.Module):
             time = jnp.asarray(linear_resize_matrix(self.native_frames, t)) @ time
         x = x + pos[None, None].astype(x.dtype) + time[None, :, None, None].astype(x.dtype)
         rates = np.linspace(0.0, self.drop_path_rate, self.depth)
+        block_cls = nn.remat(TimeSformerBlock, static_argnums=(2,)) if self.remat else TimeSformerBlock
         for i in range(self.depth):
-            x = TimeSformerBlock(self.num_heads, self.mlp_ratio, float(rates[i]), i > 0, self.dtype,
+            x = block_cls(self.num_heads, self.mlp_ratio, float(rates[i]), i > 0, self.dtype,
                                  self.param_dtype, name=f"block_{i}")(x, deterministic)
         return x

@@ -42,10 +42,9 @@ class HybridVideoEncoder(nn.Module):
         n_other = img_other.shape[2]
         conv1x1 = lambda name: nn.Conv(cfg.hidden_size, (1, 1), use_bias=False, dtype=dtype,
                                        param_dtype=pdtype, name=name)
-        resnet = nn.remat(ResNet) if cfg.remat else ResNet
 
         hr = normalize_pixels(img_middle.reshape(batch * clips, *img_middle.shape[2:]), dtype)
-        hr_stages = resnet(cfg.resnet_depth, 4, dtype, pdtype, name="cnn_hr")(hr)
+        hr_stages = ResNet(cfg.resnet_depth, 4, dtype, pdtype, cfg.remat, name="cnn_hr")(hr)
         hr_c4, hr_c5 = hr_stages[2], hr_stages[3]
         self.sow("intermediates", "hr_stage3", hr_c4)
         self.sow("intermediates", "hr_stage4", hr_c5)
@@ -59,7 +58,7 @@ class HybridVideoEncoder(nn.Module):
         self.sow("intermediates", "hr_stage3_down_grid", hr_low_grid)
 
         lr = normalize_pixels(img_other.reshape(batch * clips * n_other, *img_other.shape[3:]), dtype)
-        lr_c4 = resnet(cfg.resnet_depth, 3, dtype, pdtype, name="cnn_lr")(lr)[-1]
+        lr_c4 = ResNet(cfg.resnet_depth, 3, dtype, pdtype, cfg.remat, name="cnn_lr")(lr)[-1]
         self.sow("intermediates", "lr_stage3", lr_c4)
         lr_grid = exact_gelu(grid_lr(lr_c4))
         self.sow("intermediates", "lr_grid", lr_grid)
@@ -73,7 +72,7 @@ class HybridVideoEncoder(nn.Module):
         self.sow("intermediates", "timesformer_in", frames)
         frames = TimeSformer(cfg.timesformer_depth, cfg.timesformer_heads, cfg.timesformer_mlp_ratio,
                              cfg.timesformer_drop_path_rate, cfg.timesformer_grid, cfg.timesformer_frames,
-                             dtype, pdtype, name="timesformer")(frames, deterministic)
+                             dtype, pdtype, cfg.remat, name="timesformer")(frames, deterministic)
         self.sow("intermediates", "timesformer_out", frames)
 
         fused = exact_gelu(conv1x1("fuse")(jnp.concatenate([hr_grid, frames[:, half]], axis=-1)))
