@@ -1,0 +1,1 @@
+"""Training: the sharded train loop, optimizer, checkpoints, evaluation and metrics."""

@@ -1,0 +1,53 @@
+"""Checks of a trainer config that run before anything is traced or compiled."""
+from __future__ import annotations
+
+import ml_collections
+
+from hdvila_jax.models import ModelConfig, model_config_from_dict
+
+REQUIRED = ("stage", "seed", "total_steps", "batch_size", "grad_accum_steps", "eval_batch_size",
+            "log_every_steps", "eval_every_steps", "ckpt_every_steps", "keep_checkpoints", "mesh",
+            "sharding_rules", "fsdp_min_size", "init", "model", "data", "optimizer", "demo_data_dir")
+
+
+class TrainConfigError(ValueError):
+    """A trainer config field is missing or has a bad value; the message names it."""
+
+
+def _require(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise TrainConfigError(f"config.{field}: {message}")
+
+
+def check_config(config: ml_collections.ConfigDict) -> ModelConfig:
+    """Validate ``config``; return the model's :class:`ModelConfig`."""
+    for name in REQUIRED:
+        _require(name in config, name, "missing")
+    _require(config.stage in (1, 2), "stage", f"must be 1 or 2, got {config.stage!r}")
+    for name in ("total_steps", "batch_size", "grad_accum_steps", "eval_batch_size", "log_every_steps",
+                 "eval_every_steps", "ckpt_every_steps", "keep_checkpoints"):
+        value = config[name]
+        _require(isinstance(value, int) and value > 0, name, f"must be a positive integer, got {value!r}")
+    _require(config.batch_size % config.grad_accum_steps == 0, "grad_accum_steps",
+             f"{config.grad_accum_steps} does not divide batch_size {config.batch_size}")
+    if config.stage == 1:
+        _require("temperature" in config and config.temperature > 0, "temperature",
+                 f"stage 1 needs a positive temperature, got {config.get('temperature')!r}")
+    else:
+        _require(config.data.mlm_probability > 0, "data.mlm_probability",
+                 f"stage 2 trains MLM and needs masked tokens, got {config.data.mlm_probability}")
+    model_cfg = model_config_from_dict(config.model.to_dict())
+    _require(tuple(config.data.crop_size) == tuple(model_cfg.crop_size), "data.crop_size",
+             f"{tuple(config.data.crop_size)} differs from model.crop_size {model_cfg.crop_size}")
+    _require(config.data.num_frm == model_cfg.num_frames, "data.num_frm",
+             f"{config.data.num_frm} differs from model.num_frames {model_cfg.num_frames}")
+    _require(config.data.max_txt_len <= model_cfg.max_position_embeddings, "data.max_txt_len",
+             f"{config.data.max_txt_len} exceeds model.max_position_embeddings {model_cfg.max_position_embeddings}")
+    for name in ("bert", "resnet", "stage1_checkpoint", "restore"):
+        _require(name in config.init, f"init.{name}", "missing (use '' for none)")
+    if config.stage == 1:
+        _require(not config.init.stage1_checkpoint, "init.stage1_checkpoint", "is a stage-2 setting")
+    for i, rule in enumerate(config.sharding_rules):
+        _require(len(rule) == 2 and isinstance(rule[0], str), f"sharding_rules[{i}]",
+                 f"must be (regex, partition spec tuple), got {rule!r}")
+    return model_cfg

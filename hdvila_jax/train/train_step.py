@@ -1,0 +1,141 @@
+"""One optimisation step of stage 1 (contrastive) or stage 2 (MLM), as a pure function for ``jax.jit``.
+
+The train state is a dict ``{'step', 'rng', 'params', 'batch_stats', 'opt_state'}``.
+Only trainable parameters are differentiated; frozen ones pass through bit-identical.
+``grad_accum_steps`` micro-batches give the same update as one step on the whole batch:
+stage 1 computes all features first, takes the gradient of the global-batch InfoNCE
+with respect to them, then back-propagates micro-batch by micro-batch (GradCache); stage 2
+weights each micro-batch's mean MLM loss by its share of the batch's masked tokens.
+A step whose loss or gradient is not finite leaves the state unchanged and reports
+``finite = False``; the trainer stops on it.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import traverse_util
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from hdvila_jax.losses import contrastive_loss
+from hdvila_jax.models import HDVILA
+from hdvila_jax.train.optimizer import FROZEN, Optimizer, global_norm
+from hdvila_jax.train import sharding
+from hdvila_jax.train.sharding import BATCH_AXES
+
+State = dict[str, Any]
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+MODEL_KEYS = ("img_middle", "img_other", "text_input_ids", "text_input_mask", "mlm_labels")
+
+
+def split_micro_batches(batch: Batch, k: int, mesh: Mesh) -> Batch:
+    """``[B, ...] -> [k, B/k, ...]`` where micro-batch ``i`` holds examples ``i, i+k, ...``: every
+    device keeps its own rows, so no data moves."""
+    def split(x):
+        x = x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, BATCH_AXES)))
+    return {key: split(v) for key, v in batch.items()}
+
+
+def make_train_step(config: ml_collections.ConfigDict, model: HDVILA, optimizer: Optimizer,
+                    mesh: Mesh) -> Callable[[State, Batch], tuple[State, Metrics]]:
+    """The step function ``(state, global batch) -> (new state, metrics)`` for ``config.stage``."""
+    stage, k = config.stage, config.grad_accum_steps
+    trainable_paths = [p for p, label in optimizer.labels.items() if label != FROZEN]
+
+    def forward(trainable, frozen, batch_stats, batch, rng):
+        params = traverse_util.unflatten_dict({**trainable, **frozen}, sep="/")
+        inputs = {key: batch[key] for key in MODEL_KEYS if key in batch}
+        return model.apply({"params": params, "batch_stats": batch_stats}, inputs, stage=stage,
+                           deterministic=False, rngs={"dropout": rng})
+
+    def stage1_grads(trainable, frozen, batch_stats, batch, rng):
+        def features(tr, b, r):
+            out = forward(tr, frozen, batch_stats, b, r)
+            return out["text_features"], out["video_features"]
+
+        def loss_of_features(text, video):
+            return contrastive_loss(text.reshape(-1, text.shape[-1]), video.reshape(-1, video.shape[-1]),
+                                    config.temperature)
+
+        if k == 1:
+            def loss_fn(tr):
+                return loss_of_features(*features(tr, batch, rng))
+            (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+            return loss, metrics, grads
+        micro = split_micro_batches(batch, k, mesh)
+        rngs = jax.random.split(rng, k)
+        text, video = jax.lax.map(lambda xs: features(trainable, *xs), (micro, rngs))
+        (loss, metrics), (d_text, d_video) = jax.value_and_grad(loss_of_features, argnums=(0, 1),
+                                                                has_aux=True)(text, video)
+
+        def backward(acc, xs):
+            b, r, dt, dv = xs
+            _, vjp = jax.vjp(lambda tr: features(tr, b, r), trainable)
+            return jax.tree.map(jnp.add, acc, vjp((dt, dv))[0]), None
+
+        zeros = jax.tree.map(jnp.zeros_like, trainable)
+        grads, _ = jax.lax.scan(backward, zeros, (micro, rngs, d_text, d_video))
+        return loss, metrics, grads
+
+    def stage2_grads(trainable, frozen, batch_stats, batch, rng):
+        micro = split_micro_batches(batch, k, mesh) if k > 1 else jax.tree.map(lambda x: x[None], batch)
+        counts = (micro["mlm_labels"] != -100).sum(axis=tuple(range(1, micro["mlm_labels"].ndim)))
+        total = jnp.maximum(counts.sum(), 1).astype(jnp.float32)
+
+        def accumulate(acc, xs):
+            b, r, count = xs
+            weight = count.astype(jnp.float32) / total
+
+            def loss_fn(tr):
+                out = forward(tr, frozen, batch_stats, b, r)
+                return out["mlm_loss"] * weight, out["mlm_acc"] * weight
+
+            (loss, acc_part), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+            g_acc, l_acc, a_acc = acc
+            return (jax.tree.map(jnp.add, g_acc, grads), l_acc + loss, a_acc + acc_part), None
+
+        init = (jax.tree.map(jnp.zeros_like, trainable), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+        (grads, loss, mlm_acc), _ = jax.lax.scan(accumulate, init, (micro, jax.random.split(rng, k), counts))
+        return loss, {"mlm_acc": mlm_acc, "mlm_tokens": counts.sum()}, grads
+
+    def train_step(state: State, batch: Batch) -> tuple[State, Metrics]:
+        flat = traverse_util.flatten_dict(state["params"], sep="/")
+        trainable = {p: flat[p] for p in trainable_paths}
+        frozen = {p: v for p, v in flat.items() if p not in trainable}
+        rng = jax.random.fold_in(state["rng"], state["step"])
+        grads_fn = stage1_grads if stage == 1 else stage2_grads
+        loss, metrics, grads = grads_fn(trainable, frozen, state["batch_stats"], batch, rng)
+
+        full_grads = traverse_util.unflatten_dict(
+            {p: grads[p] if p in grads else jnp.zeros_like(v) for p, v in flat.items()}, sep="/")
+        updates, opt_state = optimizer.tx.update(full_grads, state["opt_state"], state["params"])
+        flat_updates = traverse_util.flatten_dict(updates, sep="/")
+        new_flat = {p: (v + flat_updates[p]).astype(v.dtype) if p in trainable else v for p, v in flat.items()}
+        grad_norm = global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new_state = dict(step=state["step"] + 1, rng=state["rng"], batch_stats=state["batch_stats"],
+                         params=traverse_util.unflatten_dict(new_flat, sep="/"), opt_state=opt_state)
+        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+
+        metrics = dict(metrics, loss=loss, finite=finite, grad_norm=grad_norm,
+                       param_norm=global_norm([new_flat[p] for p in trainable_paths]),
+                       update_norm=global_norm([flat_updates[p] for p in trainable_paths]))
+        for name, schedule in optimizer.schedules.items():
+            metrics[f"lr_{name}"] = schedule(state["step"])
+        return new_state, metrics
+
+    return train_step
+
+
+def jit_train_step(config: ml_collections.ConfigDict, model: HDVILA, optimizer: Optimizer, mesh: Mesh,
+                   specs: State) -> Callable[[State, Batch], tuple[State, Metrics]]:
+    """:func:`make_train_step` jitted with the train state's shardings (``specs``) in and out,
+    the batch sharded over the batch axes, replicated metrics, and the state donated."""
+    state_shardings = sharding.named(mesh, specs)
+    return jax.jit(make_train_step(config, model, optimizer, mesh),
+                   in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                   out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))

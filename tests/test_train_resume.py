@@ -1,0 +1,90 @@
+"""Checkpoints: exact resume after SIGKILL, and the NaN guard never saving bad state."""
+import os
+import signal
+import subprocess
+import time
+
+import grain
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from hdvila_jax.data import pipeline
+from hdvila_jax.train import trainer
+from tests import train_helpers
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory):
+    return train_helpers.make_demo_data(str(tmp_path_factory.getbasetemp() / "demo_data"))
+
+
+def _overrides(root, **extra):
+    return {"data.train_files": os.path.join(root, "records", "train-*.tfrecord"),
+            "data.val_files": os.path.join(root, "records", "val-*.tfrecord"),
+            "data.vocab_file": os.path.join(root, "vocab.txt"), "demo_data_dir": "''", **extra}
+
+
+def test_resume_after_sigkill_is_exact(demo_root, tmp_path):
+    overrides = _overrides(demo_root, total_steps=4, ckpt_every_steps=2, eval_every_steps=1000)
+    env = train_helpers.subprocess_env(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+                                       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    straight = str(tmp_path / "straight")
+    train_helpers.run_main("configs/stage1.py:tiny", straight, overrides, env)
+
+    killed = str(tmp_path / "killed")
+    # Kill once step 2 is on disk; the final eval and save of step 4 take seconds more.
+    proc = subprocess.Popen(train_helpers.main_command("configs/stage1.py:tiny", killed, overrides),
+                            env=env, cwd=train_helpers.REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + train_helpers.SUBPROCESS_TIMEOUT
+    while 2 not in train_helpers.steps_on_disk(killed) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert train_helpers.steps_on_disk(killed) == [2], "the kill came too late"
+    train_helpers.run_main("configs/stage1.py:tiny", killed, overrides, env)
+
+    one, two = train_helpers.read_metrics(straight), train_helpers.read_metrics(killed)
+    for step in (1, 2, 3, 4):
+        for key in ("train/loss", "train/grad_norm", "train/t2v_acc", "train/param_norm"):
+            assert two[step][key] == one[step][key], (step, key)
+    a = traverse_util.flatten_dict(train_helpers.checkpoint_params(straight, 4), sep="/")
+    b = traverse_util.flatten_dict(train_helpers.checkpoint_params(killed, 4), sep="/")
+    assert a.keys() == b.keys()
+    for path in a:
+        assert np.array_equal(a[path], b[path]), path
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(demo_root, tmp_path, monkeypatch):
+    real = pipeline.make_train_iterator
+
+    class Poisoned(grain.DatasetIterator):
+        """Batch 3 has no valid text token: the masked text mean divides 0 by 0."""
+
+        count = 0
+
+        def __next__(self):
+            batch = next(self._parent)
+            self.count += 1
+            if self.count == 3:
+                batch["text_input_mask"] = np.zeros_like(batch["text_input_mask"])
+            return batch
+
+        def get_state(self):
+            return self._parent.get_state()
+
+        def set_state(self, state):
+            self._parent.set_state(state)
+
+    def poisoned(config, process_index, process_count):
+        return Poisoned(real(config, process_index, process_count))
+
+    monkeypatch.setattr(pipeline, "make_train_iterator", poisoned)
+    config = train_helpers.tiny_config(1, demo_root, total_steps=6, ckpt_every_steps=2, eval_every_steps=1000)
+    workdir = str(tmp_path / "run")
+    with pytest.raises(trainer.NonFiniteLossError, match="step 3: loss nan"):
+        trainer.train_and_evaluate(config, workdir)
+    assert train_helpers.steps_on_disk(workdir) == [2]
+    params = traverse_util.flatten_dict(train_helpers.checkpoint_params(workdir, 2), sep="/")
+    assert all(np.all(np.isfinite(v)) for v in params.values())
+    assert max(train_helpers.read_metrics(workdir)) == 2
