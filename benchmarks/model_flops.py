@@ -13,9 +13,18 @@ from hdvila_jax.models import ModelConfig, model_config_from_dict
 from hdvila_jax.models.resnet import STAGE_BLOCKS
 
 
+def _valid_taps(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """(output size, kernel taps that fall inside the input summed over outputs) along one axis
+    of a convolution padded by ``kernel // 2``; taps on the zero padding cost nothing."""
+    pad, out = kernel // 2, -(-size // stride)
+    taps = sum(1 for o in range(out) for t in range(kernel) if 0 <= o * stride - pad + t < size)
+    return out, taps
+
+
 def _conv(h: int, w: int, cin: int, cout: int, kernel: int, stride: int) -> tuple[int, int, int]:
-    ho, wo = -(-h // stride), -(-w // stride)
-    return 2 * ho * wo * cin * cout * kernel * kernel, ho, wo
+    ho, taps_h = _valid_taps(h, kernel, stride)
+    wo, taps_w = _valid_taps(w, kernel, stride)
+    return 2 * taps_h * taps_w * cin * cout, ho, wo
 
 
 def resnet_flops(depth: int, h: int, w: int, num_stages: int = 4) -> int:

@@ -1,0 +1,105 @@
+"""Per-device memory of the paper-config train steps under FSDP, from XLA's compiled memory
+analysis (compiled on forced CPU devices, never run).
+
+    python -m benchmarks.memory [--devices=8,64] [--per_device_batch=8] [--stages=1,2]
+        [--remat=false,true] [--json=out.json]
+    python -m benchmarks.memory --quick      # CI-sized: tiny config on 8 devices
+
+Each device count runs in its own subprocess (the forced device count is fixed when jax
+starts). The mesh is all-FSDP (``data=1, fsdp=N``); the global batch is
+``per_device_batch * N`` examples of 2 clips at 640x1024, bf16 compute, float32 parameters
+and Adam moments. Peak = arguments + outputs - aliased (donated) + temporaries.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from absl import app, flags
+
+_DEVICES = flags.DEFINE_list("devices", ["8", "64"], "Device counts (FSDP sizes).")
+_PER_DEVICE_BATCH = flags.DEFINE_integer("per_device_batch", 8, "Examples per device.")
+_STAGES = flags.DEFINE_list("stages", ["1", "2"], "Stages to compile.")
+_REMAT = flags.DEFINE_list("remat", ["false", "true"], "Rematerialisation settings.")
+_QUICK = flags.DEFINE_bool("quick", False, "Tiny config, 8 devices, stage 1, no remat (for CI).")
+_JSON = flags.DEFINE_string("json", None, "Write the rows as JSON to this file.")
+_WORKER = flags.DEFINE_bool("worker", False, "Internal: compile in this process and print JSON rows.")
+
+GIB = 1024**3
+
+
+def trainer_config(stage: int, variant: str, devices: int, per_device_batch: int, remat: bool):
+    """The stage's trainer config, all-FSDP over ``devices``, with the given batch and remat."""
+    from configs import stage1, stage2
+    config = (stage1 if stage == 1 else stage2).get_config(variant)
+    config.mesh.data, config.mesh.fsdp = 1, devices
+    config.batch_size = per_device_batch * devices
+    config.grad_accum_steps = 1
+    config.model.remat = remat
+    return config
+
+
+def compiled_memory(config) -> dict:
+    """Per-device bytes of the compiled train step of ``config``."""
+    from benchmarks.step_builder import build_step
+    built = build_step(config)
+    compiled = built.step.lower(built.abstract_state(), built.abstract_batch()).compile()
+    m = compiled.memory_analysis()
+    row = dict(arguments=m.argument_size_in_bytes, outputs=m.output_size_in_bytes, aliased=m.alias_size_in_bytes,
+               temporaries=m.temp_size_in_bytes)
+    row["peak"] = row["arguments"] + row["outputs"] - row["aliased"] + row["temporaries"]
+    return row
+
+
+def worker(devices: int, stages: list[int], remats: list[bool], per_device_batch: int, variant: str) -> None:
+    for stage in stages:
+        for remat in remats:
+            config = trainer_config(stage, variant, devices, per_device_batch, remat)
+            row = dict(stage=stage, devices=devices, per_device_batch=per_device_batch, remat=remat,
+                       variant=variant, **compiled_memory(config))
+            print("ROW " + json.dumps(row), flush=True)
+
+
+def run_worker(devices: int, args: list[str]) -> list[dict]:
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "-m", "benchmarks.memory", "--worker", f"--devices={devices}", *args]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"memory worker for {devices} devices failed:\n{result.stderr[-4000:]}")
+    return [json.loads(line[4:]) for line in result.stdout.splitlines() if line.startswith("ROW ")]
+
+
+def print_table(rows: list[dict]) -> None:
+    print("| stage | devices (FSDP) | examples/device | remat | arguments GiB | outputs GiB | aliased GiB | "
+          "temporaries GiB | peak GiB | fits 16 / 40 / 80 GB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        fits = " / ".join("yes" if r["peak"] <= gb * 1e9 else "no" for gb in (16, 40, 80))
+        print(f"| {r['stage']} | {r['devices']} | {r['per_device_batch']} | {r['remat']} | "
+              f"{r['arguments'] / GIB:.2f} | {r['outputs'] / GIB:.2f} | {r['aliased'] / GIB:.2f} | "
+              f"{r['temporaries'] / GIB:.2f} | {r['peak'] / GIB:.2f} | {fits} |")
+
+
+def main(argv):
+    del argv
+    variant = "tiny" if _QUICK.value else "paper"
+    stages = [1] if _QUICK.value else [int(s) for s in _STAGES.value]
+    remats = [False] if _QUICK.value else [r.lower() == "true" for r in _REMAT.value]
+    per_device_batch = 1 if _QUICK.value else _PER_DEVICE_BATCH.value
+    if _WORKER.value:
+        worker(int(_DEVICES.value[0]), stages, remats, per_device_batch, variant)
+        return
+    devices = [8] if _QUICK.value else [int(d) for d in _DEVICES.value]
+    args = [f"--stages={','.join(map(str, stages))}", f"--remat={','.join(str(r).lower() for r in remats)}",
+            f"--per_device_batch={per_device_batch}"] + (["--quick"] if _QUICK.value else [])
+    rows = [row for d in devices for row in run_worker(d, args)]
+    print_table(rows)
+    if _JSON.value:
+        with open(_JSON.value, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    app.run(main)
