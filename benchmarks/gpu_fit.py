@@ -8,14 +8,13 @@ runs the benchmark row of ``benchmarks.train_step`` for that batch and prints it
 """
 from __future__ import annotations
 
-import json
-
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from benchmarks.reporting import report
 from benchmarks.step_builder import build_step
-from benchmarks.train_step import measure, print_table
+from benchmarks.step_timing import measure, print_table
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Trainer config file[:variant].")
 _BATCHES = flags.DEFINE_list("batches", ["16", "12", "8", "6", "4", "2", "1"], "Per-device batches to try.")
@@ -49,11 +48,7 @@ def main(argv):
         print(f"per-device batch {per_device}: peak {peak:.1f} GiB of {(device_memory_bytes() or 0) / 2**30:.1f} GiB"
               f" -> {'fits' if ok else 'too large'}", flush=True)
         if ok:
-            row = measure(config, config.model.dtype, _STEPS.value, 2)
-            print_table([row])
-            if _JSON.value:
-                with open(_JSON.value, "w") as f:
-                    json.dump(row, f, indent=2)
+            report([measure(config, config.model.dtype, _STEPS.value, 2)], print_table, _JSON.value)
             return
     raise SystemExit("no candidate batch fits")
 

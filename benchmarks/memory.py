@@ -12,12 +12,9 @@ and Adam moments. Peak = arguments + outputs - aliased (donated) + temporaries.
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 from absl import app, flags
+
+from benchmarks.reporting import emit_row, report, run_on_forced_devices
 
 _DEVICES = flags.DEFINE_list("devices", ["8", "64"], "Device counts (FSDP sizes).")
 _PER_DEVICE_BATCH = flags.DEFINE_integer("per_device_batch", 8, "Examples per device.")
@@ -59,16 +56,7 @@ def worker(devices: int, stages: list[int], remats: list[bool], per_device_batch
             config = trainer_config(stage, variant, devices, per_device_batch, remat)
             row = dict(stage=stage, devices=devices, per_device_batch=per_device_batch, remat=remat,
                        variant=variant, **compiled_memory(config))
-            print("ROW " + json.dumps(row), flush=True)
-
-
-def run_worker(devices: int, args: list[str]) -> list[dict]:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, "-m", "benchmarks.memory", "--worker", f"--devices={devices}", *args]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if result.returncode:
-        raise RuntimeError(f"memory worker for {devices} devices failed:\n{result.stderr[-4000:]}")
-    return [json.loads(line[4:]) for line in result.stdout.splitlines() if line.startswith("ROW ")]
+            emit_row(row)
 
 
 def print_table(rows: list[dict]) -> None:
@@ -94,11 +82,9 @@ def main(argv):
     devices = [8] if _QUICK.value else [int(d) for d in _DEVICES.value]
     args = [f"--stages={','.join(map(str, stages))}", f"--remat={','.join(str(r).lower() for r in remats)}",
             f"--per_device_batch={per_device_batch}"] + (["--quick"] if _QUICK.value else [])
-    rows = [row for d in devices for row in run_worker(d, args)]
-    print_table(rows)
-    if _JSON.value:
-        with open(_JSON.value, "w") as f:
-            json.dump(rows, f, indent=2)
+    rows = [row for d in devices
+            for row in run_on_forced_devices("benchmarks.memory", d, ["--worker", f"--devices={d}", *args])]
+    report(rows, print_table, _JSON.value)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,13 @@ bytes of their results, per device).
 from __future__ import annotations
 
 import collections
-import json
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 from absl import app, flags
+
+from benchmarks.reporting import emit_row, report, run_on_forced_devices
 
 _CONFIG = flags.DEFINE_enum("config", "stage1", ["stage1", "stage2"], "Trainer config (tiny variant).")
 _DEVICES = flags.DEFINE_list("devices", ["1", "2", "4", "8"], "Device counts.")
@@ -69,19 +68,8 @@ def worker(config_name: str, devices: int, batch_size: int, mode: str, out_path:
     after = traverse_util.flatten_dict(jax.device_get(state["params"]), sep="/")
     sharded = sum(1 for leaf in jax.tree.leaves(state["params"]) if not leaf.sharding.is_fully_replicated)
     np.savez(out_path, **{k: after[k] - before[k] for k in after})
-    print("ROW " + json.dumps(dict(devices=devices, mode=mode, loss=float(metrics["loss"]),
-                                   grad_norm=float(metrics["grad_norm"]), sharded_params=sharded,
-                                   collectives=collectives_of(compiled.as_text()))), flush=True)
-
-
-def run_worker(config_name: str, devices: int, batch_size: int, mode: str, out_path: str) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, "-m", "benchmarks.scaling", f"--worker={out_path}", f"--config={config_name}",
-           f"--devices={devices}", f"--batch_size={batch_size}", f"--mode={mode}"]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if result.returncode:
-        raise RuntimeError(f"scaling worker ({devices} devices, {mode}) failed:\n{result.stderr[-4000:]}")
-    return json.loads(next(line[4:] for line in result.stdout.splitlines() if line.startswith("ROW ")))
+    emit_row(dict(devices=devices, mode=mode, loss=float(metrics["loss"]), grad_norm=float(metrics["grad_norm"]),
+                  sharded_params=sharded, collectives=collectives_of(compiled.as_text())))
 
 
 def relative_update_difference(path: str, reference: str) -> float:
@@ -98,7 +86,9 @@ def scaling_rows(config_name: str, runs: list[tuple[str, int]], batch_size: int,
     rows = []
     for mode, n in runs:
         out = os.path.join(workdir, f"{mode}_{n}.npz")
-        row = run_worker(config_name, n, batch_size, mode, out)
+        (row,) = run_on_forced_devices("benchmarks.scaling", n, [
+            f"--worker={out}", f"--config={config_name}", f"--devices={n}", f"--batch_size={batch_size}",
+            f"--mode={mode}"])
         base = rows[0] if rows else row
         row["loss_rel_diff"] = abs(row["loss"] - base["loss"]) / abs(base["loss"])
         row["update_rel_diff"] = relative_update_difference(out, reference)
@@ -127,10 +117,7 @@ def main(argv):
         [("dp", n) for n in devices] + [("fsdp", n) for n in devices if n > 1]
     with tempfile.TemporaryDirectory() as workdir:
         rows = scaling_rows(_CONFIG.value, runs, _BATCH.value, workdir)
-    print_table(rows)
-    if _JSON.value:
-        with open(_JSON.value, "w") as f:
-            json.dump(rows, f, indent=2)
+    report(rows, print_table, _JSON.value)
 
 
 if __name__ == "__main__":

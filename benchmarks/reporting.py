@@ -1,0 +1,32 @@
+"""Shared plumbing of the benchmark scripts: workers on forced CPU devices, and output."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Callable
+
+ROW_PREFIX = "ROW "
+
+
+def emit_row(row: dict) -> None:
+    """Print one result row for the parent process (see :func:`run_on_forced_devices`)."""
+    print(ROW_PREFIX + json.dumps(row), flush=True)
+
+
+def run_on_forced_devices(module: str, devices: int, args: list[str]) -> list[dict]:
+    """Run ``python -m module --worker ... args`` with ``devices`` forced CPU devices; its rows."""
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-m", module, *args], env=env, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"{module} worker on {devices} devices failed:\n{result.stderr[-4000:]}")
+    return [json.loads(line[len(ROW_PREFIX):]) for line in result.stdout.splitlines() if line.startswith(ROW_PREFIX)]
+
+
+def report(rows: list[dict], print_table: Callable[[list[dict]], None], json_path: str | None) -> None:
+    """Print the table of ``rows`` and, when asked, write them as JSON."""
+    print_table(rows)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(rows, f, indent=2)

@@ -1,0 +1,64 @@
+"""Timing one train-step configuration: the row that ``benchmarks.train_step`` and
+``benchmarks.gpu_fit`` print."""
+from __future__ import annotations
+
+import statistics
+import time
+
+import jax
+
+from benchmarks.model_flops import train_flops
+from benchmarks.peaks import peak_flops
+from benchmarks.step_builder import build_step
+
+
+def xla_flops(compiled) -> float | None:
+    """FLOPs of one step per XLA's cost analysis of the compiled program (None if unavailable)."""
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0] if analysis else None
+    return float(analysis["flops"]) if analysis and "flops" in analysis else None
+
+
+def measure(config, dtype: str, steps: int, warmup: int) -> dict:
+    """One benchmark row for ``config`` with compute ``dtype``."""
+    config = config.copy_and_resolve_references()
+    config.model.dtype = dtype
+    built = build_step(config)
+    start = time.perf_counter()
+    compiled = built.step.lower(built.abstract_state(), built.abstract_batch()).compile()
+    compile_s = time.perf_counter() - start
+    state, batch = built.init_state(), built.random_batch()
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready((state, metrics))
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    step_s = statistics.median(times)
+    cfg = built.model_cfg
+    tokens = cfg.pixel_random_sampling_size if config.stage == 2 else None
+    analytic = config.batch_size * train_flops(cfg, config.stage, config.data.train_n_clips, config.data.max_txt_len,
+                                                tokens)
+    peak, peak_source = peak_flops(dtype)
+    devices = built.mesh.size
+    return dict(stage=config.stage, dtype=dtype, devices=devices, device_kind=jax.devices()[0].device_kind,
+                batch_size=config.batch_size, compile_s=compile_s, step_ms=1e3 * step_s,
+                examples_per_s=config.batch_size / step_s, xla_gflop_per_step=(xla_flops(compiled) or 0) / 1e9,
+                analytic_gflop_per_step=analytic / 1e9, tflops_per_s=analytic / step_s / 1e12,
+                peak_tflops_per_device=(peak or 0) / 1e12, peak_source=peak_source,
+                mfu=(analytic / step_s / (peak * devices)) if peak else None,
+                loss=float(metrics["loss"]))
+
+
+def print_table(rows: list[dict]) -> None:
+    print("| stage | dtype | devices | batch | compile s | step ms | examples/s | XLA GFLOP/step | "
+          "analytic GFLOP/step | TFLOP/s | peak TFLOP/s/dev | MFU |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
+        print(f"| {r['stage']} | {r['dtype']} | {r['devices']} | {r['batch_size']} | {r['compile_s']:.1f} | "
+              f"{r['step_ms']:.1f} | {r['examples_per_s']:.2f} | {r['xla_gflop_per_step']:.1f} | "
+              f"{r['analytic_gflop_per_step']:.1f} | {r['tflops_per_s']:.3f} | {r['peak_tflops_per_device']:.2f} "
+              f"({r['peak_source']}) | {mfu} |")
