@@ -167,3 +167,8 @@ def test_command_line_writes_orbax_checkpoint(tmp_path, stage2_vars):
            f"--hdvila={tmp_path / 'hdvila.pt'}", f"--output={tmp_path / 'out'}"]
     subprocess.run(cmd, check=True, cwd=os.path.dirname(os.path.dirname(__file__)), capture_output=True)
     assert_trees_equal(restore_variables(tmp_path / "out"), stage2_vars)
+    # The trainer starts from it as init.stage1_checkpoint / init.restore (variables only).
+    from hdvila_jax.train.checkpointing import restore_variables as trainer_restore
+    restored, origin = trainer_restore(str(tmp_path / "out"), stage2_vars, "init.stage1_checkpoint")
+    assert origin == str(tmp_path / "out")
+    assert_trees_equal(restored, stage2_vars)

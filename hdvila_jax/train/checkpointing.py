@@ -14,6 +14,8 @@ import grain
 import orbax.checkpoint as ocp
 from etils import epath
 
+from hdvila_jax import variables_io
+
 State = dict[str, Any]
 VARIABLE_KEYS = ("params", "batch_stats")
 TRAIN_KEYS = ("opt_state", "step", "rng")
@@ -66,10 +68,13 @@ class Checkpointer:
 
 
 def restore_variables(path: str, target: dict, field: str) -> tuple[dict, str]:
-    """``{'params', 'batch_stats'}`` from a run's checkpoint directory (its latest step) or from
-    one step directory. ``field`` names the config key holding ``path`` for error messages.
-    Returns the variables and the step directory they came from."""
+    """``{'params', 'batch_stats'}`` from a run's checkpoint directory (its latest step), from
+    one step directory, or from a variables checkpoint written by ``python -m hdvila_jax.convert``.
+    ``field`` names the config key holding ``path`` for error messages. Returns the variables
+    and the directory they came from."""
     path = os.path.abspath(path)
+    if os.path.isfile(os.path.join(path, "_METADATA")):  # converted weights: variables only
+        return variables_io.restore_variables(path, target), path
     if os.path.isdir(os.path.join(path, "variables")):
         step_dir = path
         restored = ocp.StandardCheckpointer().restore(os.path.join(path, "variables"), target)
