@@ -17,6 +17,7 @@ from hdvila_jax.convert.reference_config import model_config_from_reference
 from hdvila_jax.convert.rules import hdvila_rules
 from hdvila_jax.losses import contrastive_loss
 from hdvila_jax.models import HDVILA, ModelConfig
+from tests.model_helpers import relative_error
 
 # Tolerances of the fixtures' README: relative error per tensor (float32), of the losses and of
 # the per-parameter gradient L2 norms.
@@ -153,12 +154,6 @@ def run_fixture(folder: pathlib.Path):
     out, inter, grads = forward_and_grad(cfg, stage, variables, inputs)
     return meta, ours_in_reference_layout(out, inter, meta, stage), ref_out, \
         grad_norms_by_torch_name(grads, cfg, stage), ref_grads
-
-
-def relative_error(ours: np.ndarray, ref: np.ndarray) -> float:
-    """``||ours - ref|| / ||ref||`` in float64."""
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    return float(np.linalg.norm(ours - ref) / np.linalg.norm(ref))
 
 
 @functools.lru_cache(maxsize=None)

@@ -48,7 +48,7 @@ def test_paper_config_is_the_spec():
 
 
 @functools.lru_cache(maxsize=None)
-def _apply(cfg, stage, deterministic, seed=0):
+def _apply(cfg, stage, deterministic):
     model = HDVILA(cfg)
     return jax.jit(lambda v, b, r: model.apply(v, b, stage=stage, deterministic=deterministic, rngs={"dropout": r}))
 
