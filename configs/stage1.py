@@ -31,7 +31,9 @@ def optimizer_config(lr: float, weight_decay: float, groups: dict[str, str],
         no_decay=r"(^|/)bias$|norm[^/]*/scale$|embed",
         warmup_ratio=0.1,
         decay_milestones=(),  # steps at which 'multi_step' halves (x decay_gamma) the lr
+        decay_milestone_epochs=(),  # the same in epochs (with config.epochs): sets decay_milestones
         decay_gamma=0.5,
+        skip_last_halving=False,  # multi_step past the last milestone: gamma**(n+1) (downstream quirk)
         groups={name: dict(match=match, lr=lr, weight_decay=weight_decay, schedule="warmup_linear")
                 for name, match in groups.items()},
         frozen=frozen,  # regex of parameters that never train (no gradient, no optimizer state)
@@ -43,12 +45,14 @@ def base_config(stage: int, variant: str) -> ml_collections.ConfigDict:
     if variant not in ("paper", "demo", "tiny"):
         raise ValueError(f"unknown config variant {variant!r}; use paper, demo or tiny")
     config = ml_collections.ConfigDict()
+    config.task = "pretrain"  # hdvila_jax.tasks: pretrain (stage 1/2 by config.stage) or a downstream task
     config.stage = stage
     config.seed = 24
     config.model = model_configs.get_config("paper" if variant == "paper" else "tiny")
     config.data = get_data_config(variant)
     config.demo_data_dir = ""  # when set and the records are missing, make_demo writes them there
     config.total_steps = 1_130_000  # the reference stage-1 checkpoint is model_step_1129660
+    config.epochs = 0.0  # > 0: total_steps = ceil(epochs * training records / batch_size)
     config.batch_size = 512  # global
     config.grad_accum_steps = 1  # micro-batches per step; batch_size is split into this many
     config.eval_batch_size = 64  # global
@@ -56,13 +60,17 @@ def base_config(stage: int, variant: str) -> ml_collections.ConfigDict:
     config.eval_every_steps = 10_000
     config.ckpt_every_steps = 5_000
     config.keep_checkpoints = 3
+    config.best_metric = ""  # eval metric (higher is better) whose best step's variables go to workdir/best
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))  # -1: all remaining devices
     # (regex, PartitionSpec entries) on parameter paths, first match wins; parameters no
     # rule matches are sharded over 'fsdp' along their largest divisible axis when they
     # have at least fsdp_min_size elements, else replicated.
     config.sharding_rules = ((r"/embedding$", (None, "fsdp")),)
     config.fsdp_min_size = 2 ** 16
-    config.init = ml_collections.ConfigDict(dict(bert="", resnet="", stage1_checkpoint="", restore=""))
+    config.init = ml_collections.ConfigDict(dict(bert="", resnet="", stage1_checkpoint="", restore="",
+                                                 # "module:variant" of configs/ to train into init.restore
+                                                 # when it holds no checkpoint (demo variants)
+                                                 demo_config=""))
     if variant == "paper":
         config.model.dtype = "bfloat16"
     else:

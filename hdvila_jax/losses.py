@@ -5,9 +5,10 @@ import jax
 import jax.numpy as jnp
 
 
-def contrastive_loss(text_features: jax.Array, video_features: jax.Array,
-                     temperature: float) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Symmetric InfoNCE over the (global) batch: ``0.5 * (CE(T V^T / t, I) + CE(V T^T / t, I))``.
+def contrastive_loss(text_features: jax.Array, video_features: jax.Array, temperature: float,
+                     direction_weight: float = 0.5) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Symmetric InfoNCE over the (global) batch: ``w * (CE(T V^T / t, I) + CE(V T^T / t, I))``
+    with ``w = direction_weight`` (0.5 in pretraining, 1.0 in retrieval fine-tuning).
 
     Returns the loss and both directions' in-batch top-1 accuracy.
     """
@@ -16,7 +17,7 @@ def contrastive_loss(text_features: jax.Array, video_features: jax.Array,
     t2v = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=1), labels[:, None], axis=1).mean()
     v2t = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=0), labels[None, :], axis=0).mean()
     metrics = dict(t2v_acc=(logits.argmax(axis=1) == labels).mean(), v2t_acc=(logits.argmax(axis=0) == labels).mean())
-    return 0.5 * (t2v + v2t), metrics
+    return direction_weight * (t2v + v2t), metrics
 
 
 def masked_lm_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -51,8 +51,15 @@ def test_schedules_match_the_reference_formulas():
     # The reference's global_step is count + 1: step/warmup, then (total - step) / (total - warmup).
     np.testing.assert_allclose([float(lin(c)) for c in (0, 4, 9, 10, 54, 99)],
                                [0.1, 0.5, 1.0, 89 / 90, 45 / 90, 0.0], rtol=1e-6)
+    # Downstream multi_step: epoch = int(step / steps_per_epoch) halves once per milestone m with
+    # epoch >= m, i.e. step >= m * steps_per_epoch (milestones given here in steps).
     multi = optimizer.make_schedule("multi_step", 2.0, total_steps=100, warmup_steps=0, milestones=(10, 20))
-    np.testing.assert_allclose([float(multi(c)) for c in (0, 9, 10, 19, 20, 50)], [2, 2, 1, 1, 0.5, 0.5])
+    np.testing.assert_allclose([float(multi(c)) for c in (0, 8, 9, 18, 19, 50)], [2, 2, 1, 1, 0.5, 0.5])
+    # Warmup (no decay while step <= warmup), fractional milestones, and the original's skipped
+    # halving past the last milestone (SPEC_DOWNSTREAM quirk 10): 0.5 -> 0.125, not 0.25.
+    quirk = optimizer.make_schedule("multi_step", 1.0, total_steps=100, warmup_steps=4, milestones=(2.5, 6.5),
+                                    skip_last_halving=True)
+    np.testing.assert_allclose([float(quirk(c)) for c in (0, 3, 4, 5, 6, 90)], [0.25, 1, 0.5, 0.5, 0.125, 0.125])
     with pytest.raises(optimizer.OptimizerConfigError, match="cosine"):
         optimizer.make_schedule("cosine", 1.0, 10, 0)
 

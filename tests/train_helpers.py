@@ -32,6 +32,11 @@ def tiny_config(stage: int, data_root: str, **overrides):
     for key in ("train_files", "val_files", "vocab_file"):
         config.data[key] = data[key]
     config.demo_data_dir = ""
+    return apply_overrides(config, overrides)
+
+
+def apply_overrides(config, overrides: dict):
+    """Set dotted-key ``overrides`` (``{'data.max_txt_len': 8}``) on ``config``; returns it."""
     for key, value in overrides.items():
         node = config
         *parents, leaf = key.split(".")

@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -88,3 +89,61 @@ def restore_variables(path: str, target: dict, field: str) -> tuple[dict, str]:
     variables = checkpointer.restore_variables(step, target)
     checkpointer.close()
     return variables, os.path.join(path, str(step))
+
+
+def variables_directory(path: str, field: str) -> str:
+    """The orbax directory of the ``{'params', 'batch_stats'}`` tree behind ``path``: a converted
+    variables checkpoint, a step directory (its ``variables`` item) or a run's checkpoint
+    directory (its latest step)."""
+    path = os.path.abspath(path)
+    if os.path.isfile(os.path.join(path, "_METADATA")):
+        return path
+    if os.path.isdir(os.path.join(path, "variables")):
+        return os.path.join(path, "variables")
+    if not os.path.isdir(path):
+        raise CheckpointError(f"config.{field}={path!r} does not exist")
+    checkpointer = Checkpointer(path, keep=1, read_only=True)
+    step = checkpointer.latest_step()
+    checkpointer.close()
+    if step is None:
+        raise CheckpointError(f"config.{field}={path!r} holds no checkpoint step")
+    return os.path.join(path, str(step), "variables")
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+    return {"/".join(str(k.key) for k in key_path): leaf
+            for key_path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def checkpoint_shapes(directory: str) -> dict[str, tuple[int, ...]]:
+    """Shape of every leaf stored in a variables directory, by '/'-joined path (``params/text/...``)."""
+    metadata = ocp.PyTreeCheckpointer().metadata(directory).item_metadata
+    tree = dict(metadata.tree if hasattr(metadata, "tree") else metadata)
+    return {path: tuple(leaf.shape) for path, leaf in _flat(tree).items()}
+
+
+def restore_variables_subset(path: str, target: dict, field: str) -> tuple[dict, str, list[str]]:
+    """The part of a (larger) checkpoint's variables that ``target`` names, e.g. the stage-1
+    model out of a stage-2 checkpoint. Returns the variables, their directory and the stored
+    leaf paths that were not taken. A leaf of ``target`` missing from the checkpoint or of
+    another shape raises an error naming it."""
+    directory = variables_directory(path, field)
+    stored = checkpoint_shapes(directory)
+    wanted = _flat(target)
+    missing = sorted(set(wanted) - set(stored))
+    if missing:
+        raise CheckpointError(f"config.{field}={path!r} lacks {len(missing)} variables the model needs, e.g. "
+                              + ", ".join(missing[:5]))
+    wrong = [f"{p} {stored[p]} (model {tuple(leaf.shape)})" for p, leaf in wanted.items()
+             if stored[p] != tuple(leaf.shape)]
+    if wrong:
+        raise CheckpointError(f"config.{field}={path!r} has variables of other shapes than the model: "
+                              + ", ".join(wrong[:5]))
+    restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding, global_shape=s.shape,
+                                                               dtype=s.dtype), target)
+    try:
+        restored = ocp.PyTreeCheckpointer().restore(directory, args=ocp.args.PyTreeRestore(
+            item=target, restore_args=restore_args, partial_restore=True))
+    except ValueError as e:
+        raise CheckpointError(f"config.{field}={path!r}: {e}") from e
+    return restored, directory, sorted(set(stored) - set(wanted))

@@ -4,8 +4,9 @@ from __future__ import annotations
 import ml_collections
 
 from hdvila_jax.models import ModelConfig, model_config_from_dict
+from hdvila_jax.tasks import TASKS, get_task
 
-REQUIRED = ("stage", "seed", "total_steps", "batch_size", "grad_accum_steps", "eval_batch_size",
+REQUIRED = ("task", "stage", "seed", "total_steps", "batch_size", "grad_accum_steps", "eval_batch_size",
             "log_every_steps", "eval_every_steps", "ckpt_every_steps", "keep_checkpoints", "mesh",
             "sharding_rules", "fsdp_min_size", "init", "model", "data", "optimizer", "demo_data_dir")
 
@@ -24,15 +25,24 @@ def check_config(config: ml_collections.ConfigDict) -> ModelConfig:
     for name in REQUIRED:
         _require(name in config, name, "missing")
     _require(config.stage in (1, 2), "stage", f"must be 1 or 2, got {config.stage!r}")
-    for name in ("total_steps", "batch_size", "grad_accum_steps", "eval_batch_size", "log_every_steps",
+    _require(config.task in TASKS, "task", f"must be one of {TASKS}, got {config.task!r}")
+    task = get_task(config)
+    _require(task.stage == config.stage, "stage", f"task {task.name} uses the stage-{task.stage} model")
+    epochs = config.get("epochs", 0)
+    _require(isinstance(epochs, (int, float)) and epochs >= 0, "epochs", f"must be >= 0, got {epochs!r}")
+    if not epochs:  # with epochs, total_steps is computed from the number of training records
+        _require(isinstance(config.total_steps, int) and config.total_steps > 0, "total_steps",
+                 f"must be a positive integer (or set config.epochs), got {config.total_steps!r}")
+    for name in ("batch_size", "grad_accum_steps", "eval_batch_size", "log_every_steps",
                  "eval_every_steps", "ckpt_every_steps", "keep_checkpoints"):
         value = config[name]
         _require(isinstance(value, int) and value > 0, name, f"must be a positive integer, got {value!r}")
     _require(config.batch_size % config.grad_accum_steps == 0, "grad_accum_steps",
              f"{config.grad_accum_steps} does not divide batch_size {config.batch_size}")
-    if config.stage == 1:
+    if task.objective == "contrastive":
         _require("temperature" in config and config.temperature > 0, "temperature",
-                 f"stage 1 needs a positive temperature, got {config.get('temperature')!r}")
+                 f"task {task.name} (stage {task.stage}) needs a positive temperature, "
+                 f"got {config.get('temperature')!r}")
     else:
         _require(config.data.mlm_probability > 0, "data.mlm_probability",
                  f"stage 2 trains MLM and needs masked tokens, got {config.data.mlm_probability}")
@@ -43,7 +53,7 @@ def check_config(config: ml_collections.ConfigDict) -> ModelConfig:
              f"{config.data.num_frm} differs from model.num_frames {model_cfg.num_frames}")
     _require(config.data.max_txt_len <= model_cfg.max_position_embeddings, "data.max_txt_len",
              f"{config.data.max_txt_len} exceeds model.max_position_embeddings {model_cfg.max_position_embeddings}")
-    for name in ("bert", "resnet", "stage1_checkpoint", "restore"):
+    for name in ("bert", "resnet", "stage1_checkpoint", "restore", "demo_config"):
         _require(name in config.init, f"init.{name}", "missing (use '' for none)")
     if config.stage == 1:
         _require(not config.init.stage1_checkpoint, "init.stage1_checkpoint", "is a stage-2 setting")

@@ -46,7 +46,8 @@ def make_encode_fn(model: HDVILA) -> Callable[[Any, Mapping[str, jax.Array]], tu
     return jax.jit(encode)
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
+def gather_to_host(x: jax.Array) -> np.ndarray:
+    """A (sharded, possibly multi-process) array as one numpy array on every process."""
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
@@ -57,9 +58,9 @@ def evaluate_retrieval(encode: Callable, variables: Any, batches: Iterable[Mappi
     for local in batches:
         batch = sharding.global_batch({k: local[k] for k in (*ENCODER_KEYS, "valid")}, mesh)
         text, video = encode(variables, batch)
-        texts.append(_to_host(text))
-        videos.append(_to_host(video))
-        valid.append(_to_host(batch["valid"]))
+        texts.append(gather_to_host(text))
+        videos.append(gather_to_host(video))
+        valid.append(gather_to_host(batch["valid"]))
     keep = np.concatenate(valid)
     text, video = np.concatenate(texts)[keep], np.concatenate(videos)[keep]
     metrics = retrieval_metrics(text @ video.T)

@@ -75,11 +75,18 @@ def assign_groups(paths: list[str], groups: Mapping[str, str], frozen: str) -> d
 
 
 def make_schedule(kind: str, lr: float, total_steps: int, warmup_steps: int,
-                  milestones: tuple[int, ...] = (), gamma: float = 0.5) -> optax.Schedule:
+                  milestones: tuple[float, ...] = (), gamma: float = 0.5,
+                  skip_last_halving: bool = False) -> optax.Schedule:
     """Learning rate of update ``count`` (0-based), as in the reference's ``get_lr_sched``:
     linear warmup over ``warmup_steps`` then linear decay to 0 at ``total_steps``
-    (``warmup_linear``), warmup then x``gamma`` at each milestone step (``multi_step``), or
-    constant. The reference counts updates from 1, so update 0 already has lr/warmup."""
+    (``warmup_linear``), warmup then x``gamma`` from each milestone step on (``multi_step``),
+    or constant. The reference counts updates from 1, so update 0 already has lr/warmup.
+
+    ``multi_step`` follows the downstream code (SPEC_DOWNSTREAM 2.3): no decay while
+    ``step <= warmup``; afterwards ``gamma ** i`` with ``i`` the number of milestones with
+    ``step >= m`` (milestones may be fractional steps, from epochs x steps per epoch). With
+    ``skip_last_halving`` the factor past the last milestone is ``gamma ** (n + 1)``, the
+    original's quirk (SPEC_DOWNSTREAM 7.10)."""
     if kind not in SCHEDULES:
         raise OptimizerConfigError(f"schedule must be one of {SCHEDULES}, got {kind!r}")
     warmup = max(int(warmup_steps), 0)
@@ -91,8 +98,12 @@ def make_schedule(kind: str, lr: float, total_steps: int, warmup_steps: int,
             decay = jnp.clip((total_steps - step) / max(total_steps - warmup, 1), 0.0, 1.0)
             return lr * jnp.where(step < warmup, ramp, decay)
         if kind == "multi_step":
-            passed = sum((step > m).astype(jnp.float32) for m in milestones) if milestones else 0.0
-            return lr * ramp * gamma ** passed
+            if not milestones:
+                return lr * ramp
+            passed = sum((step >= m).astype(jnp.float32) for m in milestones)
+            if skip_last_halving:
+                passed = jnp.where(passed == len(milestones), passed + 1, passed)
+            return lr * jnp.where(step <= warmup, ramp, gamma ** passed)
         return lr * ramp if warmup else jnp.full((), lr, jnp.float32)
 
     return schedule
@@ -112,7 +123,8 @@ def make_optimizer(cfg: ml_collections.ConfigDict, params: Mapping[str, Any], to
             raise OptimizerConfigError(f"config.optimizer.groups.{name}.schedule must be one of {SCHEDULES}, "
                                        f"got {group.schedule!r}")
         schedules[name] = make_schedule(group.schedule, group.lr, total_steps, warmup_steps,
-                                        tuple(cfg.decay_milestones), cfg.decay_gamma)
+                                        tuple(cfg.decay_milestones), cfg.decay_gamma,
+                                        cfg.get("skip_last_halving", False))
         transforms[name] = optax.adamw(schedules[name], b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                                        weight_decay=group.weight_decay, mask=decay_mask)
     label_tree = traverse_util.unflatten_dict(labels, sep="/")

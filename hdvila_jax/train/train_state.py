@@ -29,11 +29,21 @@ def abstract_variables(model_cfg: ModelConfig, stage: int) -> dict:
     return model_variables.abstract_variables(model_cfg, stage)
 
 
-def variable_specs(config: ml_collections.ConfigDict, model_cfg: ModelConfig, mesh: Mesh) -> dict:
-    """PartitionSpecs of ``{'params', 'batch_stats'}`` of the ``config.stage`` model."""
+def variable_specs(config: ml_collections.ConfigDict, model_cfg: ModelConfig, mesh: Mesh,
+                   stage: int | None = None) -> dict:
+    """PartitionSpecs of ``{'params', 'batch_stats'}`` of the ``stage`` (default ``config.stage``) model."""
     rules = [tuple(rule) for rule in config.sharding_rules]
     return {name: sharding.param_specs(tree, mesh, rules, config.fsdp_min_size)
-            for name, tree in abstract_variables(model_cfg, config.stage).items()}
+            for name, tree in abstract_variables(model_cfg, stage or config.stage).items()}
+
+
+def sharded_variable_shapes(config: ml_collections.ConfigDict, model_cfg: ModelConfig, mesh: Mesh,
+                            stage: int | None = None) -> dict:
+    """``ShapeDtypeStruct``s with shardings of the ``stage`` model's variables (a restore target)."""
+    stage = stage or config.stage
+    return jax.tree.map(lambda s, spec: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=jax.NamedSharding(mesh, spec)),
+                        abstract_variables(model_cfg, stage), variable_specs(config, model_cfg, mesh, stage),
+                        is_leaf=lambda x: isinstance(x, P))
 
 
 def opt_state_specs(optimizer: Optimizer, params: Any, param_specs: Any) -> Any:

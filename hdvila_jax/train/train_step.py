@@ -1,4 +1,7 @@
-"""One optimisation step of stage 1 (contrastive) or stage 2 (MLM), as a pure function for ``jax.jit``.
+"""One optimisation step of a contrastive task (stage-1 pretraining, retrieval fine-tuning) or of
+stage-2 MLM, as a pure function for ``jax.jit``. The task (``hdvila_jax.tasks``) picks the model
+stage and the objective; the InfoNCE is computed on the global batch (the negatives are every
+example on every device).
 
 The train state is a dict ``{'step', 'rng', 'params', 'batch_stats', 'opt_state'}``.
 Only trainable parameters are differentiated; frozen ones pass through bit-identical.
@@ -19,8 +22,8 @@ import ml_collections
 from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from hdvila_jax.losses import contrastive_loss
 from hdvila_jax.models import HDVILA
+from hdvila_jax.tasks import get_task
 from hdvila_jax.train.optimizer import FROZEN, Optimizer, global_norm
 from hdvila_jax.train import sharding
 from hdvila_jax.train.sharding import BATCH_AXES
@@ -42,8 +45,9 @@ def split_micro_batches(batch: Batch, k: int, mesh: Mesh) -> Batch:
 
 def make_train_step(config: ml_collections.ConfigDict, model: HDVILA, optimizer: Optimizer,
                     mesh: Mesh) -> Callable[[State, Batch], tuple[State, Metrics]]:
-    """The step function ``(state, global batch) -> (new state, metrics)`` for ``config.stage``."""
-    stage, k = config.stage, config.grad_accum_steps
+    """The step function ``(state, global batch) -> (new state, metrics)`` of ``config``'s task."""
+    task = get_task(config)
+    stage, k = task.stage, config.grad_accum_steps
     trainable_paths = [p for p, label in optimizer.labels.items() if label != FROZEN]
 
     def forward(trainable, frozen, batch_stats, batch, rng):
@@ -58,8 +62,7 @@ def make_train_step(config: ml_collections.ConfigDict, model: HDVILA, optimizer:
             return out["text_features"], out["video_features"]
 
         def loss_of_features(text, video):
-            return contrastive_loss(text.reshape(-1, text.shape[-1]), video.reshape(-1, video.shape[-1]),
-                                    config.temperature)
+            return task.contrastive_loss(text.reshape(-1, text.shape[-1]), video.reshape(-1, video.shape[-1]))
 
         if k == 1:
             def loss_fn(tr):
@@ -107,7 +110,7 @@ def make_train_step(config: ml_collections.ConfigDict, model: HDVILA, optimizer:
         trainable = {p: flat[p] for p in trainable_paths}
         frozen = {p: v for p, v in flat.items() if p not in trainable}
         rng = jax.random.fold_in(state["rng"], state["step"])
-        grads_fn = stage1_grads if stage == 1 else stage2_grads
+        grads_fn = stage1_grads if task.objective == "contrastive" else stage2_grads
         loss, metrics, grads = grads_fn(trainable, frozen, state["batch_stats"], batch, rng)
 
         full_grads = traverse_util.unflatten_dict(

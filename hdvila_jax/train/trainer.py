@@ -1,12 +1,16 @@
-"""The train loop of both pretraining stages, and eval-only mode.
+"""The one train loop of pretraining (stage 1, stage 2) and the downstream tasks, and eval-only mode.
 
-Resume order: this workdir's latest checkpoint -> ``config.init.restore`` (a full train
-state of another run) -> pretrained initialisation (converted BERT/ResNet weights; for
-stage 2 also ``config.init.stage1_checkpoint`` on top) -> random.
+The task (``hdvila_jax.tasks.get_task(config)``) chooses the model stage, the objective
+and the evaluation. Resume order: this workdir's latest checkpoint -> ``config.init.restore``
+(pretraining: a full train state of another run; fine-tuning tasks: the variables the task
+model needs, taken out of any checkpoint, e.g. a converted stage-2 one, with a fresh
+optimizer) -> pretrained initialisation (converted BERT/ResNet weights; for stage 2 also
+``config.init.stage1_checkpoint`` on top) -> random.
 """
 from __future__ import annotations
 
 import glob
+import importlib
 import json
 import os
 import signal
@@ -22,7 +26,11 @@ from jax.sharding import Mesh
 from hdvila_jax import convert
 from hdvila_jax.data import pipeline
 from hdvila_jax.models import HDVILA, ModelConfig
+from hdvila_jax.tasks import Task, get_task
+from hdvila_jax.tasks import retrieval as retrieval_task
 from hdvila_jax.train import checkpointing, evaluation, sharding, train_state
+from hdvila_jax.train.best_checkpoint import BestCheckpoint
+from hdvila_jax.train.epochs import resolve_epochs
 from hdvila_jax.train.train_state import abstract_variables
 from hdvila_jax.train.config_checks import TrainConfigError, check_config
 from hdvila_jax.train.metrics_writer import MetricsWriter, Progress
@@ -65,6 +73,24 @@ def prepare_demo_data(config: ml_collections.ConfigDict) -> None:
         logging.info("demo data missing: generating it in %s", config.demo_data_dir)
         make_demo.main(["--output", config.demo_data_dir, "--workers", str(os.cpu_count() or 1)])
     multihost_utils.sync_global_devices("demo data ready")
+
+
+def prepare_demo_init(config: ml_collections.ConfigDict) -> None:
+    """Train ``config.init.demo_config`` ("module:variant" of configs/) into ``config.init.restore``'s
+    run directory when that holds no checkpoint yet (the downstream demos start from the demo
+    pretraining run, made on the fly as the stage-1 demo makes its data)."""
+    if not config.init.demo_config or not config.init.restore:
+        return
+    if os.path.isdir(config.init.restore):
+        existing = checkpointing.Checkpointer(config.init.restore, keep=1, read_only=True)
+        if existing.latest_step() is not None:
+            return
+    module, _, variant = config.init.demo_config.partition(":")
+    demo = importlib.import_module(f"configs.{module}").get_config(variant)
+    workdir = os.path.dirname(os.path.abspath(config.init.restore))
+    logging.info("init.restore=%s has no checkpoint: training configs/%s.py:%s into %s first",
+                 config.init.restore, module, variant, workdir)
+    train_and_evaluate(demo, workdir)
 
 
 def check_batch_sizes(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
@@ -120,13 +146,37 @@ def stage1_variables(config: ml_collections.ConfigDict, model_cfg: ModelConfig, 
     return {name: {**variables[name], **restored[name]} for name in ("params", "batch_stats")}
 
 
+def fine_tuning_variables(config: ml_collections.ConfigDict, target: State) -> tuple[dict, str]:
+    """The task model's variables out of ``config.init.restore`` (any checkpoint holding them, e.g.
+    the stage-1 part of a converted stage-2 checkpoint); logs what was taken and what dropped."""
+    if not config.init.restore:
+        raise TrainConfigError(f"config.init.restore is empty: task {config.task} fine-tunes a pretrained "
+                               "checkpoint (e.g. a converted stage-2 one, python -m hdvila_jax.convert)")
+    subset = {name: target[name] for name in ("params", "batch_stats")}
+    variables, origin, dropped = checkpointing.restore_variables_subset(config.init.restore, subset, "init.restore")
+    taken = sorted({path.split("/")[1] for path in traverse_paths(subset)})
+    dropped_parts = sorted({"/".join(path.split("/")[:2]) for path in dropped})
+    logging.info("task %s: took %s (%d arrays) from %s; dropped %d arrays not in the task model: %s",
+                 config.task, taken, len(traverse_paths(subset)), origin, len(dropped), dropped_parts or "none")
+    return variables, f"pretrained variables of {origin} (dropped {dropped_parts or 'nothing'})"
+
+
+def traverse_paths(tree: Any) -> list[str]:
+    """'/'-joined key paths of the leaves of a nested dict."""
+    return ["/".join(str(k.key) for k in key_path) for key_path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
 def initial_state(config: ml_collections.ConfigDict, model_cfg: ModelConfig, mesh: Mesh, optimizer: Optimizer,
-                  specs: State, checkpointer: checkpointing.Checkpointer, train_iter) -> tuple[State, str]:
+                  specs: State, checkpointer: checkpointing.Checkpointer, train_iter,
+                  task: Task) -> tuple[State, str]:
     """The state to start from, following the resume order, and where it came from."""
     target = train_state.abstract_state(config, model_cfg, mesh, optimizer, specs)
     latest = checkpointer.latest_step()
     if latest is not None:
         return checkpointer.restore(latest, target, train_iter), f"resumed from {checkpointer.directory} step {latest}"
+    if task.fine_tuning:
+        variables, origin = fine_tuning_variables(config, target)
+        return train_state.new_train_state(config, variables, mesh, specs, optimizer), origin
     if config.init.restore:
         other = checkpointing.Checkpointer(config.init.restore, keep=1, read_only=True)
         step = other.latest_step()
@@ -152,13 +202,34 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
             f.write(config.to_json_best_effort(indent=2) + "\n")
 
 
-def run_evaluation(config: ml_collections.ConfigDict, encode, variables: dict, mesh: Mesh) -> dict[str, float]:
-    """Retrieval metrics on the validation records (captions never MLM-masked)."""
-    eval_config = config.copy_and_resolve_references()
-    eval_config.data.mlm_probability = 0.0
-    batches = pipeline.make_eval_iterator(eval_config, jax.process_index(), jax.process_count(),
-                                          batch_size=config.eval_batch_size)
-    return evaluation.evaluate_retrieval(encode, variables, batches, mesh)
+class Evaluator:
+    """The evaluation of a config: retrieval recall on ``data.val_files`` (captions never
+    MLM-masked) when set, and multiple-choice accuracy on ``data.mc_files`` when the config has it."""
+
+    def __init__(self, config: ml_collections.ConfigDict, model: HDVILA):
+        self.config = config
+        self.encode = evaluation.make_encode_fn(model) if config.data.val_files else None
+        self.mc_files = config.data.get("mc_files", "")
+        self.score_mc = retrieval_task.make_mc_score_fn(model) if self.mc_files else None
+        if self.encode is None and self.score_mc is None:
+            raise TrainConfigError("config.data.val_files (and data.mc_files) are empty: nothing to evaluate")
+
+    def _batches(self, files: str):
+        eval_config = self.config.copy_and_resolve_references()
+        eval_config.data.mlm_probability = 0.0
+        eval_config.data.val_files = files
+        return pipeline.make_eval_iterator(eval_config, jax.process_index(), jax.process_count(),
+                                           batch_size=self.config.eval_batch_size)
+
+    def __call__(self, variables: dict, mesh: Mesh) -> dict[str, float]:
+        metrics = {}
+        if self.encode is not None:
+            metrics.update(evaluation.evaluate_retrieval(self.encode, variables,
+                                                         self._batches(self.config.data.val_files), mesh))
+        if self.score_mc is not None:
+            metrics.update(retrieval_task.evaluate_multiple_choice(self.score_mc, variables,
+                                                                   self._batches(self.mc_files), mesh))
+        return metrics
 
 
 def _variables(state: State) -> dict:
@@ -172,10 +243,13 @@ def _host_metrics(metrics: dict) -> dict[str, float]:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Train ``config`` in ``workdir`` (resuming when it holds checkpoints); return the last eval metrics."""
     model_cfg = check_config(config)
+    task = get_task(config)
     mesh = sharding.make_mesh(config.mesh)
     check_batch_sizes(config, mesh)
     os.makedirs(workdir, exist_ok=True)
     prepare_demo_data(config)
+    prepare_demo_init(config)
+    config = resolve_epochs(config)
     write_config(config, workdir)
 
     model = HDVILA(model_cfg)
@@ -185,18 +259,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train_iter = pipeline.make_train_iterator(config, jax.process_index(), jax.process_count())
     checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
     writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
+    best = BestCheckpoint(workdir, config.best_metric) if config.best_metric else None
     preemption = PreemptionFlag()
     try:
-        state, origin = initial_state(config, model_cfg, mesh, optimizer, specs, checkpointer, train_iter)
+        state, origin = initial_state(config, model_cfg, mesh, optimizer, specs, checkpointer, train_iter, task)
         step = int(jax.device_get(state["step"]))
-        logging.info("stage %d: starting at step %d from %s; mesh %s", config.stage, step, origin, dict(mesh.shape))
+        logging.info("task %s, stage %d: starting at step %d of %d from %s; mesh %s", task.name, config.stage, step,
+                     config.total_steps, origin, dict(mesh.shape))
         train_step = jit_train_step(config, model, optimizer, mesh, specs)
-        encode = evaluation.make_encode_fn(model)
+        evaluate = Evaluator(config, model)
+
+        def run_eval(at_step: int) -> dict[str, float]:
+            metrics = evaluate(_variables(state), mesh)
+            writer.write(at_step, {f"eval/{k}": v for k, v in metrics.items()})
+            logging.info("step %d eval: %s", at_step, metrics)
+            if best is not None and best.update(at_step, metrics, _variables(state)):
+                logging.info("new best %s = %.3f at step %d: %s", best.metric, best.best_value, at_step,
+                             best.record["path"])
+            return metrics
+
         eval_metrics = {}
         if step == 0:
-            eval_metrics = run_evaluation(config, encode, _variables(state), mesh)
-            writer.write(0, {f"eval/{k}": v for k, v in eval_metrics.items()})
-            logging.info("step 0 eval: %s", eval_metrics)
+            eval_metrics = run_eval(0)
         progress = Progress(config.total_steps, config.batch_size)
         while step < config.total_steps:
             batch = sharding.global_batch(next(train_iter), mesh)
@@ -212,9 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 writer.write(step, {f"train/{k}": v for k, v in metrics.items()})
                 progress.log(step, metrics)
             if step % config.eval_every_steps == 0 or step == config.total_steps:
-                eval_metrics = run_evaluation(config, encode, _variables(state), mesh)
-                writer.write(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
-                logging.info("step %d eval: %s", step, eval_metrics)
+                eval_metrics = run_eval(step)
             preempted = preemption.agreed()
             if step % config.ckpt_every_steps == 0 or step == config.total_steps or preempted:
                 checkpointer.save(step, state, train_iter)
@@ -231,7 +313,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Eval-only mode: restore the variables of this workdir's latest checkpoint (else of
-    ``config.init.restore``) and write retrieval metrics to ``workdir/metrics.jsonl``."""
+    ``config.init.restore``, which may hold more than the task model needs, e.g. a stage-2
+    checkpoint for a retrieval eval) and write the task's metrics to ``workdir/metrics.jsonl``."""
     model_cfg = check_config(config)
     mesh = sharding.make_mesh(config.mesh)
     check_batch_sizes(config, mesh)
@@ -240,13 +323,13 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     source, field = (own, "workdir") if os.path.isdir(own) else (config.init.restore, "init.restore")
     if not source:
         raise TrainConfigError(f"eval mode: {own} has no checkpoints and config.init.restore is empty")
-    specs = train_state.variable_specs(config, model_cfg, mesh)
-    target = jax.tree.map(lambda s, spec: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=jax.NamedSharding(mesh, spec)),
-                          abstract_variables(model_cfg, config.stage), specs,
-                          is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-    variables, origin = checkpointing.restore_variables(source, target, field)
-    step = int(os.path.basename(origin)) if os.path.basename(origin).isdigit() else 0
-    metrics = run_evaluation(config, evaluation.make_encode_fn(HDVILA(model_cfg)), variables, mesh)
+    target = train_state.sharded_variable_shapes(config, model_cfg, mesh)
+    variables, origin, dropped = checkpointing.restore_variables_subset(source, target, field)
+    if dropped:
+        logging.info("eval of the stage-%d model: %d stored arrays of %s not used", config.stage, len(dropped), origin)
+    step_dir = os.path.basename(os.path.dirname(origin)) if origin.endswith("variables") else ""
+    step = int(step_dir) if step_dir.isdigit() else 0
+    metrics = Evaluator(config, HDVILA(model_cfg))(variables, mesh)
     os.makedirs(workdir, exist_ok=True)
     writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
     writer.write(step, {f"eval/{k}": v for k, v in metrics.items()})

@@ -1,0 +1,46 @@
+"""Downstream tasks on the one trainer: each task names its model stage, its training
+objective and its evaluation; ``get_task(config)`` is what the trainer dispatches on.
+
+    pretrain   stage 1 (InfoNCE, 0.5 x both directions) or stage 2 (MLM), by ``config.stage``
+    retrieval  stage-1 dual encoder fine-tuned with the summed two-direction InfoNCE
+               (SPEC_DOWNSTREAM 3), evaluated by retrieval recall and MSRVTT multiple choice
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+from hdvila_jax.losses import contrastive_loss
+
+TASKS = ("pretrain", "retrieval")
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What the train step and the evaluation need to know about a task."""
+
+    name: str
+    stage: int  # model parts: 1 = dual encoder, 2 = + cross-modal encoder and heads
+    objective: str  # "contrastive" or "mlm"
+    direction_weight: float = 0.5  # weight of each InfoNCE direction (contrastive objective)
+    temperature: float = 0.0
+    fine_tuning: bool = False  # init.restore = pretrained variables (a subset is taken), fresh optimizer
+
+    def contrastive_loss(self, text_features: jax.Array, video_features: jax.Array):
+        """InfoNCE of the (global) batch with this task's temperature and direction weight."""
+        return contrastive_loss(text_features, video_features, self.temperature, self.direction_weight)
+
+
+def get_task(config) -> Task:
+    """The :class:`Task` of a trainer config (``config.task``, default ``pretrain``)."""
+    name = config.get("task", "pretrain")
+    temperature = float(config.get("temperature", 0.0))
+    if name == "pretrain":
+        if config.stage == 1:
+            return Task("pretrain", 1, "contrastive", 0.5, temperature)
+        return Task("pretrain", 2, "mlm")
+    if name == "retrieval":
+        from hdvila_jax.tasks.retrieval import DIRECTION_WEIGHT
+        return Task("retrieval", 1, "contrastive", DIRECTION_WEIGHT, temperature, fine_tuning=True)
+    raise ValueError(f"config.task must be one of {TASKS}, got {name!r}")
