@@ -29,6 +29,9 @@ class ClipSpec:
     texts: tuple[str, ...]
     span: tuple[float, float] | None  # seconds [start, end) within the video, or the whole video
     video_index: int  # position among the split's valid annotations, stable for a fixed file
+    num_frame: int | None = None  # frame count given by a frame-folder annotation
+    answer: int | None = None  # multiple choice: index of the correct text
+    hr_frames_path: str | None = None  # frame folders: the HR folder (video_path is the LR one)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +56,7 @@ def resolve_video_path(videos_dir: str, name: str) -> str:
     return candidates[1]
 
 
-def _json_objects(path: str) -> Iterator[tuple[str, dict | None, str | None]]:
+def json_objects(path: str) -> Iterator[tuple[str, dict | None, str | None]]:
     """Yields (item, object, error) for each non-blank entry of a jsonl or json-list file."""
     if path.endswith(".json"):
         with open(path, encoding="utf-8") as f:
@@ -82,7 +85,8 @@ def _json_objects(path: str) -> Iterator[tuple[str, dict | None, str | None]]:
             yield (item, entry, None) if isinstance(entry, dict) else (item, None, "not a JSON object")
 
 
-def _texts(entry: dict) -> tuple[str, ...] | None:
+def entry_texts(entry: dict) -> tuple[str, ...] | None:
+    """The stripped caption(s) of `entry["text"]` (a string or list of strings), None if any is empty."""
     text = entry.get("text")
     texts = [text] if isinstance(text, str) else text
     if not isinstance(texts, list) or not texts:
@@ -95,7 +99,7 @@ def _texts(entry: dict) -> tuple[str, ...] | None:
 def _clip_texts(path: str) -> tuple[list[tuple[str, str, tuple[str, ...]]], list[BadInput]]:
     """(item, clip_id, texts) of every valid entry of a clip jsonl, plus the bad entries."""
     good, bad, seen = [], [], set()
-    for item, entry, error in _json_objects(path):
+    for item, entry, error in json_objects(path):
         if error is not None:
             bad.append(BadInput(item, error))
             continue
@@ -103,7 +107,7 @@ def _clip_texts(path: str) -> tuple[list[tuple[str, str, tuple[str, ...]]], list
         if not isinstance(clip_id, str) or not clip_id:
             bad.append(BadInput(item, "missing key 'clip_id'"))
             continue
-        texts = _texts(entry)
+        texts = entry_texts(entry)
         if texts is None:
             bad.append(BadInput(item, "missing key 'text' (a non-empty string or list of strings)"))
             continue
@@ -154,7 +158,7 @@ def read_hdvila100m_annotations(metadata_path: str, transcripts_path: str,
     transcripts = {clip_id: texts for _, clip_id, texts in entries}
     specs: list[ClipSpec] = []
     seen = set()
-    for item, entry, error in _json_objects(metadata_path):
+    for item, entry, error in json_objects(metadata_path):
         if error is not None:
             bad.append(BadInput(item, error))
             continue

@@ -6,6 +6,9 @@
   # HD-VILA-100M metadata (clips cut by span from full videos):
   python -m data_pipelines.build_tfrecords --format hdvila100m --annotations META.jsonl \
       --transcripts TEXTS.jsonl --videos DIR --output DIR
+  # downstream (see data_pipelines/README.md for each dataset's full command):
+  python -m data_pipelines.build_tfrecords --format {retrieval,msrvtt_mc} \
+      --geometry {msrvtt,frames} [--middle_layout strided] ...
 
 Writes `<split>-SSSSS-of-NNNNN.tfrecord` shards with JSON sidecars, `<split>_build.json`
 (the options) and `<split>_report.json` (every skipped input and warning with its reason).
@@ -25,16 +28,20 @@ from typing import Iterator
 from tqdm import tqdm
 
 from data_pipelines import build_report
-from data_pipelines.annotations import ClipSpec, read_clip_annotations, read_hdvila100m_annotations
-from data_pipelines.clip_encoder import BuildOptions, ClipResult, encode_clip
+from data_pipelines import frame_folders
+from data_pipelines.annotations import BadInput, ClipSpec, read_clip_annotations, read_hdvila100m_annotations
+from data_pipelines.clip_encoder import GEOMETRIES, BuildOptions, ClipResult, encode_clip
+from data_pipelines.clip_plan import MIDDLE_LAYOUTS
+from data_pipelines.downstream_annotations import read_msrvtt_mc_annotations, read_retrieval_annotations
 from data_pipelines.shard_writer import ShardWriter, read_sidecar, shard_finished, shard_path, shard_ranges
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--videos", required=True, help="directory of the video files")
-    parser.add_argument("--annotations", required=True, help="clip jsonl/json, or hdvila100m metadata jsonl")
-    parser.add_argument("--format", choices=("clips", "hdvila100m"), default="clips")
+    parser.add_argument("--annotations", required=True,
+                        help="clip jsonl/json, hdvila100m metadata jsonl, retrieval or msrvtt_mc jsonl")
+    parser.add_argument("--format", choices=("clips", "hdvila100m", "retrieval", "msrvtt_mc"), default="clips")
     parser.add_argument("--transcripts", help="clip_id -> text jsonl (required by --format hdvila100m)")
     parser.add_argument("--output", required=True, help="directory for shards and reports")
     parser.add_argument("--split", default="train", help="shard name prefix, e.g. train or val")
@@ -42,9 +49,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=os.cpu_count(),
                         help="decoding processes (1: decode in this process)")
     defaults = BuildOptions()
+    parser.add_argument("--geometry", choices=GEOMETRIES, default=defaults.geometry,
+                        help="resize: bicubic resize of the mp4 (pretraining); msrvtt: pipeline A (LR = "
+                             "nearest resize, HR = its x4 bicubic); frames: pipeline B frame folders")
+    parser.add_argument("--middle_layout", choices=MIDDLE_LAYOUTS, default=defaults.middle_layout,
+                        help="spread: candidates spread evenly; strided: the original's inference clips "
+                             "c[::int(len(c)/K)][:K] (K = --num_candidates)")
     parser.add_argument("--frame_size", type=int, nargs=2, metavar=("H", "W"),
-                        default=(defaults.frame_height, defaults.frame_width),
-                        help="stored HR frame size; every video is resized (bicubic) to it")
+                        help="stored HR frame size (LR is a quarter); default 720 1280 for --geometry "
+                             "resize, 720 1152 (LR 180x288) for msrvtt and frames")
     parser.add_argument("--sample_rate", type=int, default=defaults.sample_rate,
                         help="frame stride between the 7 frames of a clip (SPEC §1)")
     parser.add_argument("--num_frm", type=int, default=defaults.num_frm)
@@ -56,15 +69,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.format == "hdvila100m" and not args.transcripts:
         parser.error("--format hdvila100m needs --transcripts")
+    if args.geometry == "frames" and args.format == "hdvila100m":
+        parser.error("--geometry frames reads whole frame folders; it cannot cut --format hdvila100m spans")
     if args.num_shards < 1 or args.workers < 1:
         parser.error("--num_shards and --workers must be >= 1")
+    if args.frame_size is None:
+        args.frame_size = (defaults.frame_height, defaults.frame_width) if args.geometry == "resize" else (720, 1152)
     return args
 
 
 def _options(args: argparse.Namespace) -> BuildOptions:
     options = BuildOptions(frame_height=args.frame_size[0], frame_width=args.frame_size[1],
                            sample_rate=args.sample_rate, num_frm=args.num_frm, min_clips=args.min_clips,
-                           num_candidates=args.num_candidates, jpeg_quality=args.jpeg_quality)
+                           num_candidates=args.num_candidates, jpeg_quality=args.jpeg_quality,
+                           geometry=args.geometry, middle_layout=args.middle_layout)
     options.validate()
     return options
 
@@ -92,13 +110,27 @@ def _results(specs: list[ClipSpec], options: BuildOptions, workers: int) -> Iter
         yield from pool.imap(encode, specs, chunksize=1)
 
 
+def read_annotations(args: argparse.Namespace) -> tuple[list[ClipSpec], list[BadInput], list[BadInput]]:
+    """(clips, skipped entries, warnings) of the annotation file in `--format`, with frame-folder
+    paths when `--geometry frames`."""
+    warnings: list[BadInput] = []
+    if args.format == "clips":
+        specs, skipped = read_clip_annotations(args.annotations, args.videos)
+    elif args.format == "hdvila100m":
+        specs, skipped = read_hdvila100m_annotations(args.annotations, args.transcripts, args.videos)
+    elif args.format == "retrieval":
+        specs, skipped, warnings = read_retrieval_annotations(args.annotations, args.videos)
+    else:
+        specs, skipped, warnings = read_msrvtt_mc_annotations(args.annotations, args.videos)
+    if args.geometry == "frames":
+        specs = [frame_folders.with_frame_folders(spec, args.videos) for spec in specs]
+    return specs, skipped, warnings
+
+
 def build(args: argparse.Namespace) -> dict:
     """Runs the build described by parsed arguments; returns the report."""
     options = _options(args)
-    if args.format == "clips":
-        specs, annotation_errors = read_clip_annotations(args.annotations, args.videos)
-    else:
-        specs, annotation_errors = read_hdvila100m_annotations(args.annotations, args.transcripts, args.videos)
+    specs, annotation_errors, annotation_warnings = read_annotations(args)
     os.makedirs(args.output, exist_ok=True)
     _check_build_config(os.path.join(args.output, f"{args.split}_build.json"), {
         **dataclasses.asdict(options), "format": args.format, "num_shards": args.num_shards,
@@ -130,7 +162,7 @@ def build(args: argparse.Namespace) -> dict:
         report_path, args.split, num_annotated=len(specs) + len(annotation_errors),
         num_records=sum(s["num_records"] for s in sidecars), total_bytes=sum(os.path.getsize(p) for p in paths),
         annotation_errors=annotation_errors, skipped=[b for s in sidecars for b in s["skipped"]],
-        warnings=[w for s in sidecars for w in s["warnings"]])
+        warnings=[dataclasses.asdict(w) for w in annotation_warnings] + [w for s in sidecars for w in s["warnings"]])
     print(build_report.summary(report, report_path))
     return report
 

@@ -9,6 +9,10 @@ random every epoch, or spreads `inference_n_clips` evenly). When the spacing bet
 candidates is at least `rate` it is rounded down to a multiple of `rate`, so neighbouring
 candidates share LR frames (a candidate three strides from the next shares three of
 its six neighbours).
+
+Layout `strided` instead stores the original's inference clips exactly (SPEC_DOWNSTREAM 2.4):
+`c[::int(len(c) / K)][:K]` with `c = [half * rate, n - half * rate)` and K = `num_candidates`,
+which then also plays the role of `min_clips` in the short-video rule.
 """
 from __future__ import annotations
 
@@ -47,16 +51,10 @@ def effective_sample_rate(num_frames: int, sample_rate: int, num_frm: int, min_c
     return sample_rate
 
 
-def plan_clip(num_frames: int, sample_rate: int, num_frm: int, min_clips: int,
-              num_candidates: int) -> ClipPlan:
-    """Chooses the candidate middles and the LR frames to store for a clip of `num_frames`."""
-    if num_frm % 2 != 1:
-        raise ValueError(f"num_frm must be odd, got {num_frm}")
-    if num_candidates < min_clips:
-        raise ValueError(f"num_candidates ({num_candidates}) < min_clips ({min_clips})")
-    rate = effective_sample_rate(num_frames, sample_rate, num_frm, min_clips)
-    half = (num_frm - 1) // 2
-    first, stop = half * rate, num_frames - half * rate  # valid middles: [first, stop)
+MIDDLE_LAYOUTS = ("spread", "strided")
+
+
+def _spread_middles(first: int, stop: int, rate: int, num_candidates: int) -> np.ndarray:
     valid = stop - first
     count = min(num_candidates, valid)
     spacing = valid // count
@@ -64,7 +62,32 @@ def plan_clip(num_frames: int, sample_rate: int, num_frm: int, min_clips: int,
         spacing -= spacing % rate
     used = (count - 1) * spacing + 1
     start = first + (valid - used) // 2
-    middles = start + spacing * np.arange(count, dtype=np.int64)
+    return start + spacing * np.arange(count, dtype=np.int64)
+
+
+def strided_middles(first: int, stop: int, num_candidates: int) -> np.ndarray:
+    """The original's inference middles: `c[::int(len(c) / K)][:K]`, c = range(first, stop)."""
+    candidates = np.arange(first, stop, dtype=np.int64)
+    return candidates[::int(len(candidates) / num_candidates)][:num_candidates]
+
+
+def plan_clip(num_frames: int, sample_rate: int, num_frm: int, min_clips: int,
+              num_candidates: int, layout: str = "spread") -> ClipPlan:
+    """Chooses the candidate middles and the LR frames to store for a clip of `num_frames`."""
+    if num_frm % 2 != 1:
+        raise ValueError(f"num_frm must be odd, got {num_frm}")
+    if num_candidates < min_clips:
+        raise ValueError(f"num_candidates ({num_candidates}) < min_clips ({min_clips})")
+    if layout not in MIDDLE_LAYOUTS:
+        raise ValueError(f"unknown middle layout {layout!r}; known: {MIDDLE_LAYOUTS}")
+    rate = effective_sample_rate(num_frames, sample_rate, num_frm,
+                                 num_candidates if layout == "strided" else min_clips)
+    half = (num_frm - 1) // 2
+    first, stop = half * rate, num_frames - half * rate  # valid middles: [first, stop)
+    if layout == "strided":
+        middles = strided_middles(first, stop, num_candidates)
+    else:
+        middles = _spread_middles(first, stop, rate, num_candidates)
     offsets = np.concatenate([np.arange(-half, 0), np.arange(1, half + 1)]) * rate
     neighbours = middles[:, None] + offsets[None, :]
     lr_frames = np.unique(neighbours)

@@ -5,16 +5,23 @@
 
 Each video shows one coloured shape crossing the frame in one direction over a textured
 background; its caption ("a red circle moves left") names colour, shape and direction, and
-the direction is only visible across frames. Layout of the output directory:
+the direction is only visible across frames. A downstream retrieval split (MSRVTT jsonl format)
+describes the same train/val videos in other words ("the crimson disc heads west"), as human
+captions differ from pretraining transcripts; the val videos also get a multiple-choice test
+(MSRVTT-MC format) in those words: per video, the true caption among 4 seeded distractors that
+each change its colour, shape or direction. Layout of the output directory:
 
-  videos/{train,val}/NNNNN.mp4   annotations/{train,val}.jsonl   vocab.txt
-  records/{train,val}-SSSSS-of-NNNNN.tfrecord (+ .json sidecars, *_build.json, *_report.json)
+  videos/{train,val}/NNNNN.mp4   vocab.txt
+  annotations/{train,val,retrieval_train,retrieval_test,mc_test}.jsonl
+  records/{train,val,retrieval_train,retrieval_test,mc_test}-SSSSS-of-NNNNN.tfrecord
+      (+ .json sidecars, *_build.json, *_report.json)
 
 matching `get_data_config("demo", root=OUTPUT)` of hdvila_jax/data/config.py.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -23,6 +30,7 @@ import time
 import numpy as np
 
 from data_pipelines import build_tfrecords
+from data_pipelines.downstream_annotations import MC_NUM_OPTIONS
 from data_pipelines.synthetic_videos import COLOURS, DIRECTIONS, SHAPES, MovingShape, write_moving_shape_video
 from data_pipelines.vocab import write_vocab
 
@@ -59,13 +67,41 @@ def _write_split(output: str, split: str, contents: list[MovingShape], args: arg
     annotations = os.path.join(output, "annotations", f"{split}.jsonl")
     height, width = args.frame_size
     num_frames = int(round(args.fps * args.duration))
-    with open(annotations, "w") as f:
+    for i, content in enumerate(contents):
+        write_moving_shape_video(os.path.join(video_dir, f"{i:05d}.mp4"), content, num_frames,
+                                 height, width, args.fps, seed=seed + i)
+    return _write_captions(annotations, [c.caption for c in contents])
+
+
+def _write_captions(path: str, captions: list[str]) -> str:
+    """A clip jsonl (the pretraining and MSRVTT retrieval format) for videos 00000, 00001, ..."""
+    with open(path, "w") as f:
+        for i, caption in enumerate(captions):
+            f.write(json.dumps({"clip_id": f"{i:05d}", "text": caption}) + "\n")
+    return path
+
+
+def distractors(content: MovingShape) -> list[MovingShape]:
+    """Every content differing from `content` in exactly one of colour, shape or direction."""
+    return ([dataclasses.replace(content, colour=c) for c in COLOURS if c != content.colour]
+            + [dataclasses.replace(content, shape=s) for s in SHAPES if s != content.shape]
+            + [dataclasses.replace(content, direction=d) for d in DIRECTIONS if d != content.direction])
+
+
+def _write_mc(output: str, contents: list[MovingShape], rng: np.random.Generator) -> tuple[str, list[str]]:
+    """Writes annotations/mc_test.jsonl (one 5-way caption choice per val video); returns its
+    path and the distractor captions."""
+    path, captions = os.path.join(output, "annotations", "mc_test.jsonl"), []
+    with open(path, "w") as f:
         for i, content in enumerate(contents):
-            clip_id = f"{i:05d}"
-            write_moving_shape_video(os.path.join(video_dir, clip_id + ".mp4"), content, num_frames,
-                                     height, width, args.fps, seed=seed + i)
-            f.write(json.dumps({"clip_id": clip_id, "text": content.caption}) + "\n")
-    return annotations
+            others = distractors(content)
+            chosen = [others[j] for j in rng.choice(len(others), MC_NUM_OPTIONS - 1, replace=False)]
+            captions += [c.downstream_caption for c in chosen]
+            answer = int(rng.integers(MC_NUM_OPTIONS))
+            chosen.insert(answer, content)
+            f.write(json.dumps({"qid": i, "clip_name": f"{i:05d}", "options": [c.downstream_caption for c in chosen],
+                                "answer": answer}) + "\n")
+    return path, captions
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,17 +111,26 @@ def main(argv: list[str] | None = None) -> None:
     splits = {"train": demo_contents(args.num_train, rng), "val": demo_contents(args.num_val, rng)}
     annotations = {split: _write_split(args.output, split, contents, args, seed=1_000_000 * n)
                    for n, (split, contents) in enumerate(splits.items())}
-    vocab_size = write_vocab(os.path.join(args.output, "vocab.txt"),
-                             [c.caption for contents in splits.values() for c in contents])
+    for name, split in (("retrieval_train", "train"), ("retrieval_test", "val")):
+        annotations[name] = _write_captions(os.path.join(args.output, "annotations", f"{name}.jsonl"),
+                                            [c.downstream_caption for c in splits[split]])
+    annotations["mc_test"], distractor_captions = _write_mc(args.output, splits["val"], rng)
+    contents = [c for split in splits.values() for c in split]
+    vocab_size = write_vocab(os.path.join(args.output, "vocab.txt"), [c.caption for c in contents]
+                             + [c.downstream_caption for c in contents] + distractor_captions)
     print(f"wrote {args.num_train} + {args.num_val} videos and a {vocab_size}-token vocab "
           f"in {time.time() - start:.1f}s")
-    for split in splits:
+    for split, videos, format_, shards in (("train", "train", "clips", 4), ("val", "val", "clips", 2),
+                                           ("retrieval_train", "train", "retrieval", 2),
+                                           ("retrieval_test", "val", "retrieval", 1),
+                                           ("mc_test", "val", "msrvtt_mc", 1)):
         build_tfrecords.build(build_tfrecords.parse_args([
-            "--videos", os.path.join(args.output, "videos", split),
+            "--videos", os.path.join(args.output, "videos", videos),
             "--annotations", annotations[split],
+            "--format", format_,
             "--output", os.path.join(args.output, "records"),
             "--split", split,
-            "--num_shards", str(4 if split == "train" else 2),
+            "--num_shards", str(shards),
             "--workers", str(args.workers),
             "--frame_size", str(args.frame_size[0]), str(args.frame_size[1]),
             "--sample_rate", str(args.sample_rate),

@@ -21,6 +21,11 @@ COLOURS = {
 }
 SHAPES = ("circle", "square", "triangle")
 DIRECTIONS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
+# The downstream demo's caption style: other words for the same concepts, like human captions
+# (MSRVTT) after ASR-transcript pretraining. A pretrained model has never seen these words.
+DOWNSTREAM_WORDS = {"red": "crimson", "green": "emerald", "blue": "azure", "yellow": "golden", "white": "ivory",
+                    "purple": "violet", "circle": "disc", "square": "box", "triangle": "wedge", "left": "west",
+                    "right": "east", "up": "north", "down": "south"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +39,12 @@ class MovingShape:
     @property
     def caption(self) -> str:
         return f"a {self.colour} {self.shape} moves {self.direction}"
+
+    @property
+    def downstream_caption(self) -> str:
+        """The same content in the downstream demo's words ("the crimson disc heads west")."""
+        words = [DOWNSTREAM_WORDS[w] for w in (self.colour, self.shape, self.direction)]
+        return "the {} {} heads {}".format(*words)
 
 
 def _shape_mask(shape: str, height: int, width: int, cy: float, cx: float, radius: float) -> np.ndarray:

@@ -99,24 +99,38 @@ def _decoded_frames(path: str, span: Span) -> Iterator[av.VideoFrame]:
         container.close()
 
 
+def _wanted_frames(path: str, span: Span, wanted: set[int]) -> Iterator[tuple[int, av.VideoFrame]]:
+    """(index within the clip, frame) of the `wanted` frames; raises if any is missing."""
+    last, found = max(wanted), set()
+    for index, frame in enumerate(_decoded_frames(path, span)):
+        if index in wanted:
+            found.add(index)
+            yield index, frame
+        if index >= last:
+            break
+    missing = wanted - found
+    if missing:
+        raise VideoError(f"truncated: frame {min(missing)} of the clip could not be decoded")
+
+
 def decode_frames(path: str, span: Span, hr_indices: np.ndarray, lr_indices: np.ndarray,
                   hr_size: tuple[int, int]) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
     """Decodes frames by index within the clip, resized (bicubic) to `hr_size` (H, W) and to
     a quarter of it. Returns ({index: HR uint8 RGB}, {index: LR uint8 RGB})."""
     height, width = hr_size
     hr_wanted, lr_wanted = set(int(i) for i in hr_indices), set(int(i) for i in lr_indices)
-    last = max(hr_wanted | lr_wanted)
     hr, lr = {}, {}
-    for index, frame in enumerate(_decoded_frames(path, span)):
+    for index, frame in _wanted_frames(path, span, hr_wanted | lr_wanted):
         if index in hr_wanted:
             hr[index] = frame.reformat(width=width, height=height, format="rgb24",
                                        interpolation="BICUBIC").to_ndarray()
         if index in lr_wanted:
             lr[index] = frame.reformat(width=width // 4, height=height // 4, format="rgb24",
                                        interpolation="BICUBIC").to_ndarray()
-        if index >= last:
-            break
-    missing = (hr_wanted - hr.keys()) | (lr_wanted - lr.keys())
-    if missing:
-        raise VideoError(f"truncated: frame {min(missing)} of the clip could not be decoded")
     return hr, lr
+
+
+def decode_rgb_frames(path: str, span: Span, indices: np.ndarray) -> dict[int, np.ndarray]:
+    """Decodes frames by index within the clip at their own size: {index: uint8 RGB [H, W, 3]}."""
+    return {index: frame.to_ndarray(format="rgb24")
+            for index, frame in _wanted_frames(path, span, set(int(i) for i in indices))}

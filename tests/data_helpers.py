@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import av
 import numpy as np
@@ -49,3 +50,23 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def decode_jpeg(data: bytes) -> np.ndarray:
     import tensorflow as tf
     return tf.io.decode_jpeg(data, channels=3).numpy()
+
+
+def write_jpeg(path: str, image: np.ndarray, quality: int = 95) -> None:
+    """Writes a uint8 RGB image as a JPEG, creating its folder."""
+    import tensorflow as tf
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(tf.io.encode_jpeg(image, quality=quality).numpy())
+
+
+def pattern_frames(num_frames: int, hw: tuple[int, int], seed: int = 0, period: float = 3.1) -> np.ndarray:
+    """Grey uint8 RGB frames [T, H, W, 3] of fine diagonal stripes drifting over time: every
+    frame differs, nearest and filtered resizes give clearly different pictures, and JPEG's
+    chroma subsampling loses nothing."""
+    phase = np.random.default_rng(seed).uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[0:hw[0], 0:hw[1]].astype(np.float32)
+    t = np.arange(num_frames, dtype=np.float32)[:, None, None]
+    waves = np.sin(2 * np.pi * (xx / period + yy / (1.7 * period)) + phase + t / 3)
+    grey = np.clip(128 + 100 * waves, 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)

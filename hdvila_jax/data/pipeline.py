@@ -17,7 +17,16 @@ dict of numpy arrays:
     video_index     int32 [B]                         stable id of the clip in its split
     valid           bool  [B]                         evaluation only: False on padding
 
-with clips = data.train_n_clips (training) or data.inference_n_clips (evaluation).
+and, only for multiple-choice records (built with `--format msrvtt_mc`, which store `answer`):
+
+    mc_text_input_ids  int32 [B, N, L]  every option ([CLS] ... [SEP], never MLM-masked)
+    mc_text_input_mask int32 [B, N, L]
+    mc_answer          int32 [B]        index of the correct option
+
+(`text_input_ids` then holds option 0 in evaluation, like any record's first text). With
+clips = data.train_n_clips (training) or data.inference_n_clips (evaluation). In training,
+each example (HR and LR frames of all its clips) is flipped horizontally with probability
+data.flip_prob, drawn from the example's generator; evaluation never flips.
 
 Records are indexed once and read by random access through grain (`TFRecordDataSource`).
 Process p takes records p, p + P, p + 2P, ... (disjoint and complete). Training shuffles
@@ -66,6 +75,9 @@ class ExampleDecoder:
         self.num_frm = data.num_frm
         self.max_txt_len = data.max_txt_len
         self.mlm_probability = data.mlm_probability
+        self.flip_prob = data.flip_prob
+        if not 0.0 <= self.flip_prob <= 1.0:
+            raise ValueError(f"config.data.flip_prob must be in [0, 1], got {self.flip_prob}")
         self.seed = data.seed
         self.tokenizer = ThreadLocalTokenizer(data.vocab_file)
 
@@ -80,12 +92,17 @@ class ExampleDecoder:
             candidates = sampling.random_middles(record.num_candidates, self.n_clips, rng)
             offset = sampling.random_crop_offset(frame_hw, self.crop_hw, rng)
             text = record.texts[int(rng.integers(len(record.texts)))]
+            flip = self.flip_prob > 0 and rng.random() < self.flip_prob
         else:
             rng = np.random.default_rng([self.seed, record.video_index])
             candidates = sampling.even_middles(record.num_candidates, self.n_clips)
             offset = sampling.centre_crop_offset(frame_hw, self.crop_hw)
             text = record.texts[0]
+            flip = False
         img_middle, img_other = decode_clip_frames(record, candidates, offset, self.crop_hw)
+        if flip:  # width is the second-to-last axis of [n, H, W, 3] and [n, F-1, h, w, 3]
+            img_middle = np.ascontiguousarray(img_middle[..., ::-1, :])
+            img_other = np.ascontiguousarray(img_other[..., ::-1, :])
         input_ids, input_mask = self.tokenizer.encode(text, self.max_txt_len)
         example = {
             "img_middle": img_middle,
@@ -98,6 +115,11 @@ class ExampleDecoder:
             example["text_input_ids"], example["mlm_labels"] = mask_tokens(
                 input_ids, self.tokenizer.special_ids, self.tokenizer.mask_id, self.tokenizer.vocab_size,
                 self.mlm_probability, rng)
+        if record.answer is not None:
+            options = [self.tokenizer.encode(option, self.max_txt_len) for option in record.texts]
+            example["mc_text_input_ids"] = np.stack([ids for ids, _ in options])
+            example["mc_text_input_mask"] = np.stack([mask for _, mask in options])
+            example["mc_answer"] = np.int32(record.answer)
         if not self.training:
             example["valid"] = np.bool_(valid)
         return example

@@ -10,7 +10,8 @@ A record stores what the reader needs to draw clips at any epoch without the vid
 - ``middle_frames`` [K] (source frame index of each candidate middle) and ``hr_jpeg`` [K];
 - ``lr_frames`` [M] (source frame index of each stored LR frame) and ``lr_jpeg`` [M];
 - ``neighbour_slots`` [K * (num_frm - 1)]: for each candidate middle, the positions in
-    ``lr_jpeg`` of its neighbours in time order (the ones before, then the ones after).
+    ``lr_jpeg`` of its neighbours in time order (the ones before, then the ones after);
+- ``answer`` (int64, multiple-choice records only): index into ``texts`` of the correct option.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ class ClipRecord:
     lr_frames: np.ndarray  # int64 [M]
     lr_jpeg: list[bytes]  # [M]
     neighbour_slots: np.ndarray  # int64 [K, num_frm - 1]
+    answer: int | None = None  # multiple choice: index of the correct text
 
     @property
     def num_candidates(self) -> int:
@@ -80,6 +82,10 @@ def serialize_clip_record(record: ClipRecord) -> bytes:
         "lr_jpeg": _bytes(list(record.lr_jpeg)),
         "neighbour_slots": _ints(slots.reshape(-1)),
     }
+    if record.answer is not None:
+        if not 0 <= record.answer < len(record.texts):
+            raise ValueError(f"clip {record.clip_id}: answer {record.answer} not in [0, {len(record.texts)})")
+        features["answer"] = _ints([record.answer])
     example = example_pb2.Example(features=feature_pb2.Features(feature=features))
     return example.SerializeToString()
 
@@ -116,4 +122,5 @@ def parse_clip_record(data: bytes) -> ClipRecord:
             lr_frames=ints("lr_frames"),
             lr_jpeg=bytes_list("lr_jpeg"),
             neighbour_slots=ints("neighbour_slots").reshape(len(hr_jpeg), num_frm - 1),
+            answer=int(ints("answer")[0]) if "answer" in feature else None,
     )
