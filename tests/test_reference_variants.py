@@ -4,7 +4,9 @@
 and computations); ``test_torch_port_reproduces_shared_fixtures`` shows it reproduces the shared fixtures.
 Each variant (other seeds, frame sizes incl. the native 640x1024 grid, batch sizes, clip counts, score
 aggregations, ResNet depths, bert_mean) is written to a temporary folder and checked by the very checks of
-``tests/reference_fixtures.py`` that ``test_reference_parity.py`` runs, with the same tolerances.
+``tests/reference_fixtures.py`` that ``test_reference_parity.py`` runs, with the same tolerances. The
+retrieval task variants (``task="retrieval"``: other frame counts F, batch sizes, clip counts, 640x1024)
+are checked like ``test_task_parity.py`` checks the shared task fixtures.
 """
 import functools
 import pathlib
@@ -13,11 +15,20 @@ import pytest
 
 pytest.importorskip("torch")
 
-from tests.reference_fixtures import DEFAULT_ROOT, check_gradient_norms, check_outputs, fixture_dirs  # noqa: E402
+from tests.reference_fixtures import (DEFAULT_ROOT, DEFAULT_TASK_ROOT, check_gradient_norms, check_outputs,  # noqa: E402
+                                     fixture_dirs, task_name)
 from tests.torch_reference.make_fixture import fixture_roundoff, make_fixture, reproduce_fixture  # noqa: E402
 
 # The port runs the original's computation op for op: it must match the shared fixtures to round-off.
+# Gradients: |L2 diff| <= PORT_RTOL * L2 + PORT_ATOL_FRACTION * (largest L2), and the signed sums
+# (which cancel) |sum diff| <= PORT_SUM_RTOL * L2 + the same floor. The fixtures were written on
+# another CPU whose convolution kernels sum in another order: on this machine's the port's float32
+# gradient norms move by up to ~1e-5 and the sums by up to ~3e-4 of the L2 norm; gradients that are
+# zero in exact arithmetic (attention key biases, ~1e-8) are noise on both machines.
 PORT_RTOL = 1e-5
+PORT_GRAD_RTOL = 2e-5
+PORT_SUM_RTOL = 1e-3
+PORT_ATOL_FRACTION = 1e-6
 
 # Tiny BERT / TimeSformer (vocab 1000, hidden 64, 4 layers) and ResNet-18 keep this short; the shared
 # fixtures cover ResNet-50. Seeds are ones make_fixture does not refuse as fragile (a ReLU input within
@@ -31,6 +42,19 @@ VARIANTS = {
     # The native TimeSformer grid 10x16: no position-embedding resizing; 160 visual tokens.
     "s2_640x1024_b1c1": dict(stage=2, hw=(640, 1024), batch=1, clips=1, resnet_depth=18, seed=17),
 }
+RETRIEVAL = dict(task="retrieval", stage=1, resnet_depth=18)
+TASK_VARIANTS = {
+    # F != 7: time_embed resized linearly to F, the TimeSformer output kept at index (F-1)/2.
+    # Seed 4 put one HR ResNet ReLU input 3e-7 rms from its kink: our float32 landed on the other side (1.7e-3 on
+    # cnn.layer1.0.bn2.weight); in float64 ours matches the port to 1e-14 (tests/test_float64_gradients.py).
+    "retrieval_f11_b3c2": dict(RETRIEVAL, frames=11, batch=3, clips=2, seed=7),
+    "retrieval_f13_b2c1": dict(RETRIEVAL, frames=13, batch=2, clips=1, seed=7),
+    "retrieval_640x1024_b2c1": dict(RETRIEVAL, hw=(640, 1024), batch=2, clips=1, seed=17),
+}
+SLOW = {"retrieval_640x1024_b2c1"}
+ALL_VARIANTS = {**VARIANTS, **TASK_VARIANTS}
+# The port is checked against the shared pretraining fixtures and the shared retrieval task fixtures.
+SHARED = fixture_dirs(DEFAULT_ROOT) + [f for f in fixture_dirs(DEFAULT_TASK_ROOT) if task_name(f) == "retrieval"]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +65,7 @@ def variants_root(tmp_path_factory):
 @functools.lru_cache(maxsize=None)
 def _folder(root: pathlib.Path, name: str) -> pathlib.Path:
     # The float64 fragility check runs only when a comparison fails (see _explained).
-    return make_fixture(root / name, check_roundoff=False, **VARIANTS[name])
+    return make_fixture(root / name, check_roundoff=False, **ALL_VARIANTS[name])
 
 
 def _explained(check, folder):
@@ -54,22 +78,35 @@ def _explained(check, folder):
                              f"({worst_out}), gradient L2 norms {grad_err:.1e} ({worst_grad}))") from e
 
 
-@pytest.mark.parametrize("folder", fixture_dirs(DEFAULT_ROOT), ids=lambda f: f.name)
+@pytest.mark.parametrize("folder", SHARED, ids=lambda f: f.name)
 def test_torch_port_reproduces_shared_fixtures(folder):
     out_err, grad_err, loss_err, same_without_grad = reproduce_fixture(folder)
     bad = {k: e for k, e in out_err.items() if e >= PORT_RTOL}
     assert not bad, f"port outputs differ from {folder.name}: {bad}"
     assert loss_err < PORT_RTOL
-    bad = {k: e for k, e in grad_err.items() if max(e) >= PORT_RTOL}
-    assert not bad, f"port gradient L2 / sum differ from {folder.name}: {bad}"
+    floor = PORT_ATOL_FRACTION * max(ref for _, _, ref in grad_err.values())
+    bad = {k: (l2, total, ref) for k, (l2, total, ref) in grad_err.items()
+           if l2 > PORT_GRAD_RTOL * ref + floor or total > PORT_SUM_RTOL * ref + floor}
+    assert not bad, f"port gradient (|L2 diff|, |sum diff|, L2) differ from {folder.name}: {bad}"
     assert same_without_grad, "the port's parameters with / without gradient differ from the fixture's"
 
 
-@pytest.mark.parametrize("name", VARIANTS)
+# Variants whose gradient norms are known not to match (xfail, strict): none.
+KNOWN_GRADIENT_GAPS: dict[str, str] = {}
+
+
+def _params(names, xfail=None):
+    marks = {n: [pytest.mark.slow] if n in SLOW else [] for n in names}
+    for n, reason in (xfail or {}).items():
+        marks[n].append(pytest.mark.xfail(strict=True, reason=reason))
+    return [pytest.param(n, marks=m) for n, m in marks.items()]
+
+
+@pytest.mark.parametrize("name", _params(ALL_VARIANTS))
 def test_variant_outputs_match_reference(name, variants_root):
     _explained(check_outputs, _folder(variants_root, name))
 
 
-@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("name", _params(ALL_VARIANTS, KNOWN_GRADIENT_GAPS))
 def test_variant_gradient_norms_match_reference(name, variants_root):
     _explained(check_gradient_norms, _folder(variants_root, name))

@@ -13,8 +13,11 @@ SHARED_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attentio
                  "resnet_depth", "timesformer_depth", "timesformer_heads")
 
 
-def model_config_from_reference(ref: Mapping[str, Any], crop_size: tuple[int, int], **overrides: Any) -> ModelConfig:
-    """Our :class:`ModelConfig` for a reference config dict and an HR crop size.
+def model_config_from_reference(ref: Mapping[str, Any], crop_size: tuple[int, int], frames: int = 7,
+                                **overrides: Any) -> ModelConfig:
+    """Our :class:`ModelConfig` for a reference config dict, an HR crop size and F frames per clip.
+
+    The original's TimeSformer keeps a 7-row ``time_embed`` whatever F is (resized linearly to F).
 
     Fails if the reference uses a hidden activation or backbone channels we do not implement.
     """
@@ -23,6 +26,7 @@ def model_config_from_reference(ref: Mapping[str, Any], crop_size: tuple[int, in
     values: dict[str, Any] = {k: ref[k] for k in SHARED_FIELDS if k in ref}
     values["bert_mean"] = bool(ref.get("bert_mean", 1))
     values["crop_size"] = tuple(crop_size)
+    values["num_frames"] = int(frames)
     values.update(overrides)
     cfg = model_config_from_dict(values)
     if "backbone_channels" in ref and tuple(ref["backbone_channels"]) != cfg.backbone_channels:

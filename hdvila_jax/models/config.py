@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 RESNET_DEPTHS = (18, 34, 50, 101, 152)
 SCORE_AGG_FUNCS = ("lse", "mean", "max")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16", "float64")  # float64 needs jax_enable_x64 (numerical checks)
 
 
 class ConfigError(ValueError):

@@ -20,6 +20,7 @@ from flax import linen as nn
 from hdvila_jax.models.bert import (BertStack, MLMHead, Pooler, TextEmbeddings, VisualEmbeddings,
                                     dense)
 from hdvila_jax.models.config import ModelConfig
+from hdvila_jax.models.layers import at_least_float32
 from hdvila_jax.losses import masked_lm_loss
 from hdvila_jax.models.video_encoder import HybridVideoEncoder
 
@@ -27,15 +28,15 @@ Batch = dict[str, jax.Array]
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-    """``x / max(||x||, eps)`` along the last axis, in float32 (``F.normalize``)."""
-    x = x.astype(jnp.float32)
+    """``x / max(||x||, eps)`` along the last axis, in float32 or float64 (``F.normalize``)."""
+    x = x.astype(at_least_float32(x.dtype))
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
 def aggregate_clips(x: jax.Array, how: str, axis: int = 1) -> jax.Array:
     """Pool per-clip outputs over ``axis`` with ``lse``, ``mean`` or ``max``."""
     if how == "lse":
-        return jax.nn.logsumexp(x.astype(jnp.float32), axis=axis).astype(x.dtype)
+        return jax.nn.logsumexp(x.astype(at_least_float32(x.dtype)), axis=axis).astype(x.dtype)
     if how == "mean":
         return x.mean(axis=axis)
     if how == "max":

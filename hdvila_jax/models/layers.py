@@ -15,6 +15,11 @@ trunc_init = nn.initializers.truncated_normal(stddev=0.02)
 exact_gelu = functools.partial(nn.gelu, approximate=False)
 
 
+def at_least_float32(dtype) -> jnp.dtype:
+    """float32 for bfloat16 / float16 / float32; float64 stays float64 (needs ``jax_enable_x64``)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def layer_norm(eps: float, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.LayerNorm:
     """LayerNorm with PyTorch's two-pass variance (exact parity with ``torch.nn.LayerNorm``)."""
     return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype,
@@ -23,9 +28,9 @@ def layer_norm(eps: float, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.La
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None,
               dropout: nn.Module | None, deterministic: bool) -> jax.Array:
-    """Scaled dot-product attention over ``[..., heads, len, head_dim]``; softmax in float32."""
+    """Scaled dot-product attention over ``[..., heads, len, head_dim]``; softmax in float32 (or float64)."""
     scale = q.shape[-1] ** -0.5
-    logits = jnp.einsum("...qd,...kd->...qk", q, k).astype(jnp.float32) * scale
+    logits = jnp.einsum("...qd,...kd->...qk", q, k).astype(at_least_float32(q.dtype)) * scale
     if bias is not None:
         logits = logits + bias
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
@@ -47,7 +52,7 @@ def merge_heads(x: jax.Array) -> jax.Array:
     return x.reshape(*x.shape[:-2], -1)
 
 
-def linear_resize_matrix(size_in: int, size_out: int) -> np.ndarray:
+def linear_resize_matrix(size_in: int, size_out: int, dtype=np.float32) -> np.ndarray:
     """``[size_out, size_in]`` weights of PyTorch's linear interpolation with
     ``align_corners=False`` (half-pixel centres, source index clamped at 0, no antialias)."""
     weights = np.zeros((size_out, size_in), np.float64)
@@ -59,4 +64,4 @@ def linear_resize_matrix(size_in: int, size_out: int) -> np.ndarray:
         frac = src - lo
         weights[i, lo] += 1.0 - frac
         weights[i, hi] += frac
-    return weights.astype(np.float32)
+    return weights.astype(dtype)

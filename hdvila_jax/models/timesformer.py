@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from hdvila_jax.models.layers import (Dtype, attention, exact_gelu, layer_norm, linear_resize_matrix,
-                                      merge_heads, split_heads, trunc_init)
+from hdvila_jax.models.layers import (Dtype, at_least_float32, attention, exact_gelu, layer_norm,
+                                      linear_resize_matrix, merge_heads, split_heads, trunc_init)
 
 
 class GridAttention(nn.Module):
@@ -94,10 +94,11 @@ class TimeSformer(nn.Module):
         time = self.param("time_embed", nn.initializers.zeros, (1, self.native_frames, d), self.param_dtype)
         pos = pos.reshape(gh, gw, d)
         if (h, w) != (gh, gw):
-            pos = jnp.einsum("hH,wW,HWd->hwd", linear_resize_matrix(gh, h), linear_resize_matrix(gw, w), pos)
+            pos = jnp.einsum("hH,wW,HWd->hwd", linear_resize_matrix(gh, h, at_least_float32(pos.dtype)),
+                             linear_resize_matrix(gw, w, at_least_float32(pos.dtype)), pos)
         time = time[0]
         if t != self.native_frames:
-            time = jnp.asarray(linear_resize_matrix(self.native_frames, t)) @ time
+            time = jnp.asarray(linear_resize_matrix(self.native_frames, t, at_least_float32(time.dtype))) @ time
         x = x + pos[None, None].astype(x.dtype) + time[None, :, None, None].astype(x.dtype)
         rates = np.linspace(0.0, self.drop_path_rate, self.depth)
         block_cls = nn.remat(TimeSformerBlock, static_argnums=(2,)) if self.remat else TimeSformerBlock

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from hdvila_jax.models.config import ModelConfig
-from hdvila_jax.models.layers import exact_gelu
+from hdvila_jax.models.layers import at_least_float32, exact_gelu
 from hdvila_jax.models.resnet import ResNet
 from hdvila_jax.models.timesformer import TimeSformer
 
@@ -23,9 +23,14 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 def normalize_pixels(images: jax.Array, dtype: jnp.dtype) -> jax.Array:
-    """RGB 0..255 (any dtype) -> normalised ``dtype``, computed in float32."""
-    x = images.astype(jnp.float32)
-    x = (x - jnp.asarray(PIXEL_MEAN, jnp.float32)) / jnp.asarray(PIXEL_STD, jnp.float32)
+    """RGB 0..255 (any dtype) -> normalised ``dtype``, computed in float32 (float64 for a float64 ``dtype``).
+
+    The mean and std are float32 constants in every dtype, as in the original (``torch.tensor(...).type_as``).
+    """
+    compute = at_least_float32(dtype)
+    x = images.astype(compute)
+    mean, std = (jnp.asarray(v, jnp.float32).astype(compute) for v in (PIXEL_MEAN, PIXEL_STD))
+    x = (x - mean) / std
     return x.astype(dtype)
 
 

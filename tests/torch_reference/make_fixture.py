@@ -2,7 +2,11 @@
 
     python -m tests.torch_reference.make_fixture --out DIR --stage 2 --hw 128 192 --batch 2 --clips 2 \
         --seq 12 --resnet-depth 18 --score-agg mean --bert-mean 0 --seed 3
+    python -m tests.torch_reference.make_fixture --out DIR --task retrieval --frames 11 --batch 4 --clips 3
     python -m tests.torch_reference.make_fixture --check ../shared/fixtures/stage1_tiny   # port vs a fixture
+
+``--task retrieval`` writes a downstream task fixture (``../shared/fixtures/tasks`` format: stage 1, the
+retrieval loss at temperature 0.08, the MSRVTT multiple-choice inputs and outputs, no ResNet stage maps).
 
 A fixture folder's weights are rebuilt by the ``recipe.py`` in its parent directory, so ``make_fixture``
 copies the shared ``recipe.py`` next to the folder it writes.
@@ -28,6 +32,16 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 SHARED_RECIPE = pathlib.Path(os.environ.get("HDVILA_FIXTURE_RECIPE",
                                             REPO.parent / "shared" / "fixtures" / "recipe.py"))
 STAGE1_TEMPERATURE = 0.05
+# Retrieval fine-tuning (run_video_retrieval.py): NCEContrastiveLoss at loss_config.temp, MSRVTT-MC options.
+RETRIEVAL_TEMPERATURE, MSRVTT_MC_CHOICES = 0.08, 5
+RETRIEVAL_TASK = dict(name="retrieval", script="src/tasks/run_video_retrieval.py (setup_model, start_training)",
+                      model_class="HDVILAForPreTraining", stage=1,
+                      loss="NCEContrastiveLoss: S = vis_features @ text_features^T / temp; CE(S, arange) + "
+                           "CE(S^T, arange), each averaged over rows, summed (no 0.5)",
+                      temp=RETRIEVAL_TEMPERATURE, msrvtt_mc_choices=MSRVTT_MC_CHOICES)
+# Task fixtures leave out the large ResNet stage maps (the pretraining fixtures cover them).
+TASK_OMITTED_OUTPUTS = ("hr_stage3", "hr_stage4", "lr_stage3")
+MODEL_INPUTS = ("img_middle", "img_other", "text_input_ids", "text_input_mask", "mlm_labels")
 ALIASES = {"transformer.cls.predictions.decoder.bias": "transformer.cls.predictions.bias"}
 # A fixture whose float32 values are further than this from the same computation in float64 is refused:
 # a quarter of the parity test's tolerances (outputs 1e-4, gradient L2 norms 1e-3), so that the reference's
@@ -46,20 +60,28 @@ def load_recipe(path: os.PathLike = SHARED_RECIPE):
     return recipe
 
 
-def make_inputs(stage: int, hw, batch: int, clips: int, seq: int, vocab_size: int, input_seed: int):
-    """Random 0..255 integer-valued frames, [CLS]-led token ids with padding, stage-2 MLM labels."""
+def make_text(rng: np.random.Generator, rows: int, seq: int, vocab_size: int):
+    """[CLS]-led token ids and mask: row 0 is full length, the others (or row 0 alone, if it is the only
+    one) are padded. Returns (ids, mask, lengths)."""
+    lengths = [seq] + [int(rng.integers(max(2, seq // 3), seq)) for _ in range(rows - 1)]
+    if rows == 1:
+        lengths = [max(2, seq - 3)]
+    mask = (np.arange(seq)[None, :] < np.array(lengths)[:, None]).astype(np.int64)
+    ids = rng.integers(FIRST_WORD_ID, vocab_size, (rows, seq)).astype(np.int64)
+    ids[:, 0] = CLS_ID
+    ids[mask == 0] = PAD_ID
+    return ids, mask, lengths
+
+
+def make_inputs(stage: int, hw, batch: int, clips: int, seq: int, vocab_size: int, input_seed: int,
+                frames: int = 7, mc_choices: int = 0):
+    """Random 0..255 integer-valued frames (1 HR + ``frames - 1`` LR per clip), [CLS]-led token ids with
+    padding, stage-2 MLM labels; with ``mc_choices``, also ``mc_choices`` MSRVTT-MC captions per video."""
     h, w = hw
     rng = np.random.default_rng(input_seed)
     inputs = dict(img_middle=rng.integers(0, 256, (batch, clips, 3, h, w)).astype(np.float32),
-                  img_other=rng.integers(0, 256, (batch, clips, 6, 3, h // 4, w // 4)).astype(np.float32))
-    # Row 0 is full length, the others (or row 0 alone, for batch 1) are padded.
-    lengths = [seq] + [int(rng.integers(max(2, seq // 3), seq)) for _ in range(batch - 1)]
-    if batch == 1:
-        lengths = [max(2, seq - 3)]
-    mask = (np.arange(seq)[None, :] < np.array(lengths)[:, None]).astype(np.int64)
-    ids = rng.integers(FIRST_WORD_ID, vocab_size, (batch, seq)).astype(np.int64)
-    ids[:, 0] = CLS_ID
-    ids[mask == 0] = PAD_ID
+                  img_other=rng.integers(0, 256, (batch, clips, frames - 1, 3, h // 4, w // 4)).astype(np.float32))
+    ids, mask, lengths = make_text(rng, batch, seq, vocab_size)
     inputs.update(text_input_ids=ids, text_input_mask=mask)
     if stage == 2:
         labels = np.full((batch, seq), -100, np.int64)
@@ -75,6 +97,11 @@ def make_inputs(stage: int, hw, batch: int, clips: int, seq: int, vocab_size: in
                 elif u < 0.9:
                     ids[row, pos] = int(rng.integers(FIRST_WORD_ID, vocab_size))
         inputs["mlm_labels"] = labels
+    if mc_choices:
+        ids, mask, _ = make_text(rng, batch * mc_choices, seq, vocab_size)
+        inputs.update(msrvtt_mc_text_input_ids=ids.reshape(batch, mc_choices, seq),
+                      msrvtt_mc_text_input_mask=mask.reshape(batch, mc_choices, seq),
+                      msrvtt_mc_answer=rng.integers(0, mc_choices, batch).astype(np.int64))
     return inputs
 
 
@@ -84,13 +111,36 @@ def build_model(config: dict, stage: int, state_dict: dict[str, np.ndarray]) -> 
     return model.eval()
 
 
-def run_reference(model: HDVILA, inputs: dict[str, np.ndarray], dtype=np.float32):
-    """One eval-mode forward + backward of the stage loss: (outputs by fixture name, grad_norms.json dict)."""
+def msrvtt_multiple_choice(model: HDVILA, vis_features: torch.Tensor, ids: np.ndarray, mask: np.ndarray):
+    """The MSRVTT-MC evaluation: features of the [B, N, L] captions (rows b*N + i), scores [B, N], argmax."""
+    b, n, length = ids.shape
+    _, text = model.transformer.encode_text(torch.from_numpy(ids.reshape(b * n, length)),
+                                            torch.from_numpy(mask.reshape(b * n, length)))
+    scores = torch.einsum("bd,bnd->bn", vis_features, text.view(b, n, -1))
+    return dict(msrvtt_mc_text_features=text, msrvtt_mc_scores=scores, msrvtt_mc_pred=scores.argmax(dim=1))
+
+
+def run_reference(model: HDVILA, inputs: dict[str, np.ndarray], dtype=np.float32, task: str | None = None):
+    """One eval-mode forward + backward of the loss (the stage loss, or ``task``'s): (outputs by fixture name,
+    grad_norms.json dict)."""
     model.zero_grad(set_to_none=True)
-    torch_inputs = {k: torch.from_numpy(v) for k, v in inputs.items()}
+    torch_inputs = {k: torch.from_numpy(v) for k, v in inputs.items() if k in MODEL_INPUTS}
     with recording() as taps:
         out = model(**torch_inputs)
-    if model.stage == 1:
+    if task == "retrieval":
+        sim = torch.matmul(out["vis_features"], out["text_features"].permute(1, 0)) / RETRIEVAL_TEMPERATURE
+        labels = torch.arange(sim.shape[0])
+        loss = F.cross_entropy(sim, labels) + F.cross_entropy(sim.permute(1, 0), labels)
+        results = dict(text_features=out["text_features"], vis_features=out["vis_features"],
+                       sim_t2v=torch.matmul(out["text_features"], out["vis_features"].permute(1, 0)), loss=loss)
+        for name in TASK_OMITTED_OUTPUTS:
+            del taps[name]
+        with torch.no_grad():
+            results.update(msrvtt_multiple_choice(model, out["vis_features"], inputs["msrvtt_mc_text_input_ids"],
+                                                  inputs["msrvtt_mc_text_input_mask"]))
+    elif task is not None:
+        raise ValueError(f"the port writes retrieval task fixtures only, not {task!r}")
+    elif model.stage == 1:
         t2v = torch.matmul(out["text_features"], out["vis_features"].permute(1, 0)) / STAGE1_TEMPERATURE
         labels = torch.arange(t2v.shape[0])
         loss = 0.5 * (F.cross_entropy(t2v, labels) + F.cross_entropy(t2v.permute(1, 0), labels)).mean()
@@ -109,7 +159,8 @@ def run_reference(model: HDVILA, inputs: dict[str, np.ndarray], dtype=np.float32
         else:
             g = p.grad.detach().double()
             with_grad[name] = [float(g.norm()), float(g.sum())]
-    outputs = {k: np.asarray(v.detach().numpy(), dtype) for k, v in results.items()}
+    outputs = {k: np.asarray(v.detach().numpy(), dtype if v.is_floating_point() else None)
+               for k, v in results.items()}
     return outputs, dict(loss=float(loss.detach()), l2_and_sum=with_grad, params_without_grad=without_grad)
 
 
@@ -117,7 +168,8 @@ class FragileFixtureError(ValueError):
     """The float32 reference is not reproducible to the parity tolerances even by the reference itself."""
 
 
-def roundoff(model: HDVILA, inputs: dict[str, np.ndarray], outputs: dict, grads: dict, perturbed_runs: int = 2):
+def roundoff(model: HDVILA, inputs: dict[str, np.ndarray], outputs: dict, grads: dict, perturbed_runs: int = 2,
+             task: str | None = None):
     """How fragile a float32 reference is: (worst output relative error vs float64, worst gradient-L2 relative
     error vs float64 over parameters above 1e-6 of the largest norm, their names).
 
@@ -128,14 +180,14 @@ def roundoff(model: HDVILA, inputs: dict[str, np.ndarray], outputs: dict, grads:
     ~1e-3, so a fixture where that happens cannot tell a correct implementation from a wrong one.
     """
     inputs64 = {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in inputs.items()}
-    out64, grads64 = run_reference(copy.deepcopy(model).double(), inputs64, np.float64)
+    out64, grads64 = run_reference(copy.deepcopy(model).double(), inputs64, np.float64, task)
     runs = [grads]
     rng = np.random.default_rng(0)
     for _ in range(perturbed_runs):
         noisy = dict(inputs)
         for k in ("img_middle", "img_other"):
             noisy[k] = (inputs[k] * (1 + 1e-7 * rng.standard_normal(inputs[k].shape))).astype(np.float32)
-        runs.append(run_reference(model, noisy)[1])
+        runs.append(run_reference(model, noisy, task=task)[1])
 
     def rel(a, b):
         n = np.linalg.norm(b)
@@ -154,8 +206,12 @@ def roundoff(model: HDVILA, inputs: dict[str, np.ndarray], outputs: dict, grads:
 def make_fixture(out: os.PathLike, *, stage: int = 1, hw=(128, 192), batch: int = 2, clips: int = 2,
                  seq: int = 12, resnet_depth: int = 50, score_agg: str = "lse", bert_mean: int = 1, seed: int = 0,
                  input_seed: int | None = None, preset: str = "tiny", recipe_path: os.PathLike = SHARED_RECIPE,
-                 check_roundoff: bool = True, verbose: bool = False, **config_overrides) -> pathlib.Path:
+                 check_roundoff: bool = True, verbose: bool = False, task: str | None = None, frames: int = 7,
+                 **config_overrides) -> pathlib.Path:
     """Write one fixture folder ``out`` (config.json, weights.json, inputs.npz, outputs.npz, grad_norms.json).
+
+    ``task="retrieval"`` writes a downstream task fixture (stage 1; ``config.json`` gets the ``task`` object);
+    ``frames`` is F, the frames per clip (1 HR + F - 1 LR).
 
     With ``check_roundoff`` the float32 reference is also run in float64 and refused (:class:`FragileFixtureError`,
     nothing written) if its outputs or gradient L2 norms differ by more than ``FRAGILE_OUTPUT_RTOL`` /
@@ -164,10 +220,14 @@ def make_fixture(out: os.PathLike, *, stage: int = 1, hw=(128, 192), batch: int 
     h, w = hw
     if h % 64 or w % 64:
         raise ValueError(f"frame size {hw}: both sides must be multiples of 64")
+    if task is not None and (task != "retrieval" or stage != 1):
+        raise ValueError(f"the port writes stage-1 retrieval task fixtures only, not task {task!r} at stage {stage}")
     if stage == 1 and batch < 2:
         warnings.warn("stage 1 with batch 1: InfoNCE over a single pair is identically 0, so is every gradient")
     out = pathlib.Path(out)
     input_seed = seed + 1 if input_seed is None else input_seed
+    if task == "retrieval":
+        config_overrides = dict(config_overrides, bert_frozen_stage=-1)
     config = make_config(**dict(TINY if preset == "tiny" else {}, **config_overrides), resnet_depth=resnet_depth,
                          score_agg_func=score_agg, bert_mean=int(bert_mean), stage=stage)
     recipe = load_recipe(recipe_path)
@@ -175,10 +235,11 @@ def make_fixture(out: os.PathLike, *, stage: int = 1, hw=(128, 192), batch: int 
     named_shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
     weights = recipe.make_recipe(named_shapes, seed, ALIASES)
     model = build_model(config, stage, recipe.draw(weights["tensors"], weights["seed"]))
-    inputs = make_inputs(stage, hw, batch, clips, seq, config["vocab_size"], input_seed)
-    outputs, grads = run_reference(model, inputs)
+    inputs = make_inputs(stage, hw, batch, clips, seq, config["vocab_size"], input_seed, frames,
+                         MSRVTT_MC_CHOICES if task == "retrieval" else 0)
+    outputs, grads = run_reference(model, inputs, task=task)
     if check_roundoff:
-        out_err, grad_err, worst_out, worst_grad = roundoff(model, inputs, outputs, grads)
+        out_err, grad_err, worst_out, worst_grad = roundoff(model, inputs, outputs, grads, task=task)
         report = (f"{out.name}: float32 reference (and perturbed reruns) vs float64: outputs {out_err:.1e} ({worst_out}), "
                   f"gradient L2 norms {grad_err:.1e} ({worst_grad})")
         if verbose:
@@ -189,7 +250,7 @@ def make_fixture(out: os.PathLike, *, stage: int = 1, hw=(128, 192), batch: int 
 
     out.mkdir(parents=True, exist_ok=True)
     meta = dict(stage=stage, preset=preset, config=config, hw=[h, w], batch=batch, clips=clips, seq=seq,
-                seed=seed, input_seed=input_seed, torch=torch.__version__, mode="eval",
+                frames=frames, seed=seed, input_seed=input_seed, torch=torch.__version__, mode="eval",
                 inputs={k: list(v.shape) for k, v in inputs.items()},
                 outputs={k: list(v.shape) for k, v in outputs.items()},
                 n_state_dict=len(named_shapes), n_params=sum(p.numel() for p in model.parameters()),
@@ -197,6 +258,8 @@ def make_fixture(out: os.PathLike, *, stage: int = 1, hw=(128, 192), batch: int 
                            params_without_grad=grads["params_without_grad"]),
                 source="PyTorch port of the original HD-VILA model (tests/torch_reference), eval mode "
                        "(no dropout, no drop-path, no token sampling), weights from weights.json")
+    if task == "retrieval":
+        meta["task"] = dict(RETRIEVAL_TASK, frames=frames)
     (out / "config.json").write_text(json.dumps(meta, indent=1))
     (out / "weights.json").write_text(json.dumps(weights))
     (out / "grad_norms.json").write_text(json.dumps(grads))
@@ -208,30 +271,31 @@ def make_fixture(out: os.PathLike, *, stage: int = 1, hw=(128, 192), batch: int 
 
 
 def _load(folder: pathlib.Path):
+    """(model, inputs, task name or None) of a fixture folder."""
     meta = json.loads((folder / "config.json").read_text())
     recipe_path = folder.parent / "recipe.py"
     recipe = load_recipe(recipe_path if recipe_path.exists() else SHARED_RECIPE)
     model = build_model(meta["config"], meta["stage"], recipe.rebuild_state_dict(str(folder)))
     with np.load(folder / "inputs.npz") as f:
         inputs = {k: f[k] for k in f.files}
-    return model, inputs
+    return model, inputs, meta.get("task", {}).get("name")
 
 
 def fixture_roundoff(folder: os.PathLike):
     """:func:`roundoff` of an existing fixture folder (its float32 outputs and gradients as stored)."""
     folder = pathlib.Path(folder)
-    model, inputs = _load(folder)
+    model, inputs, task = _load(folder)
     with np.load(folder / "outputs.npz") as f:
         outputs = {k: f[k] for k in f.files}
-    return roundoff(model, inputs, outputs, json.loads((folder / "grad_norms.json").read_text()))
+    return roundoff(model, inputs, outputs, json.loads((folder / "grad_norms.json").read_text()), task=task)
 
 
 def reproduce_fixture(folder: os.PathLike):
-    """Rerun the port on a fixture's own weights and inputs: (output rel. errors, grad L2/sum rel. errors,
-    loss rel. error, whether ``params_without_grad`` agree)."""
+    """Rerun the port on a fixture's own weights and inputs: (output rel. errors, per parameter
+    (|L2 diff|, |sum diff|, reference L2), loss rel. error, whether ``params_without_grad`` agree)."""
     folder = pathlib.Path(folder)
-    model, inputs = _load(folder)
-    ours, grads = run_reference(model, inputs)
+    model, inputs, task = _load(folder)
+    ours, grads = run_reference(model, inputs, task=task)
     with np.load(folder / "outputs.npz") as f:
         ref = {k: f[k] for k in f.files}
     ref_grads = json.loads((folder / "grad_norms.json").read_text())
@@ -248,8 +312,8 @@ def reproduce_fixture(folder: os.PathLike):
     if shape_diff:
         raise AssertionError(f"output shapes differ: {shape_diff}")
     out_err = {k: rel(ours[k], ref[k]) for k in ref}
-    grad_err = {k: (abs(grads["l2_and_sum"][k][0] - v[0]) / max(abs(v[0]), 1e-30),
-                    abs(grads["l2_and_sum"][k][1] - v[1]) / max(abs(v[0]), 1e-30))  # sum relative to L2
+    # Per parameter: (|L2 difference|, |sum difference|, reference L2), judged by the caller.
+    grad_err = {k: (abs(grads["l2_and_sum"][k][0] - v[0]), abs(grads["l2_and_sum"][k][1] - v[1]), abs(v[0]))
                 for k, v in ref_grads["l2_and_sum"].items()}
     same_without = grads["params_without_grad"] == ref_grads["params_without_grad"] and \
         set(grads["l2_and_sum"]) == set(ref_grads["l2_and_sum"])
@@ -265,6 +329,8 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--clips", type=int, default=2)
     p.add_argument("--seq", type=int, default=12)
+    p.add_argument("--frames", type=int, default=7, help="F, frames per clip (1 HR + F-1 LR)")
+    p.add_argument("--task", choices=("retrieval",), help="write a downstream task fixture (stage 1)")
     p.add_argument("--resnet-depth", type=int, default=50, choices=(18, 34, 50, 101, 152))
     p.add_argument("--score-agg", default="lse", choices=("lse", "mean", "max"))
     p.add_argument("--bert-mean", type=int, default=1, choices=(0, 1))
@@ -284,11 +350,12 @@ def main(argv=None):
         for folder in a.check:
             out_err, grad_err, loss_err, same = reproduce_fixture(folder)
             worst = max(out_err, key=out_err.get)
-            worst_l2 = max(grad_err, key=lambda k: grad_err[k][0])
-            worst_sum = max(grad_err, key=lambda k: grad_err[k][1])
+            worst_l2 = max(grad_err, key=lambda k: grad_err[k][0] / max(grad_err[k][2], 1e-30))
+            worst_sum = max(grad_err, key=lambda k: grad_err[k][1] / max(grad_err[k][2], 1e-30))
             print(f"{folder}: outputs worst {out_err[worst]:.2e} ({worst}); loss {loss_err:.2e}; grad L2 worst "
-                  f"{grad_err[worst_l2][0]:.2e} ({worst_l2}); grad sum worst {grad_err[worst_sum][1]:.2e} "
-                  f"(x L2, {worst_sum}); params with/without grad agree: {same}")
+                  f"{grad_err[worst_l2][0] / grad_err[worst_l2][2]:.2e} ({worst_l2}); grad sum worst "
+                  f"{grad_err[worst_sum][1] / grad_err[worst_sum][2]:.2e} (x L2, {worst_sum}); "
+                  f"params with/without grad agree: {same}")
             r = fixture_roundoff(folder)
             print(f"  its float32 values (and perturbed reruns) vs float64: outputs {r[0]:.1e} ({r[2]}), gradient L2 {r[1]:.1e} ({r[3]})")
         return
@@ -301,7 +368,7 @@ def main(argv=None):
     folder = make_fixture(a.out, stage=a.stage, hw=tuple(a.hw), batch=a.batch, clips=a.clips, seq=a.seq,
                           resnet_depth=a.resnet_depth, score_agg=a.score_agg, bert_mean=a.bert_mean, seed=a.seed,
                           input_seed=a.input_seed, check_roundoff=not a.no_roundoff_check,
-                          verbose=True, **overrides)
+                          verbose=True, task=a.task, frames=a.frames, **overrides)
     print(f"wrote {folder}")
 
 

@@ -104,9 +104,8 @@ class HDVILAForPreTraining(nn.Module):
         self.t_proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, visual_inputs, text_input_ids, text_input_mask, mlm_labels=None, itm_labels=None):
-        """visual_inputs: (clips, B, #frm=1, H, W, D); text_input_ids, text_input_mask: (B, Lt)."""
-        clip_num, b, frm_num, h, w, c = visual_inputs.shape
+    def encode_text(self, text_input_ids, text_input_mask):
+        """Stage-1 text states (B, Lt, D) and L2-normalised text features (B, D)."""
         text_input_ids, pooled_output1 = self.bert.forward_stage1(text_input_ids, text_input_mask)
         tap("text_seq_stage1", text_input_ids)
         if self.config.bert_mean:
@@ -114,8 +113,13 @@ class HDVILAForPreTraining(nn.Module):
                 text_input_mask, dim=1, keepdim=True)
             pooled_output1 = self.bert.pooler1.activation(self.bert.pooler1.dense(pooled_output1))
         tap("text_pooled", pooled_output1)
+        return text_input_ids, F.normalize(self.t_proj(pooled_output1), dim=-1, p=2)
+
+    def forward(self, visual_inputs, text_input_ids, text_input_mask, mlm_labels=None, itm_labels=None):
+        """visual_inputs: (clips, B, #frm=1, H, W, D); text_input_ids, text_input_mask: (B, Lt)."""
+        clip_num, b, frm_num, h, w, c = visual_inputs.shape
+        text_input_ids, text_features = self.encode_text(text_input_ids, text_input_mask)
         visual_outputs = tap("vis_pooled", visual_inputs.mean((0, 2, 3, 4)))
-        text_features = F.normalize(self.t_proj(pooled_output1), dim=-1, p=2)
         vis_features = F.normalize(self.v_proj(visual_outputs), dim=-1, p=2)
         if self.config.stage == 1:
             return dict(text_features=text_features, vis_features=vis_features)
