@@ -23,6 +23,7 @@ setup(
         "tokenizers",
         "av",
         "tqdm",
+        "pillow",
         "importlib_resources",  # tensorflow-datasets imports it without declaring it
     ],
     extras_require={

@@ -1,0 +1,127 @@
+"""Building an index: encode every video of some clip records with a trained model.
+
+Videos are read by the evaluation pipeline (``data.inference_n_clips`` evenly spaced clips,
+centre crop), so a video's embedding is the one retrieval evaluation scores. Batches are
+sharded over the mesh's batch axes; with several processes each reads its shard of the
+records, features are gathered and padding dropped. Process 0 then reads ids, first
+captions and thumbnails from the records and writes the index.
+"""
+from __future__ import annotations
+
+import glob
+import io
+import math
+import os
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+from PIL import Image
+from tqdm import tqdm
+
+from hdvila_jax.data import pipeline
+from hdvila_jax.data.records import ClipRecord, parse_clip_record
+from hdvila_jax.data.tfrecord_source import TFRecordDataSource
+from hdvila_jax.models import HDVILA
+from hdvila_jax.search import restore
+from hdvila_jax.search.index import SearchError, save_index
+from hdvila_jax.train import sharding
+from hdvila_jax.train.config_checks import check_config
+from hdvila_jax.train.evaluation import gather_to_host
+
+THUMBNAIL_SIZE = (160, 96)  # (width, height) box the thumbnail fits in
+THUMBNAIL_QUALITY = 85
+
+
+def index_config(config: ml_collections.ConfigDict, records: str) -> ml_collections.ConfigDict:
+    """A copy of ``config`` whose validation files are ``records`` (captions unmasked)."""
+    if not glob.glob(records):
+        raise SearchError(f"--records={records!r} matches no files")
+    config = config.copy_and_resolve_references()
+    config.data.val_files = records
+    config.data.mlm_probability = 0.0
+    if config.data.vocab_file:
+        config.data.vocab_file = os.path.abspath(config.data.vocab_file)
+    return config
+
+
+def make_video_encoder(model: HDVILA) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
+    """Jitted ``(variables, img_middle, img_other) -> normalised video features [B, D]``."""
+    def encode(variables, img_middle, img_other):
+        return model.apply(variables, img_middle, img_other, method=HDVILA.encode_video)[1]
+    return jax.jit(encode)
+
+
+def encode_records(model: HDVILA, variables: Any, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                   batch_size: int, progress: bool = True) -> np.ndarray:
+    """Video embeddings ``[N, D]`` of all records of ``config.data.val_files``, in record order."""
+    encode = make_video_encoder(model)
+    process, processes = jax.process_index(), jax.process_count()
+    local = batch_size // processes
+    total = len(TFRecordDataSource(pipeline.list_files(config.data.val_files, "val_files")))
+    num_batches = math.ceil(math.ceil(total / processes) / local)
+    batches = pipeline.make_eval_iterator(config, process, processes, batch_size=batch_size)
+    rows, features = [], []
+    for step, batch in enumerate(tqdm(batches, total=num_batches, desc="encoding videos", unit="batch",
+                                      disable=not progress or process != 0)):
+        # Process p reads records p, p + P, ...: its j-th example of batch `step` is this record.
+        record = process + processes * (step * local + np.arange(local, dtype=np.int32))
+        data = sharding.global_batch(dict(img_middle=batch["img_middle"], img_other=batch["img_other"],
+                                          record=record, valid=batch["valid"]), mesh)
+        video = encode(variables, data["img_middle"], data["img_other"])
+        keep = gather_to_host(data["valid"])
+        rows.append(gather_to_host(data["record"])[keep])
+        features.append(gather_to_host(video)[keep])
+    rows, features = np.concatenate(rows), np.concatenate(features)
+    if sorted(rows.tolist()) != list(range(total)):
+        raise RuntimeError(f"encoded {len(rows)} rows, expected each of the {total} records once")
+    embeddings = np.empty_like(features, dtype=np.float32)
+    embeddings[rows] = features
+    return embeddings
+
+
+def thumbnail_jpeg(record: ClipRecord) -> bytes:
+    """The middle HR frame of the middle candidate, shrunk into ``THUMBNAIL_SIZE``, as JPEG."""
+    image = Image.open(io.BytesIO(record.hr_jpeg[record.num_candidates // 2])).convert("RGB")
+    image.thumbnail(THUMBNAIL_SIZE)
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=THUMBNAIL_QUALITY)
+    return out.getvalue()
+
+
+def read_metadata(pattern: str, progress: bool = True) -> tuple[list[str], list[str], list[bytes]]:
+    """Clip ids, first captions and JPEG thumbnails of every record, in record order."""
+    source = TFRecordDataSource(pipeline.list_files(pattern, "val_files"))
+    ids, captions, thumbnails = [], [], []
+    for i in tqdm(range(len(source)), desc="thumbnails", unit="video", disable=not progress):
+        record = parse_clip_record(source[i])
+        ids.append(record.clip_id)
+        captions.append(record.texts[0])
+        thumbnails.append(thumbnail_jpeg(record))
+    return ids, captions, thumbnails
+
+
+def build_index(config: ml_collections.ConfigDict, checkpoint: str, records: str, out: str,
+                batch_size: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Encode every video of the ``records`` glob with the model of ``config`` restored from
+    ``checkpoint``; write the index to ``out`` (process 0) and return its manifest."""
+    config = index_config(config, records)
+    model_cfg = check_config(config)
+    mesh = sharding.make_mesh(config.mesh)
+    batch_size = config.eval_batch_size if batch_size is None else batch_size
+    shards = math.lcm(sharding.data_parallel_size(mesh), jax.process_count())
+    if batch_size <= 0 or batch_size % shards:
+        raise SearchError(f"--batch_size={batch_size} must be a positive multiple of {shards} "
+                          "(the batch shards of config.mesh and the process count)")
+    variables, origin = restore.restore_variables(config, model_cfg, mesh, checkpoint)
+    embeddings = encode_records(HDVILA(model_cfg), variables, config, mesh, batch_size, progress)
+    manifest = dict(checkpoint=os.path.abspath(checkpoint), restored_from=origin,
+                    records=os.path.abspath(records), count=len(embeddings), dim=int(embeddings.shape[1]),
+                    config=config.to_dict())
+    if jax.process_index() == 0:
+        ids, captions, thumbnails = read_metadata(config.data.val_files, progress)
+        manifest = save_index(out, embeddings, ids, captions, thumbnails, manifest)
+    multihost_utils.sync_global_devices("search index written")
+    return manifest
