@@ -1,9 +1,5 @@
 """The retrieval loss on a batch sharded over 8 devices takes its negatives from the whole global batch:
 loss and gradient equal the 1-device values, and differ from averaging per-device losses."""
-import json
-import subprocess
-import sys
-
 from tests import train_helpers
 
 EIGHT_DEVICES = r"""
@@ -57,11 +53,7 @@ print("RESULT" + json.dumps(dict(loss8=float(loss8), loss1=float(loss1), local=n
 
 
 def test_retrieval_loss_uses_the_global_batch():
-    env = train_helpers.subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    proc = subprocess.run([sys.executable, "-c", EIGHT_DEVICES], env=env, cwd=train_helpers.REPO,
-                          capture_output=True, text=True, timeout=train_helpers.SUBPROCESS_TIMEOUT)
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    r = json.loads(proc.stdout.split("RESULT")[-1])
+    r = train_helpers.run_on_forced_devices(EIGHT_DEVICES)
     assert abs(r["loss8"] - r["loss1"]) < 1e-5 * r["loss1"], r
     assert r["grad_norm1"] > 0 and r["grad_diff"] < 1e-4 * r["grad_norm1"], r
     # 8 pairs at temperature 0.08: the loss is about 2 ln 8; one pair alone gives exactly 0.

@@ -1,6 +1,5 @@
 """Sharded training equals single-device training: 8 forced CPU devices with FSDP, and
 2 processes x 2 devices (jax.distributed, gloo) against 1 process x 4 devices."""
-import json
 import os
 import subprocess
 import sys
@@ -59,11 +58,7 @@ print("RESULT" + json.dumps(dict(losses8=losses8, losses1=losses1, max_param_dif
 
 
 def test_eight_devices_equal_one_device():
-    env = train_helpers.subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    proc = subprocess.run([sys.executable, "-c", EIGHT_DEVICES], env=env, cwd=train_helpers.REPO,
-                          capture_output=True, text=True, timeout=train_helpers.SUBPROCESS_TIMEOUT)
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    result = json.loads(proc.stdout.split("RESULT")[-1])
+    result = train_helpers.run_on_forced_devices(EIGHT_DEVICES)
     # Tolerance: float32 sums in a different order across 8 shards (losses agree to ~1e-6).
     np.testing.assert_allclose(result["losses8"], result["losses1"], rtol=1e-5)
     assert result["max_param_diff"] < 1e-6, result

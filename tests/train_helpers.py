@@ -46,6 +46,16 @@ def apply_overrides(config, overrides: dict):
     return config
 
 
+def run_on_forced_devices(code: str, devices: int = 8) -> dict:
+    """Run ``code`` in a child python with ``devices`` forced CPU devices; return the JSON it
+    prints after the marker ``RESULT``."""
+    env = subprocess_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=SUBPROCESS_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return json.loads(proc.stdout.split("RESULT")[-1])
+
+
 def override_flags(overrides: dict) -> list[str]:
     """``{'a.b': v}`` -> ``['--config.a.b=v']`` for the entry point."""
     return [f"--config.{k}={v}" for k, v in overrides.items()]
