@@ -21,6 +21,7 @@ from hdvila_jax.convert.reference_config import model_config_from_reference
 from hdvila_jax.convert.rules import hdvila_rules
 from hdvila_jax.losses import contrastive_loss
 from hdvila_jax.models import HDVILA, ModelConfig
+from hdvila_jax.tasks.qa import qa_loss
 from hdvila_jax.tasks.retrieval import multiple_choice_scores, retrieval_loss
 from tests.model_helpers import relative_error
 
@@ -35,7 +36,8 @@ GRAD_RTOL = 1e-3
 GRAD_ATOL_FRACTION = 1e-6
 SCALARS = ("loss", "mlm_loss", "mlm_acc")
 # Integer outputs (argmax predictions): must be equal.
-EXACT = ("msrvtt_mc_pred",)
+EXACT = ("msrvtt_mc_pred", "pred")
+QA_TASKS = ("qa", "mc")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = REPO.parent / "shared" / "fixtures"
@@ -75,7 +77,11 @@ def rebuild_state_dict(folder: pathlib.Path) -> dict[str, np.ndarray]:
 def load_fixture(folder: pathlib.Path):
     """(meta, model config, inputs in our NHWC layout, reference outputs, reference grad norms)."""
     meta = json.loads((folder / "config.json").read_text())
-    cfg = model_config_from_reference(meta["config"], tuple(meta["hw"]), frames=meta.get("frames", 7))
+    task = meta.get("task", {}).get("name")
+    # QA head outputs: the answers (qa) or one score per option (mc).
+    overrides = {"num_qa_outputs": int(meta["task"]["num_labels"]) if task == "qa" else 1} if task in QA_TASKS \
+        else {}
+    cfg = model_config_from_reference(meta["config"], tuple(meta["hw"]), frames=meta.get("frames", 7), **overrides)
     with np.load(folder / "inputs.npz") as f:
         raw = {k: f[k] for k in f.files}
     inputs = dict(img_middle=np.moveaxis(raw["img_middle"], -3, -1).astype(np.float32),
@@ -84,6 +90,8 @@ def load_fixture(folder: pathlib.Path):
                  "msrvtt_mc_text_input_mask"):
         if name in raw:
             inputs[name] = raw[name].astype(np.int32)
+    if "labels" in raw:
+        inputs["labels"] = raw["labels"].astype(np.int32)
     with np.load(folder / "outputs.npz") as f:
         outputs = {k: f[k] for k in f.files}
     grads = json.loads((folder / "grad_norms.json").read_text())
@@ -91,10 +99,14 @@ def load_fixture(folder: pathlib.Path):
 
 
 def loss_spec(meta: dict) -> tuple[str, float]:
-    """(kind, temperature) of the fixture's ``loss``: the retrieval task's, stage-1 InfoNCE or the MLM loss."""
+    """(kind, setting) of the fixture's ``loss``: the retrieval task's (temperature), the QA / MC
+    task's (clip aggregation), stage-1 InfoNCE (temperature) or the MLM loss."""
     if "task" in meta:
-        if meta["task"]["name"] != "retrieval":
-            raise ValueError(f"task {meta['task']['name']!r} fixtures are not served here")
+        name = meta["task"]["name"]
+        if name in QA_TASKS:
+            return name, meta["task"]["agg"]
+        if name != "retrieval":
+            raise ValueError(f"task {name!r} fixtures are not served here")
         return "retrieval", float(meta["task"]["temp"])
     return ("infonce", STAGE1_TEMPERATURE) if meta["stage"] == 1 else ("mlm", 0.0)
 
@@ -109,12 +121,26 @@ def fixture_loss(out: dict, kind: str, temperature: float) -> jax.Array:
 
 
 MODEL_INPUTS = ("img_middle", "img_other", "text_input_ids", "text_input_mask", "mlm_labels")
+QA_INPUTS = ("img_middle", "img_other", "text_input_ids", "text_input_mask")
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def forward_and_grad(cfg: ModelConfig, stage: int, kind: str, temperature: float, variables: dict, inputs: dict):
-    """Deterministic forward with intermediates, the loss, and its gradient w.r.t. all params."""
+def forward_and_grad(cfg: ModelConfig, stage: int, kind: str, temperature, variables: dict, inputs: dict):
+    """Deterministic forward with intermediates, the loss, and its gradient w.r.t. all params.
+
+    For ``qa`` / ``mc``, ``temperature`` is the clip aggregation (``task.agg``)."""
     model = HDVILA(cfg)
+    if kind in QA_TASKS:
+        batch = {k: v for k, v in inputs.items() if k in QA_INPUTS}
+
+        def qa_loss_fn(params):
+            logits, state = model.apply({**variables, "params": params}, batch, True, method=HDVILA.qa_logits,
+                                        mutable=["intermediates"])
+            loss, aux = qa_loss(logits, inputs["labels"], temperature)
+            return loss, (dict(aux, logits=logits), state["intermediates"])
+
+        (loss, (out, inter)), grads = jax.value_and_grad(qa_loss_fn, has_aux=True)(variables["params"])
+        return dict(out, loss=loss), inter, grads
     batch = {k: v for k, v in inputs.items() if k in MODEL_INPUTS}
 
     def loss_fn(params):
@@ -146,8 +172,41 @@ def _clip_major(x, batch: int, clips: int):
     return np.swapaxes(x, 0, 1).reshape(batch * clips, *x.shape[2:])
 
 
+def _visual_in_reference_layout(flat: dict, b: int, c: int) -> dict[str, np.ndarray]:
+    ours = dict(timesformer_in=np.moveaxis(flat["timesformer_in"], -1, 2),
+                timesformer_out=np.moveaxis(flat["timesformer_out"], -1, 2))
+    for name in ("hr_stage3", "hr_stage4", "hr_grid", "hr_stage3_down", "hr_stage3_down_grid", "lr_stage3",
+                 "lr_grid", "middle_feature"):
+        ours[name] = _nchw(flat[name])
+    grid = flat["middle_feature"].reshape(b, c, *flat["middle_feature"].shape[1:])
+    ours["transformer_visual_inputs"] = np.swapaxes(grid, 0, 1)[:, :, None]
+    return ours
+
+
+def qa_in_reference_layout(out: dict, inter: dict, meta: dict) -> dict[str, np.ndarray]:
+    """Our QA / MC outputs and intermediates in the fixture's layout (R = B or B*C text rows)."""
+    b, k = meta["batch"], meta["clips"]
+    flat = {key[-1]: np.asarray(v[0]) for key, v in traverse_util.flatten_dict(jax.device_get(inter)).items()}
+    out = {key: np.asarray(v) for key, v in jax.device_get(out).items()}
+    head_in = flat["head_in"]  # [K, R, D]
+    rows = head_in.shape[1]
+    ours = dict(logits=out["logits"], agg_logits=out["agg_logits"], pred=out["pred"],
+                loss_per_example=out["loss_per_example"], loss=out["loss"], head_in=head_in,
+                pooled2=head_in.reshape(k * rows, -1), head_hidden=flat["head_hidden"],
+                text_embeddings=flat["text_embeddings"], text_seq_stage1=flat["text_seq_stage1"],
+                visual_tokens=_clip_major(flat["visual_tokens"], rows, k),
+                **_visual_in_reference_layout(flat, b, k))
+    for name, value in flat.items():
+        if name.startswith("bert_layer"):
+            text_layer = int(name[len("bert_layer"):]) < meta["config"]["num_hidden_layers"] // 2
+            ours[name] = value if text_layer else _clip_major(value, rows, k)
+    return ours
+
+
 def ours_in_reference_layout(out: dict, inter: dict, meta: dict, stage: int) -> dict[str, np.ndarray]:
     """Our outputs and intermediates, named and laid out like the fixture's ``outputs.npz``."""
+    if meta.get("task", {}).get("name") in QA_TASKS:
+        return qa_in_reference_layout(out, inter, meta)
     b, c = meta["batch"], meta["clips"]
     flat = {k[-1]: np.asarray(v[0]) for k, v in traverse_util.flatten_dict(jax.device_get(inter)).items()}
     out = {k: np.asarray(v) for k, v in jax.device_get(out).items()}

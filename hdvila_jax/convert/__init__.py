@@ -15,7 +15,7 @@ from hdvila_jax.convert.rules import (BERT_UNUSED, HDVILA_UNUSED, RESNET_UNUSED,
                                       resnet_rules)
 from hdvila_jax.convert.torch_io import load_state_dict
 from hdvila_jax.models.config import ModelConfig
-from hdvila_jax.models.variables import abstract_variables
+from hdvila_jax.models.variables import abstract_qa_variables, abstract_variables
 
 StateDict = Mapping[str, np.ndarray]
 
@@ -23,8 +23,18 @@ __all__ = ["ConversionError", "ConversionReport", "convert_hdvila", "export_hdvi
            "load_state_dict"]
 
 
+def _abstract_variables(cfg: ModelConfig, stage: int) -> dict:
+    """The model tree a checkpoint must fill: the QA model's when ``cfg.num_qa_outputs`` > 0 (stage 2)."""
+    if stage == 2 and cfg.num_qa_outputs > 0:
+        return abstract_qa_variables(cfg)
+    return abstract_variables(cfg, stage)
+
+
 def convert_hdvila(state_dict: StateDict, cfg: ModelConfig, stage: int) -> dict:
     """A full HD-VILA state_dict (SPEC section 6 layout) -> ``{'params', 'batch_stats'}`` of numpy arrays.
+
+    With ``cfg.num_qa_outputs`` > 0 and ``stage`` 2 the state_dict is a video QA model's
+    (``transformer.classifier.*`` head, no ``t_proj``/``v_proj``/``cls``; SPEC_DOWNSTREAM 4.1).
 
     Every model variable must come from the checkpoint; keys the reference never reads
     (``cnn_low.layer4``, ``timesformer.norm``, ...) are ignored, any other extra key is an error.
@@ -34,7 +44,7 @@ def convert_hdvila(state_dict: StateDict, cfg: ModelConfig, stage: int) -> dict:
     if decoder_bias is not None and bias is not None and not np.array_equal(decoder_bias, bias):
         raise ConversionError("transformer.cls.predictions.decoder.bias differs from transformer.cls.predictions.bias; "
                               "the reference ties them, so the checkpoint is inconsistent")
-    variables, _ = load_rules(abstract_variables(cfg, stage), state_dict, hdvila_rules(cfg, stage),
+    variables, _ = load_rules(_abstract_variables(cfg, stage), state_dict, hdvila_rules(cfg, stage),
                               ignore=HDVILA_UNUSED)
     unfilled = unfilled_leaves(variables)
     if unfilled:

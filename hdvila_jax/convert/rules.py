@@ -109,8 +109,19 @@ def timesformer_rules(cfg: ModelConfig) -> Rules:
     return rules
 
 
+def qa_head_rules() -> Rules:
+    """``transformer.classifier`` (Linear, ReLU, Linear) of the video QA models -> ``heads/qa_classifier``."""
+    return {**_linear("transformer.classifier.0", "heads", "qa_classifier", "hidden"),
+            **_linear("transformer.classifier.2", "heads", "qa_classifier", "out")}
+
+
 def hdvila_rules(cfg: ModelConfig, stage: int) -> Rules:
-    """Every key of a released-layout HD-VILA state_dict for ``stage`` 1 or 2."""
+    """Every key of a released-layout HD-VILA state_dict for ``stage`` 1 or 2.
+
+    With ``cfg.num_qa_outputs`` > 0 (stage 2) the layout is the video QA model's
+    (``HDVILAForSequenceClassification`` / ``HDVILAForMultipleChoice``): the stage-2 encoder
+    with ``pooler1`` and the ``transformer.classifier`` head, no ``t_proj``/``v_proj``/``cls``.
+    """
     rules = {**resnet_rules("cnn.", ("video", "cnn_hr"), cfg.resnet_depth),
              **resnet_rules("cnn_low.", ("video", "cnn_lr"), cfg.resnet_depth, num_stages=3),
              **_conv("grid_encoder.0", "video", "grid_hr"),
@@ -132,4 +143,7 @@ def hdvila_rules(cfg: ModelConfig, stage: int) -> Rules:
                       f"{v}.token_type_embeddings.weight": _params(*f, "token_type", "embedding"),
                       **_norm(f"{v}.LayerNorm", *f, "norm"),
                       **_linear("transformer.bert.pooler2.dense", "fusion", "pooler", "dense")})
+        if cfg.num_qa_outputs > 0:
+            rules = {k: t for k, t in rules.items() if t.path[0] not in ("contrastive", "heads")}
+            rules.update(qa_head_rules())
     return rules

@@ -42,6 +42,9 @@ class ModelConfig:
     max_grid_col_position_embeddings: int = 100
     pixel_random_sampling_size: int = 160
     score_agg_func: str = "lse"
+    # Video QA head ``heads/qa_classifier`` (SPEC_DOWNSTREAM 4): number of answers, 1 for
+    # multiple choice; 0 = no QA head (pretraining / retrieval parameter trees).
+    num_qa_outputs: int = 0
     # Video encoder.
     resnet_depth: int = 50
     timesformer_depth: int = 4
@@ -102,6 +105,7 @@ def validate(cfg: ModelConfig) -> ModelConfig:
            f"{cfg.max_grid_row_position_embeddings} rows is fewer than the grid's {rows}")
     _check(cfg.max_grid_col_position_embeddings >= cols, "max_grid_col_position_embeddings",
            f"{cfg.max_grid_col_position_embeddings} columns is fewer than the grid's {cols}")
+    _check(cfg.num_qa_outputs >= 0, "num_qa_outputs", f"must be >= 0, got {cfg.num_qa_outputs}")
     _check(cfg.pixel_random_sampling_size >= 0, "pixel_random_sampling_size", "must be >= 0")
     for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "timesformer_drop_path_rate"):
         _check(0.0 <= getattr(cfg, name) < 1.0, name, f"must be in [0, 1), got {getattr(cfg, name)}")

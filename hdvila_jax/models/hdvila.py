@@ -6,6 +6,8 @@ Parameter tree (top level):
   contrastive/  text_proj, video_proj                                  (stage 1)
   fusion/       visual_embeddings, layer_{n/2} .. layer_{n-1}, pooler  (stage 2)
   heads/        mlm, itm                                               (stage 2)
+                qa_classifier/{hidden,out}   (video QA, only when ``num_qa_outputs`` > 0)
+A QA model (``qa_logits``) has no ``contrastive`` projections and no MLM/ITM heads.
 BatchNorm running statistics live in the ``batch_stats`` collection. Every named
 intermediate the parity fixtures check is sown into ``intermediates``.
 """
@@ -21,6 +23,7 @@ from hdvila_jax.models.bert import (BertStack, MLMHead, Pooler, TextEmbeddings, 
                                     dense)
 from hdvila_jax.models.config import ModelConfig
 from hdvila_jax.models.layers import at_least_float32
+from hdvila_jax.models.qa_head import QAClassifier, flatten_choices
 from hdvila_jax.losses import masked_lm_loss
 from hdvila_jax.models.video_encoder import HybridVideoEncoder
 
@@ -154,6 +157,36 @@ class HDVILA(nn.Module):
                     mlm_logits=self.heads.mlm(text_out),
                     itm_logits=self.heads.itm(aggregate_clips(pooled, agg)))
 
+    def qa_logits(self, batch: Batch, deterministic: bool = True) -> jax.Array:
+        """Video QA scores ``[K, B, C]``, clip-major as the original (SPEC_DOWNSTREAM 4.1).
+
+        Open-ended: text ``[B, L]``, C = ``num_qa_outputs`` answers. Multiple choice: text
+        ``[B, C, L]`` (question + option i), run as rows ``b*C + i`` of ``[B*C, L]``, every clip's
+        visual tokens repeated C times; needs ``num_qa_outputs`` == 1. The text layers run once
+        per sequence, the cross-modal layers per (clip, sequence); no visual token sampling.
+        Intermediates: ``head_in`` ``[K, R, D]`` (R = rows of text), ``head_hidden``.
+        """
+        if self.config.num_qa_outputs <= 0:
+            raise ValueError("qa_logits needs ModelConfig.num_qa_outputs > 0 (answers, or 1 for multiple choice)")
+        ids, mask = batch["text_input_ids"], batch["text_input_mask"]
+        choices = ids.shape[1] if ids.ndim == 3 else 0
+        if choices:
+            if self.config.num_qa_outputs != 1:
+                raise ValueError(f"multiple choice needs num_qa_outputs=1, got {self.config.num_qa_outputs}")
+            ids, mask = flatten_choices(ids), flatten_choices(mask)
+        text_seq, _ = self.text(ids, mask, deterministic)  # pooler1 runs; its output is discarded
+        self.sow("intermediates", "text_seq_stage1", text_seq)
+        grid = self.video(batch["img_middle"], batch["img_other"], deterministic)  # [B, K, h, w, D]
+        if choices:
+            grid = jnp.repeat(grid, choices, axis=0)  # [B*C, K, h, w, D]
+        _, pooled = self.fusion(text_seq, mask, grid, False, deterministic)  # pooled [R, K, D]
+        head_in = jnp.swapaxes(pooled, 0, 1)  # [K, R, D]
+        self.sow("intermediates", "head_in", head_in)
+        logits = self.heads.qa_classifier(head_in, deterministic)  # [K, R, out]
+        if choices:
+            return logits[..., 0].reshape(logits.shape[0], -1, choices)  # [K, B, C], [k, b, i] = row b*C+i
+        return logits
+
 
 class ContrastiveHeads(nn.Module):
     """``text_proj`` / ``video_proj`` (t_proj / v_proj of the reference) + L2 normalisation."""
@@ -172,10 +205,13 @@ class ContrastiveHeads(nn.Module):
 
 
 class PretrainingHeads(nn.Module):
-    """MLM head on text positions and the ITM (``seq_relationship``) head on pooler2."""
+    """MLM head on text positions and the ITM (``seq_relationship``) head on pooler2; with
+    ``num_qa_outputs`` > 0 also the video QA head ``qa_classifier`` (created only when used)."""
 
     config: ModelConfig
 
     def setup(self):
         self.mlm = MLMHead(self.config)
         self.itm = dense(self.config, 2, "itm")
+        if self.config.num_qa_outputs > 0:
+            self.qa_classifier = QAClassifier(self.config, self.config.num_qa_outputs)

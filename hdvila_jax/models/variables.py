@@ -10,13 +10,16 @@ from hdvila_jax.models.config import ModelConfig
 from hdvila_jax.models.hdvila import HDVILA
 
 
-def example_batch(cfg: ModelConfig, batch: int = 1, clips: int = 1, text_len: int = 8) -> dict[str, jax.Array]:
-    """A batch of the right shapes and dtypes for ``cfg`` (values are arbitrary)."""
+def example_batch(cfg: ModelConfig, batch: int = 1, clips: int = 1, text_len: int = 8,
+                  num_choices: int = 0) -> dict[str, jax.Array]:
+    """A batch of the right shapes and dtypes for ``cfg`` (values are arbitrary); with
+    ``num_choices`` the text is ``[B, C, L]`` (multiple-choice QA)."""
     h, w = cfg.crop_size
+    text_shape = (batch, num_choices, text_len) if num_choices else (batch, text_len)
     return dict(img_middle=jnp.zeros((batch, clips, h, w, 3), jnp.uint8),
                 img_other=jnp.zeros((batch, clips, cfg.num_frames - 1, h // 4, w // 4, 3), jnp.uint8),
-                text_input_ids=jnp.zeros((batch, text_len), jnp.int32),
-                text_input_mask=jnp.ones((batch, text_len), jnp.int32))
+                text_input_ids=jnp.zeros(text_shape, jnp.int32),
+                text_input_mask=jnp.ones(text_shape, jnp.int32))
 
 
 @functools.lru_cache(maxsize=8)
@@ -34,3 +37,25 @@ def abstract_variables(cfg: ModelConfig, stage: int) -> dict:
     """Shapes and dtypes (``ShapeDtypeStruct``) of :func:`init_variables`, without computing anything."""
     model = HDVILA(cfg)
     return jax.eval_shape(lambda r: model.init(r, example_batch(cfg), stage=stage), jax.random.PRNGKey(0))
+
+
+def _init_qa(cfg: ModelConfig, rng: jax.Array) -> dict:
+    if cfg.num_qa_outputs <= 0:
+        raise ValueError("a QA model needs ModelConfig.num_qa_outputs > 0 (answers, or 1 for multiple choice)")
+    return HDVILA(cfg).init(rng, example_batch(cfg), method=HDVILA.qa_logits)
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_qa_init(cfg: ModelConfig):
+    return jax.jit(functools.partial(_init_qa, cfg))
+
+
+def init_qa_variables(cfg: ModelConfig, rng: jax.Array) -> dict:
+    """Random ``{'params', 'batch_stats'}`` of the video QA model: the stage-2 encoder (with
+    ``pooler1``, no contrastive projections, no MLM/ITM heads) and ``heads/qa_classifier``."""
+    return _jitted_qa_init(cfg)(rng)
+
+
+def abstract_qa_variables(cfg: ModelConfig) -> dict:
+    """Shapes and dtypes of :func:`init_qa_variables`, without computing anything."""
+    return jax.eval_shape(functools.partial(_init_qa, cfg), jax.random.PRNGKey(0))
