@@ -214,13 +214,7 @@ def ours_in_reference_layout(out: dict, inter: dict, meta: dict, stage: int) -> 
                 sim_t2v=out["text_features"] @ out["video_features"].T,
                 text_embeddings=flat["text_embeddings"], text_seq_stage1=flat["text_seq_stage1"],
                 text_pooled=flat["text_pooled"], vis_pooled=flat["vis_pooled"],
-                timesformer_in=np.moveaxis(flat["timesformer_in"], -1, 2),
-                timesformer_out=np.moveaxis(flat["timesformer_out"], -1, 2))
-    for name in ("hr_stage3", "hr_stage4", "hr_grid", "hr_stage3_down", "hr_stage3_down_grid", "lr_stage3",
-                 "lr_grid", "middle_feature"):
-        ours[name] = _nchw(flat[name])
-    grid = flat["middle_feature"].reshape(b, c, *flat["middle_feature"].shape[1:])
-    ours["transformer_visual_inputs"] = np.swapaxes(grid, 0, 1)[:, :, None]
+                **_visual_in_reference_layout(flat, b, c))
     for name, value in flat.items():
         if name.startswith("bert_layer"):
             layer = int(name[len("bert_layer"):])
