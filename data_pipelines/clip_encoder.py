@@ -18,9 +18,9 @@ from data_pipelines.annotations import BadInput, ClipSpec
 from data_pipelines.clip_plan import MIDDLE_LAYOUTS, ClipPlan, ClipTooShortError, plan_clip
 from data_pipelines.geometry import msrvtt_hr_frame, msrvtt_lr_frame
 from data_pipelines.video_decode import VideoError, decode_frames, decode_rgb_frames, probe_video
+from hdvila_jax.data.records import ClipRecord, serialize_clip_record
 
 GEOMETRIES = ("resize", "msrvtt", "frames")
-from hdvila_jax.data.records import ClipRecord, serialize_clip_record
 
 
 @dataclasses.dataclass(frozen=True)

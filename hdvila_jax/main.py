@@ -1,4 +1,4 @@
-"""Entry point of HD-VILA pretraining: one trainer, configured by ml_collections config files.
+"""Entry point of HD-VILA pretraining and the downstream tasks: one trainer, configured by ml_collections config files.
 
     python -m hdvila_jax.main --config=configs/stage1.py:demo --workdir=runs/demo_stage1
     python -m hdvila_jax.main --config=configs/stage1.py --workdir=DIR --config.batch_size=256
@@ -7,28 +7,22 @@
 Several hosts: pass --coordinator_address/--num_processes/--process_id (or set
 JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) on every host.
 """
-import os
-
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from hdvila_jax import multihost
 from hdvila_jax.train import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Trainer config file[:variant].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config, metrics and checkpoints.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes from workdir) or eval-only.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-process runs.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
     del argv
-    if _COORDINATOR.value or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    multihost.initialize_from_flags()
     logging.info("process %d/%d, %d local / %d global devices", jax.process_index(), jax.process_count(),
                  jax.local_device_count(), jax.device_count())
     if _MODE.value == "train":

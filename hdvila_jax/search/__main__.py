@@ -10,12 +10,12 @@ run's checkpoints dir, a step dir or converted variables) and writes the index d
 ``query`` ranks the indexed videos for each query text by exact inner product. Several
 hosts: pass --coordinator_address/--num_processes/--process_id to ``index`` on every host.
 """
-import os
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from hdvila_jax import multihost
 from hdvila_jax.search.build import build_index
 from hdvila_jax.search.index import SearchError, load_index
 from hdvila_jax.search.query import search_text
@@ -30,9 +30,6 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "index: global batch (def
 _INDEX = flags.DEFINE_string("index", None, "query: the index directory to search.")
 _TOP = flags.DEFINE_integer("top", 5, "query: hits per query.")
 _PNG = flags.DEFINE_string("png", None, "query: also draw the hits into this PNG.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-process runs.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 
 
 def _require(value, flag: str, command: str):
@@ -45,9 +42,7 @@ def run_index(args: list[str]) -> None:
     if args:
         raise app.UsageError(f"index takes no positional arguments, got {args}")
     config = _require(_CONFIG.value, "config", "index")
-    if _COORDINATOR.value or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    multihost.initialize_from_flags()
     manifest = build_index(config, _require(_CHECKPOINT.value, "checkpoint", "index"),
                            _require(_RECORDS.value, "records", "index"), _require(_OUT.value, "out", "index"),
                            batch_size=_BATCH_SIZE.value)

@@ -14,6 +14,10 @@ import jax
 from hdvila_jax.losses import contrastive_loss
 
 TASKS = ("pretrain", "retrieval")
+# Weight of each InfoNCE direction: pretraining stage 1 averages CE(S) and CE(S^T), the original's
+# retrieval NCEContrastiveLoss sums them.
+PRETRAIN_DIRECTION_WEIGHT = 0.5
+RETRIEVAL_DIRECTION_WEIGHT = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,9 +42,8 @@ def get_task(config) -> Task:
     temperature = float(config.get("temperature", 0.0))
     if name == "pretrain":
         if config.stage == 1:
-            return Task("pretrain", 1, "contrastive", 0.5, temperature)
+            return Task("pretrain", 1, "contrastive", PRETRAIN_DIRECTION_WEIGHT, temperature)
         return Task("pretrain", 2, "mlm")
     if name == "retrieval":
-        from hdvila_jax.tasks.retrieval import DIRECTION_WEIGHT
-        return Task("retrieval", 1, "contrastive", DIRECTION_WEIGHT, temperature, fine_tuning=True)
+        return Task("retrieval", 1, "contrastive", RETRIEVAL_DIRECTION_WEIGHT, temperature, fine_tuning=True)
     raise ValueError(f"config.task must be one of {TASKS}, got {name!r}")

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hdvila_jax.models.hdvila import aggregate_clips
+
 AGGREGATIONS = ("mean", "max", "lse")
 
 
@@ -31,7 +33,6 @@ def unflatten_choices(x: jax.Array, num_choices: int) -> jax.Array:
 
 def aggregate_logits(logits: jax.Array, agg: str) -> jax.Array:
     """Clip aggregation of ``[K, B, C]`` logits -> ``[B, C]`` (float32)."""
-    from hdvila_jax.models.hdvila import aggregate_clips
     if agg not in AGGREGATIONS:
         raise ValueError(f"agg must be one of {AGGREGATIONS}, got {agg!r}")
     return aggregate_clips(logits.astype(jnp.float32), agg, axis=0)

@@ -15,18 +15,17 @@ from jax.sharding import Mesh
 
 from hdvila_jax.losses import contrastive_loss
 from hdvila_jax.models import HDVILA
+from hdvila_jax.tasks import RETRIEVAL_DIRECTION_WEIGHT
 from hdvila_jax.train import sharding
 from hdvila_jax.train.evaluation import gather_to_host
 
-# The original's NCEContrastiveLoss sums CE(S) and CE(S^T); stage-1 pretraining averages them.
-DIRECTION_WEIGHT = 1.0
 MC_KEYS = ("img_middle", "img_other", "mc_text_input_ids", "mc_text_input_mask", "mc_answer", "valid")
 
 
 def retrieval_loss(text_features: jax.Array, video_features: jax.Array,
                    temperature: float) -> tuple[jax.Array, dict[str, jax.Array]]:
     """``CE(V T^T / t, I) + CE(T V^T / t, I)`` over the rows given (the global batch under jit)."""
-    return contrastive_loss(text_features, video_features, temperature, direction_weight=DIRECTION_WEIGHT)
+    return contrastive_loss(text_features, video_features, temperature, direction_weight=RETRIEVAL_DIRECTION_WEIGHT)
 
 
 def multiple_choice_scores(video_features: jax.Array, option_features: jax.Array) -> jax.Array:

@@ -14,6 +14,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from flax import traverse_util
 
 from hdvila_jax import variables_io
 
@@ -55,40 +56,12 @@ class Checkpointer:
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         return {**restored["variables"], **restored["train"]}
 
-    def restore_variables(self, step: int, target: dict) -> dict:
-        """Only the ``variables`` item (a sub-tree of it when ``target`` is one)."""
-        restored = self.manager.restore(step, args=ocp.args.Composite(variables=ocp.args.StandardRestore(target)))
-        return restored["variables"]
-
     def wait(self) -> None:
         """Block until pending asynchronous saves are on disk."""
         self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.close()
-
-
-def restore_variables(path: str, target: dict, field: str) -> tuple[dict, str]:
-    """``{'params', 'batch_stats'}`` from a run's checkpoint directory (its latest step), from
-    one step directory, or from a variables checkpoint written by ``python -m hdvila_jax.convert``.
-    ``field`` names the config key holding ``path`` for error messages. Returns the variables
-    and the directory they came from."""
-    path = os.path.abspath(path)
-    if os.path.isfile(os.path.join(path, "_METADATA")):  # converted weights: variables only
-        return variables_io.restore_variables(path, target), path
-    if os.path.isdir(os.path.join(path, "variables")):
-        step_dir = path
-        restored = ocp.StandardCheckpointer().restore(os.path.join(path, "variables"), target)
-        return restored, step_dir
-    if not os.path.isdir(path):
-        raise CheckpointError(f"config.{field}={path!r} does not exist")
-    checkpointer = Checkpointer(path, keep=1, read_only=True)
-    step = checkpointer.latest_step()
-    if step is None:
-        raise CheckpointError(f"config.{field}={path!r} holds no checkpoint step")
-    variables = checkpointer.restore_variables(step, target)
-    checkpointer.close()
-    return variables, os.path.join(path, str(step))
 
 
 def variables_directory(path: str, field: str) -> str:
@@ -110,16 +83,19 @@ def variables_directory(path: str, field: str) -> str:
     return os.path.join(path, str(step), "variables")
 
 
-def _flat(tree: Any) -> dict[str, Any]:
-    return {"/".join(str(k.key) for k in key_path): leaf
-            for key_path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
 def checkpoint_shapes(directory: str) -> dict[str, tuple[int, ...]]:
     """Shape of every leaf stored in a variables directory, by '/'-joined path (``params/text/...``)."""
     metadata = ocp.PyTreeCheckpointer().metadata(directory).item_metadata
     tree = dict(metadata.tree if hasattr(metadata, "tree") else metadata)
-    return {path: tuple(leaf.shape) for path, leaf in _flat(tree).items()}
+    return {path: tuple(leaf.shape) for path, leaf in traverse_util.flatten_dict(tree, sep="/").items()}
+
+
+def restore_variables(path: str, target: Any, field: str) -> tuple[dict, str]:
+    """``{'params', 'batch_stats'}`` (exactly ``target``'s tree, or all when None) from any path
+    :func:`variables_directory` accepts; ``field`` names the config key holding ``path`` for error
+    messages. Returns the variables and the directory they came from."""
+    directory = variables_directory(path, field)
+    return variables_io.restore_variables(directory, target), directory
 
 
 def restore_variables_subset(path: str, target: dict, field: str) -> tuple[dict, str, list[str]]:
@@ -129,7 +105,7 @@ def restore_variables_subset(path: str, target: dict, field: str) -> tuple[dict,
     another shape raises an error naming it."""
     directory = variables_directory(path, field)
     stored = checkpoint_shapes(directory)
-    wanted = _flat(target)
+    wanted = traverse_util.flatten_dict(target, sep="/")
     missing = sorted(set(wanted) - set(stored))
     if missing:
         raise CheckpointError(f"config.{field}={path!r} lacks {len(missing)} variables the model needs, e.g. "

@@ -34,7 +34,7 @@ from hdvila_jax.train.epochs import resolve_epochs
 from hdvila_jax.train.train_state import abstract_variables
 from hdvila_jax.train.config_checks import TrainConfigError, check_config
 from hdvila_jax.train.metrics_writer import MetricsWriter, Progress
-from hdvila_jax.train.optimizer import Optimizer, make_optimizer
+from hdvila_jax.train.optimizer import Optimizer, flat_paths, make_optimizer
 from hdvila_jax.train.train_step import jit_train_step
 
 State = dict[str, Any]
@@ -83,7 +83,9 @@ def prepare_demo_init(config: ml_collections.ConfigDict) -> None:
         return
     if os.path.isdir(config.init.restore):
         existing = checkpointing.Checkpointer(config.init.restore, keep=1, read_only=True)
-        if existing.latest_step() is not None:
+        latest = existing.latest_step()
+        existing.close()
+        if latest is not None:
             return
     module, _, variant = config.init.demo_config.partition(":")
     demo = importlib.import_module(f"configs.{module}").get_config(variant)
@@ -154,16 +156,12 @@ def fine_tuning_variables(config: ml_collections.ConfigDict, target: State) -> t
                                "checkpoint (e.g. a converted stage-2 one, python -m hdvila_jax.convert)")
     subset = {name: target[name] for name in ("params", "batch_stats")}
     variables, origin, dropped = checkpointing.restore_variables_subset(config.init.restore, subset, "init.restore")
-    taken = sorted({path.split("/")[1] for path in traverse_paths(subset)})
+    paths = flat_paths(subset)
+    taken = sorted({path.split("/")[1] for path in paths})
     dropped_parts = sorted({"/".join(path.split("/")[:2]) for path in dropped})
     logging.info("task %s: took %s (%d arrays) from %s; dropped %d arrays not in the task model: %s",
-                 config.task, taken, len(traverse_paths(subset)), origin, len(dropped), dropped_parts or "none")
+                 config.task, taken, len(paths), origin, len(dropped), dropped_parts or "none")
     return variables, f"pretrained variables of {origin} (dropped {dropped_parts or 'nothing'})"
-
-
-def traverse_paths(tree: Any) -> list[str]:
-    """'/'-joined key paths of the leaves of a nested dict."""
-    return ["/".join(str(k.key) for k in key_path) for key_path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
 def initial_state(config: ml_collections.ConfigDict, model_cfg: ModelConfig, mesh: Mesh, optimizer: Optimizer,
