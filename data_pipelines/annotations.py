@@ -31,6 +31,9 @@ class ClipSpec:
     video_index: int  # position among the split's valid annotations, stable for a fixed file
     num_frame: int | None = None  # frame count given by a frame-folder annotation
     answer: int | None = None  # multiple choice: index of the correct text
+    answer_text: str | None = None  # open-ended QA: the answer string
+    answer_type: str | None = None  # open-ended QA: its type
+    line: str = ""  # FILE:LINE the clip was read from, named in the report instead of clip_id when set
     hr_frames_path: str | None = None  # frame folders: the HR folder (video_path is the LR one)
 
 

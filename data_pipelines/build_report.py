@@ -13,8 +13,10 @@ def _category(reason: str) -> str:
 
 
 def write_report(path: str, split: str, num_annotated: int, num_records: int, total_bytes: int,
-                 annotation_errors: list[BadInput], skipped: list[dict], warnings: list[dict]) -> dict:
-    """Writes the JSON report and returns it. `skipped`/`warnings` are {item, reason} dicts."""
+                 annotation_errors: list[BadInput], skipped: list[dict], warnings: list[dict],
+                 details: dict | None = None) -> dict:
+    """Writes the JSON report and returns it. `skipped`/`warnings` are {item, reason} dicts;
+    `details` adds build-specific entries (a QA split's `answer_vocabulary`)."""
     skipped_all = [{"item": b.item, "reason": b.reason} for b in annotation_errors] + skipped
     report = {
         "split": split,
@@ -26,6 +28,7 @@ def write_report(path: str, split: str, num_annotated: int, num_records: int, to
         "warning_counts": dict(collections.Counter(_category(w["reason"]) for w in warnings)),
         "skipped": skipped_all,
         "warnings": warnings,
+        **(details or {}),
     }
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -43,4 +46,7 @@ def summary(report: dict, path: str) -> str:
         total = sum(report[key].values())
         detail = ", ".join(f"{reason}: {n}" for reason, n in sorted(report[key].items()))
         lines.append(f"  {title}: {total}" + (f" ({detail})" if detail else ""))
+    if "answer_vocabulary" in report:
+        vocab = report["answer_vocabulary"]
+        lines.append(f"  answer vocabulary: {vocab['answers']} answers ({vocab['path']})")
     return "\n".join(lines)

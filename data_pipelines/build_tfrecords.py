@@ -9,9 +9,13 @@
   # downstream (see data_pipelines/README.md for each dataset's full command):
   python -m data_pipelines.build_tfrecords --format {retrieval,msrvtt_mc} \
       --geometry {msrvtt,frames} [--middle_layout strided] ...
+  # video QA (one record per question; open-ended answers need a vocabulary):
+  python -m data_pipelines.build_tfrecords --format {msrvtt_qa,tgif_frameqa,tgif_mc} \
+      --geometry {msrvtt,tgif} [--ans2label FILE [--unknown_answers {keep,skip}] | --min_answer_count N] ...
 
 Writes `<split>-SSSSS-of-NNNNN.tfrecord` shards with JSON sidecars, `<split>_build.json`
-(the options) and `<split>_report.json` (every skipped input and warning with its reason).
+(the options), `<split>_report.json` (every skipped input and warning with its reason) and, for an
+open-ended QA split built without --ans2label, `<split>_ans2label.json` (its answer vocabulary).
 Re-running the same command resumes: finished shards are kept.
 """
 from __future__ import annotations
@@ -19,8 +23,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import hashlib
+import itertools
 import json
 import multiprocessing
+import multiprocessing.pool
 import os
 import sys
 from typing import Iterator
@@ -30,9 +37,12 @@ from tqdm import tqdm
 from data_pipelines import build_report
 from data_pipelines import frame_folders
 from data_pipelines.annotations import BadInput, ClipSpec, read_clip_annotations, read_hdvila100m_annotations
-from data_pipelines.clip_encoder import GEOMETRIES, BuildOptions, ClipResult, encode_clip
+from data_pipelines.answer_vocab import build_ans2label, write_ans2label
+from hdvila_jax.data.answers import AnswerVocabError, load_ans2label
+from data_pipelines.clip_encoder import GEOMETRIES, BuildOptions, ClipResult, encode_clip, encode_clips, frame_source
 from data_pipelines.clip_plan import MIDDLE_LAYOUTS
 from data_pipelines.downstream_annotations import read_msrvtt_mc_annotations, read_retrieval_annotations
+from data_pipelines.qa_annotations import OPEN_ENDED_FORMATS, QA_FORMATS, READERS, select_answers
 from data_pipelines.shard_writer import ShardWriter, read_sidecar, shard_finished, shard_path, shard_ranges
 
 
@@ -40,8 +50,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--videos", required=True, help="directory of the video files")
     parser.add_argument("--annotations", required=True,
-                        help="clip jsonl/json, hdvila100m metadata jsonl, retrieval or msrvtt_mc jsonl")
-    parser.add_argument("--format", choices=("clips", "hdvila100m", "retrieval", "msrvtt_mc"), default="clips")
+                        help="clip jsonl/json, hdvila100m metadata jsonl, retrieval, msrvtt_mc or QA jsonl")
+    parser.add_argument("--format", choices=("clips", "hdvila100m", "retrieval", "msrvtt_mc", *QA_FORMATS),
+                        default="clips")
     parser.add_argument("--transcripts", help="clip_id -> text jsonl (required by --format hdvila100m)")
     parser.add_argument("--output", required=True, help="directory for shards and reports")
     parser.add_argument("--split", default="train", help="shard name prefix, e.g. train or val")
@@ -51,13 +62,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     defaults = BuildOptions()
     parser.add_argument("--geometry", choices=GEOMETRIES, default=defaults.geometry,
                         help="resize: bicubic resize of the mp4 (pretraining); msrvtt: pipeline A (LR = "
-                             "nearest resize, HR = its x4 bicubic); frames: pipeline B frame folders")
+                             "nearest resize, HR = its x4 bicubic); frames: pipeline B frame folders; tgif: "
+                             "pipeline C (LR = bilinear letterbox padded with 127, HR = its x4 bicubic)")
     parser.add_argument("--middle_layout", choices=MIDDLE_LAYOUTS, default=defaults.middle_layout,
                         help="spread: candidates spread evenly; strided: the original's inference clips "
                              "c[::int(len(c)/K)][:K] (K = --num_candidates)")
     parser.add_argument("--frame_size", type=int, nargs=2, metavar=("H", "W"),
                         help="stored HR frame size (LR is a quarter); default 720 1280 for --geometry "
-                             "resize, 720 1152 (LR 180x288) for msrvtt and frames")
+                             "resize, 720 1152 (LR 180x288) for msrvtt and frames, 768 768 (LR 192x192) for tgif")
     parser.add_argument("--sample_rate", type=int, default=defaults.sample_rate,
                         help="frame stride between the 7 frames of a clip (SPEC §1)")
     parser.add_argument("--num_frm", type=int, default=defaults.num_frm)
@@ -66,16 +78,48 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num_candidates", type=int, default=defaults.num_candidates,
                         help="candidate middle frames stored per clip")
     parser.add_argument("--jpeg_quality", type=int, default=defaults.jpeg_quality)
+    qa = parser.add_argument_group("open-ended QA (--format msrvtt_qa, tgif_frameqa)")
+    qa.add_argument("--ans2label", help="answer vocabulary json (answer -> label), e.g. the original's "
+                                        "train_ans2label.json; default: built from this split's answers")
+    qa.add_argument("--unknown_answers", choices=("keep", "skip"),
+                    help="with --ans2label, questions whose answer is not in it: keep (default; scored wrong "
+                         "at evaluation, listed as warnings) or skip (for training splits)")
+    qa.add_argument("--min_answer_count", type=int,
+                    help="without --ans2label: answers seen fewer times in this split are dropped from the "
+                         "vocabulary and their questions skipped (default 1)")
     args = parser.parse_args(argv)
     if args.format == "hdvila100m" and not args.transcripts:
         parser.error("--format hdvila100m needs --transcripts")
     if args.geometry == "frames" and args.format == "hdvila100m":
         parser.error("--geometry frames reads whole frame folders; it cannot cut --format hdvila100m spans")
+    if args.geometry == "frames" and args.format in QA_FORMATS:
+        parser.error("--geometry frames reads frame folders named by clip_id; QA formats need video files")
     if args.num_shards < 1 or args.workers < 1:
         parser.error("--num_shards and --workers must be >= 1")
+    _check_answer_flags(parser, args)
     if args.frame_size is None:
-        args.frame_size = (defaults.frame_height, defaults.frame_width) if args.geometry == "resize" else (720, 1152)
+        args.frame_size = {"resize": (defaults.frame_height, defaults.frame_width),
+                           "tgif": (768, 768)}.get(args.geometry, (720, 1152))
     return args
+
+
+def _check_answer_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Rejects answer-vocabulary flags that do not apply, and fills in their defaults."""
+    given = [f"--{k}" for k in ("ans2label", "unknown_answers", "min_answer_count") if getattr(args, k) is not None]
+    if args.format not in OPEN_ENDED_FORMATS:
+        if given:
+            parser.error(f"{', '.join(given)} only apply to --format {' or '.join(OPEN_ENDED_FORMATS)}")
+        return
+    if args.ans2label is not None:
+        if args.min_answer_count is not None:
+            parser.error("--min_answer_count builds a vocabulary; it cannot be combined with --ans2label")
+        args.unknown_answers = args.unknown_answers or "keep"
+        return
+    if args.unknown_answers is not None:
+        parser.error("--unknown_answers needs --ans2label (without it, answers under --min_answer_count are skipped)")
+    args.min_answer_count = 1 if args.min_answer_count is None else args.min_answer_count
+    if args.min_answer_count < 1:
+        parser.error(f"--min_answer_count must be >= 1, got {args.min_answer_count}")
 
 
 def _options(args: argparse.Namespace) -> BuildOptions:
@@ -101,13 +145,23 @@ def _check_build_config(path: str, config: dict) -> None:
         json.dump(config, f, indent=1)
 
 
-def _results(specs: list[ClipSpec], options: BuildOptions, workers: int) -> Iterator[ClipResult]:
-    encode = functools.partial(encode_clip, options)
-    if workers == 1:
-        yield from map(encode, specs)
+def _runs(specs: list[ClipSpec]) -> list[list[ClipSpec]]:
+    """Consecutive specs on the same video (questions on it): one worker job, one decode."""
+    return [list(run) for _, run in itertools.groupby(specs, key=frame_source)]
+
+
+def _results(specs: list[ClipSpec], options: BuildOptions, workers: int,
+             pool: multiprocessing.pool.Pool | None) -> Iterator[ClipResult]:
+    """The encoded clips in order: in this process (one worker, no pool) or in the pool's processes."""
+    if pool is None and workers == 1:
+        yield from (encode_clip(options, spec) for spec in specs)
         return
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        yield from pool.imap(encode, specs, chunksize=1)
+    if pool is None:
+        with multiprocessing.get_context("spawn").Pool(workers) as own_pool:
+            yield from _results(specs, options, workers, own_pool)
+        return
+    for results in pool.imap(functools.partial(encode_clips, options), _runs(specs), chunksize=1):
+        yield from results
 
 
 def read_annotations(args: argparse.Namespace) -> tuple[list[ClipSpec], list[BadInput], list[BadInput]]:
@@ -120,21 +174,51 @@ def read_annotations(args: argparse.Namespace) -> tuple[list[ClipSpec], list[Bad
         specs, skipped = read_hdvila100m_annotations(args.annotations, args.transcripts, args.videos)
     elif args.format == "retrieval":
         specs, skipped, warnings = read_retrieval_annotations(args.annotations, args.videos)
-    else:
+    elif args.format == "msrvtt_mc":
         specs, skipped, warnings = read_msrvtt_mc_annotations(args.annotations, args.videos)
+    else:
+        specs, skipped, warnings = READERS[args.format](args.annotations, args.videos)
     if args.geometry == "frames":
         specs = [frame_folders.with_frame_folders(spec, args.videos) for spec in specs]
     return specs, skipped, warnings
 
 
-def build(args: argparse.Namespace) -> dict:
-    """Runs the build described by parsed arguments; returns the report."""
+def answer_vocabulary(args: argparse.Namespace, specs: list[ClipSpec]) -> tuple[dict[str, int], dict]:
+    """The ans2label of an open-ended QA build (--ans2label, or built from the split's answers)
+    and the build-config entries that record where it came from."""
+    if args.ans2label is not None:
+        path = os.path.abspath(args.ans2label)
+        try:
+            ans2label = load_ans2label(path)
+        except AnswerVocabError as e:
+            raise SystemExit(f"--ans2label: {e}") from e
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        return ans2label, {"ans2label": path, "ans2label_sha256": digest, "unknown_answers": args.unknown_answers}
+    ans2label = build_ans2label((s.answer_text for s in specs), args.min_answer_count)
+    return ans2label, {"ans2label": None, "min_answer_count": args.min_answer_count}
+
+
+def build(args: argparse.Namespace, pool: multiprocessing.pool.Pool | None = None) -> dict:
+    """Runs the build described by parsed arguments; returns the report. `pool`: worker processes
+    to reuse across builds (else `--workers` new ones are started)."""
     options = _options(args)
     specs, annotation_errors, annotation_warnings = read_annotations(args)
+    ans2label, vocab_config, details = None, {}, {}
+    if args.format in OPEN_ENDED_FORMATS:
+        ans2label, vocab_config = answer_vocabulary(args, specs)
+        reason = ("answer not in --ans2label" if args.ans2label is not None else
+                  f"rare answer (seen fewer than --min_answer_count {args.min_answer_count} times)")
+        specs, skipped, warnings = select_answers(specs, ans2label, args.unknown_answers == "keep", reason)
+        annotation_errors, annotation_warnings = annotation_errors + skipped, annotation_warnings + warnings
+        vocab_path = args.ans2label or os.path.join(args.output, f"{args.split}_ans2label.json")
+        details["answer_vocabulary"] = {"path": os.path.abspath(vocab_path), "answers": len(ans2label)}
     os.makedirs(args.output, exist_ok=True)
     _check_build_config(os.path.join(args.output, f"{args.split}_build.json"), {
         **dataclasses.asdict(options), "format": args.format, "num_shards": args.num_shards,
-        "annotations": os.path.abspath(args.annotations), "num_clips": len(specs)})
+        "annotations": os.path.abspath(args.annotations), "num_clips": len(specs), **vocab_config})
+    if ans2label is not None and args.ans2label is None:
+        write_ans2label(details["answer_vocabulary"]["path"], ans2label)
 
     num_shards = min(args.num_shards, max(1, len(specs)))
     ranges = shard_ranges(len(specs), num_shards)
@@ -143,7 +227,7 @@ def build(args: argparse.Namespace) -> dict:
     if len(todo) < num_shards:
         print(f"resuming: {num_shards - len(todo)} of {num_shards} shards already written")
     pending = [specs[i] for s in todo for i in ranges[s]]
-    results = _results(pending, options, min(args.workers, max(1, len(pending))))
+    results = _results(pending, options, min(args.workers, max(1, len(pending))), pool)
     with tqdm(total=len(pending), unit="clip", desc=f"{args.split} clips", file=sys.stdout) as bar:
         for s in todo:
             with ShardWriter(paths[s]) as writer:
@@ -162,7 +246,8 @@ def build(args: argparse.Namespace) -> dict:
         report_path, args.split, num_annotated=len(specs) + len(annotation_errors),
         num_records=sum(s["num_records"] for s in sidecars), total_bytes=sum(os.path.getsize(p) for p in paths),
         annotation_errors=annotation_errors, skipped=[b for s in sidecars for b in s["skipped"]],
-        warnings=[dataclasses.asdict(w) for w in annotation_warnings] + [w for s in sidecars for w in s["warnings"]])
+        warnings=[dataclasses.asdict(w) for w in annotation_warnings] + [w for s in sidecars for w in s["warnings"]],
+        details=details)
     print(build_report.summary(report, report_path))
     return report
 

@@ -1,14 +1,21 @@
-"""Turns one ClipSpec into a serialised clip record (run inside the build's worker processes).
+"""Turns ClipSpecs into serialised clip records (run inside the build's worker processes).
 
 Geometries (how the stored HR frame and its quarter-size LR frames are made):
 - `resize`: the mp4's frames resized with swscale bicubic to the HR size and to a quarter of it;
 - `msrvtt`: pipeline A of the original: LR = nearest resize of the mp4 frame to HR/4, HR = the
-  x4 bicubic upsample of that LR frame (`geometry.msrvtt_*_frame`);
-- `frames`: pipeline B: frame folders (`frame_folders.py`).
+  x4 bicubic upsample of that LR frame (`geometry.msrvtt_lr_frame`, `geometry.upsampled_hr_frame`);
+- `frames`: pipeline B: frame folders (`frame_folders.py`);
+- `tgif`: pipeline C: LR = the frame (mp4 or GIF) letterboxed into HR/4 x HR/4 (longer side
+  resized bilinear, padded with 127; `geometry.tgif_lr_frame`), HR = its x4 bicubic upsample.
+
+Questions on one video (QA) differ only in their texts and answers: a worker keeps the encoded
+frames of the last video it encoded, so a run of consecutive questions on a video decodes it once.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
+from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -16,11 +23,11 @@ import tensorflow as tf
 from data_pipelines import frame_folders
 from data_pipelines.annotations import BadInput, ClipSpec
 from data_pipelines.clip_plan import MIDDLE_LAYOUTS, ClipPlan, ClipTooShortError, plan_clip
-from data_pipelines.geometry import msrvtt_hr_frame, msrvtt_lr_frame
+from data_pipelines.geometry import msrvtt_lr_frame, tgif_lr_frame, upsampled_hr_frame
 from data_pipelines.video_decode import VideoError, decode_frames, decode_rgb_frames, probe_video
 from hdvila_jax.data.records import ClipRecord, serialize_clip_record
 
-GEOMETRIES = ("resize", "msrvtt", "frames")
+GEOMETRIES = ("resize", "msrvtt", "frames", "tgif")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +47,9 @@ class BuildOptions:
     def validate(self) -> None:
         if self.frame_height % 4 or self.frame_width % 4:
             raise ValueError(f"--frame_size must be divisible by 4, got {self.frame_height}x{self.frame_width}")
+        if self.geometry == "tgif" and self.frame_height != self.frame_width:
+            raise ValueError(f"--geometry tgif letterboxes into a square: --frame_size must be square, got "
+                             f"{self.frame_height}x{self.frame_width}")
         if self.num_frm % 2 != 1 or self.num_frm < 3:
             raise ValueError(f"--num_frm must be odd and >= 3, got {self.num_frm}")
         if not 1 <= self.min_clips <= self.num_candidates:
@@ -62,73 +72,135 @@ class ClipResult:
     warnings: tuple[BadInput, ...] = ()
 
 
+@dataclasses.dataclass(frozen=True)
+class _EncodedFrames:
+    """The part of a record that depends only on the video: frame indices and JPEGs."""
+
+    num_frames: int
+    fps: float
+    plan: ClipPlan
+    hr_jpeg: list[bytes]
+    lr_jpeg: list[bytes]
+    warnings: tuple[str, ...]  # reasons; the report item is the clip's
+
+
+class _FrameError(Exception):
+    """The video cannot give the clip's frames; the message is the skip reason."""
+
+
 def _jpeg(image: np.ndarray, quality: int) -> bytes:
     return tf.io.encode_jpeg(image, quality=quality).numpy()
 
 
-def _frame_count(options: BuildOptions, spec: ClipSpec) -> tuple[int, float, tuple[BadInput, ...]]:
+def _frame_count(options: BuildOptions, spec: ClipSpec) -> tuple[int, float, tuple[str, ...]]:
     """(frames, fps, warnings) of the clip's source; fps is 0 for frame folders (unknown)."""
     if options.geometry == "frames":
         count, warnings = frame_folders.count_frames(spec)
-        return count, 0.0, warnings
+        return count, 0.0, tuple(w.reason for w in warnings)
     info = probe_video(spec.video_path, spec.span)
     warnings = ()
     if options.geometry == "resize" and (info.height < options.frame_height or info.width < options.frame_width):
-        warnings = (BadInput(spec.clip_id, f"resized up: {info.height}x{info.width} -> "
-                                           f"{options.frame_height}x{options.frame_width}"),)
+        warnings = (f"resized up: {info.height}x{info.width} -> {options.frame_height}x{options.frame_width}",)
     return info.num_frames, info.fps, warnings
 
 
 def _load_frames(options: BuildOptions, spec: ClipSpec, plan: ClipPlan
-                 ) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray], tuple[BadInput, ...]]:
+                 ) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray], tuple[str, ...]]:
     """({index: HR frame}, {index: LR frame}, warnings) for the planned frames."""
     hr_size = (options.frame_height, options.frame_width)
     if options.geometry == "frames":
-        return frame_folders.load_frames(spec, plan.middle_frames, plan.lr_frames, hr_size)
+        hr, lr, warnings = frame_folders.load_frames(spec, plan.middle_frames, plan.lr_frames, hr_size)
+        return hr, lr, tuple(w.reason for w in warnings)
     if options.geometry == "resize":
         return (*decode_frames(spec.video_path, spec.span, plan.middle_frames, plan.lr_frames, hr_size), ())
     frames = decode_rgb_frames(spec.video_path, spec.span, np.union1d(plan.middle_frames, plan.lr_frames))
-    lr = {index: msrvtt_lr_frame(frame, hr_size) for index, frame in frames.items()}
-    hr = {int(i): msrvtt_hr_frame(lr[int(i)]) for i in plan.middle_frames}
+    if options.geometry == "tgif":
+        lr = {index: tgif_lr_frame(frame, options.frame_height // 4) for index, frame in frames.items()}
+    else:
+        lr = {index: msrvtt_lr_frame(frame, hr_size) for index, frame in frames.items()}
+    hr = {int(i): upsampled_hr_frame(lr[int(i)]) for i in plan.middle_frames}
     return hr, lr, ()
 
 
-def _encode(options: BuildOptions, spec: ClipSpec) -> ClipResult:
+def _encode_frames(options: BuildOptions, spec: ClipSpec) -> _EncodedFrames:
     try:
         num_frames, fps, warnings = _frame_count(options, spec)
         plan = plan_clip(num_frames, options.sample_rate, options.num_frm, options.min_clips,
                          options.num_candidates, options.middle_layout)
     except VideoError as e:
-        return ClipResult(None, BadInput(spec.clip_id, f"{e} ({spec.video_path})"))
+        raise _FrameError(f"{e} ({spec.video_path})") from e
     except ClipTooShortError as e:
-        return ClipResult(None, BadInput(spec.clip_id, f"too short: {e}"))
+        raise _FrameError(f"too short: {e}") from e
     if plan.short_rule_applied:
-        warnings += (BadInput(spec.clip_id, f"short video: sample_rate {plan.requested_rate} -> "
-                                            f"{plan.sample_rate} ({num_frames} frames)"),)
+        warnings += (f"short video: sample_rate {plan.requested_rate} -> {plan.sample_rate} ({num_frames} frames)",)
     try:
         hr, lr, load_warnings = _load_frames(options, spec, plan)
     except VideoError as e:
-        return ClipResult(None, BadInput(spec.clip_id, f"{e} ({spec.video_path})"))
-    warnings += load_warnings
+        raise _FrameError(f"{e} ({spec.video_path})") from e
+    return _EncodedFrames(num_frames=num_frames, fps=fps, plan=plan,
+                          hr_jpeg=[_jpeg(hr[int(i)], options.jpeg_quality) for i in plan.middle_frames],
+                          lr_jpeg=[_jpeg(lr[int(i)], options.jpeg_quality) for i in plan.lr_frames],
+                          warnings=warnings + load_warnings)
+
+
+def frame_source(spec: ClipSpec) -> tuple:
+    """What a clip's frames depend on besides the options: equal for questions on one video."""
+    return spec.video_path, spec.span, spec.num_frame, spec.hr_frames_path
+
+
+def _file_state(path: str) -> tuple[int, int] | None:
+    """(mtime, size) of a file or folder, None if missing: a rewritten video is not reused."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+# This process's last encoded video: (options, frame source, file state) -> its frames or skip reason.
+_last_video: tuple[tuple, _EncodedFrames | str] | None = None
+
+
+def _video_frames(options: BuildOptions, spec: ClipSpec) -> _EncodedFrames | str:
+    """The encoded frames of the spec's video (or why it has none), reused for the next spec
+    on the same video."""
+    global _last_video
+    key = (options, frame_source(spec), _file_state(spec.video_path))
+    if _last_video is None or _last_video[0] != key:
+        try:
+            frames: _EncodedFrames | str = _encode_frames(options, spec)
+        except _FrameError as e:
+            frames = str(e)
+        _last_video = (key, frames)
+    return _last_video[1]
+
+
+def _encode(options: BuildOptions, spec: ClipSpec) -> ClipResult:
+    item = spec.line or spec.clip_id  # the report names a question by FILE:LINE
+    frames = _video_frames(options, spec)
+    if isinstance(frames, str):
+        return ClipResult(None, BadInput(item, frames))
     record = ClipRecord(
         clip_id=spec.clip_id,
         video_id=spec.video_id,
         video_index=spec.video_index,
         texts=list(spec.texts),
-        num_frames=num_frames,
-        fps=fps,
-        sample_rate=plan.sample_rate,
+        num_frames=frames.num_frames,
+        fps=frames.fps,
+        sample_rate=frames.plan.sample_rate,
         num_frm=options.num_frm,
         frame_height=options.frame_height,
         frame_width=options.frame_width,
-        middle_frames=plan.middle_frames,
-        hr_jpeg=[_jpeg(hr[int(i)], options.jpeg_quality) for i in plan.middle_frames],
-        lr_frames=plan.lr_frames,
-        lr_jpeg=[_jpeg(lr[int(i)], options.jpeg_quality) for i in plan.lr_frames],
-        neighbour_slots=plan.neighbour_slots,
+        middle_frames=frames.plan.middle_frames,
+        hr_jpeg=frames.hr_jpeg,
+        lr_frames=frames.plan.lr_frames,
+        lr_jpeg=frames.lr_jpeg,
+        neighbour_slots=frames.plan.neighbour_slots,
         answer=spec.answer,
+        answer_text=spec.answer_text,
+        answer_type=spec.answer_type,
     )
-    return ClipResult(serialize_clip_record(record), None, warnings)
+    return ClipResult(serialize_clip_record(record), None, tuple(BadInput(item, w) for w in frames.warnings))
 
 
 def encode_clip(options: BuildOptions, spec: ClipSpec) -> ClipResult:
@@ -136,4 +208,9 @@ def encode_clip(options: BuildOptions, spec: ClipSpec) -> ClipResult:
     try:
         return _encode(options, spec)
     except Exception as e:  # noqa: BLE001 -- one broken input must not stop a long build
-        return ClipResult(None, BadInput(spec.clip_id, f"unexpected error: {type(e).__name__}: {e}"))
+        return ClipResult(None, BadInput(spec.line or spec.clip_id, f"unexpected error: {type(e).__name__}: {e}"))
+
+
+def encode_clips(options: BuildOptions, specs: Sequence[ClipSpec]) -> list[ClipResult]:
+    """`encode_clip` of each spec, in order (a worker's job: a run of clips on one video)."""
+    return [encode_clip(options, spec) for spec in specs]

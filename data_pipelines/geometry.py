@@ -6,7 +6,10 @@
   replicated border), used for pipeline A's x4 HR upsample. OpenCV rounds uint8 through 11-bit
   fixed-point weights; this float version differs from it by at most 1 grey level.
 - `bilinear_resize`: OpenCV's `INTER_LINEAR` (`cv2.resize` default; half-pixel centres, no
-  antialiasing), used for pipeline B's 720x1152 HR frames; TF's bilinear kernel computes the same.
+  antialiasing), used for pipeline B's 720x1152 HR frames; TF's bilinear kernel computes the same,
+  and so does PyTorch's `F.interpolate(mode="bilinear", align_corners=False)` of pipeline C.
+- `tgif_lr_frame`: pipeline C's letterbox: the longer side resized bilinear to `max_img_size`
+  (sizes truncated to int as the original's `get_resize_size`), padded right/bottom with 127.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 CUBIC_A = -0.75
+TGIF_PAD_VALUE = 127  # the original's pad value (its config says 1; SPEC_DOWNSTREAM quirk 5)
 
 
 def _nearest_index(in_size: int, out_size: int) -> np.ndarray:
@@ -71,6 +75,24 @@ def msrvtt_lr_frame(frame: np.ndarray, hr_size: tuple[int, int]) -> np.ndarray:
     return nearest_resize(frame, (hr_size[0] // 4, hr_size[1] // 4))
 
 
-def msrvtt_hr_frame(lr_frame: np.ndarray) -> np.ndarray:
-    """Pipeline A's HR frame: the x4 bicubic upsample of its LR frame."""
+def upsampled_hr_frame(lr_frame: np.ndarray) -> np.ndarray:
+    """Pipelines A and C's HR frame: the x4 bicubic upsample of its LR frame."""
     return bicubic_resize(lr_frame, (4 * lr_frame.shape[0], 4 * lr_frame.shape[1]))
+
+
+def letterbox_size(hw: tuple[int, int], max_size: int) -> tuple[int, int]:
+    """The original's `get_resize_size`: the longer side becomes `max_size`, the shorter one
+    `int(max_size * short / long)`."""
+    height, width = hw
+    if height >= width:
+        return max_size, int(max_size * (width * 1.0 / height))
+    return int(max_size * (height * 1.0 / width)), max_size
+
+
+def tgif_lr_frame(frame: np.ndarray, max_size: int) -> np.ndarray:
+    """Pipeline C's LR frame: `frame` resized (bilinear) to `letterbox_size`, then padded
+    right/bottom to `max_size` x `max_size` with TGIF_PAD_VALUE."""
+    resized = bilinear_resize(frame, letterbox_size(frame.shape[:2], max_size))
+    out = np.full((max_size, max_size, frame.shape[2]), TGIF_PAD_VALUE, np.uint8)
+    out[:resized.shape[0], :resized.shape[1]] = resized
+    return out

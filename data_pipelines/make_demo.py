@@ -9,21 +9,28 @@ the direction is only visible across frames. A downstream retrieval split (MSRVT
 describes the same train/val videos in other words ("the crimson disc heads west"), as human
 captions differ from pretraining transcripts; the val videos also get a multiple-choice test
 (MSRVTT-MC format) in those words: per video, the true caption among 4 seeded distractors that
-each change its colour, shape or direction. Layout of the output directory:
+each change its colour, shape or direction. The video QA demo asks three questions per video in
+MSRVTT-QA format ("what colour is the shape" -> "red", "what shape is it" -> "circle", "which way
+does it move" -> "left"; answer types colour/shape/direction), and one multiple-choice question
+per video in TGIF Action/Transition format ("what does the shape do": the pretraining caption
+among 4 seeded one-attribute distractors). Layout of the output directory:
 
   videos/{train,val}/NNNNN.mp4   vocab.txt
-  annotations/{train,val,retrieval_train,retrieval_test,mc_test}.jsonl
-  records/{train,val,retrieval_train,retrieval_test,mc_test}-SSSSS-of-NNNNN.tfrecord
-      (+ .json sidecars, *_build.json, *_report.json)
+  annotations/{train,val,retrieval_train,retrieval_test,mc_test,qa_train,qa_test,qa_mc_train,qa_mc_test}.jsonl
+  records/{train,val,retrieval_train,retrieval_test,mc_test,qa_train,qa_test,qa_mc_train,qa_mc_test}
+      -SSSSS-of-NNNNN.tfrecord (+ .json sidecars, *_build.json, *_report.json)
+  records/qa_train_ans2label.json   (the QA answer vocabulary, built from qa_train; qa_test uses it)
 
 matching `get_data_config("demo", root=OUTPUT)` of hdvila_jax/data/config.py.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
 import json
+import multiprocessing
 import os
 import time
 
@@ -88,20 +95,54 @@ def distractors(content: MovingShape) -> list[MovingShape]:
             + [dataclasses.replace(content, direction=d) for d in DIRECTIONS if d != content.direction])
 
 
+def _choices(content: MovingShape, rng: np.random.Generator) -> tuple[list[MovingShape], int]:
+    """`content` among 4 seeded distractors, and its index."""
+    others = distractors(content)
+    chosen = [others[j] for j in rng.choice(len(others), MC_NUM_OPTIONS - 1, replace=False)]
+    answer = int(rng.integers(MC_NUM_OPTIONS))
+    chosen.insert(answer, content)
+    return chosen, answer
+
+
+def _write_jsonl(path: str, entries: list[dict]) -> str:
+    with open(path, "w") as f:
+        f.writelines(json.dumps(entry) + "\n" for entry in entries)
+    return path
+
+
 def _write_mc(output: str, contents: list[MovingShape], rng: np.random.Generator) -> tuple[str, list[str]]:
     """Writes annotations/mc_test.jsonl (one 5-way caption choice per val video); returns its
-    path and the distractor captions."""
-    path, captions = os.path.join(output, "annotations", "mc_test.jsonl"), []
-    with open(path, "w") as f:
-        for i, content in enumerate(contents):
-            others = distractors(content)
-            chosen = [others[j] for j in rng.choice(len(others), MC_NUM_OPTIONS - 1, replace=False)]
-            captions += [c.downstream_caption for c in chosen]
-            answer = int(rng.integers(MC_NUM_OPTIONS))
-            chosen.insert(answer, content)
-            f.write(json.dumps({"qid": i, "clip_name": f"{i:05d}", "options": [c.downstream_caption for c in chosen],
-                                "answer": answer}) + "\n")
-    return path, captions
+    path and the option captions."""
+    entries = []
+    for i, content in enumerate(contents):
+        chosen, answer = _choices(content, rng)
+        entries.append({"qid": i, "clip_name": f"{i:05d}", "options": [c.downstream_caption for c in chosen],
+                        "answer": answer})
+    path = _write_jsonl(os.path.join(output, "annotations", "mc_test.jsonl"), entries)
+    return path, [option for entry in entries for option in entry["options"]]
+
+
+# (question, answer type = the MovingShape field that answers it)
+QA_QUESTIONS = (("what colour is the shape", "colour"), ("what shape is it", "shape"),
+                ("which way does it move", "direction"))
+QA_MC_QUESTION = "what does the shape do"
+
+
+def qa_entries(contents: list[MovingShape]) -> list[dict]:
+    """MSRVTT-QA lines: the three QA_QUESTIONS on each video 00000, 00001, ..."""
+    return [{"video_id": f"{i:05d}", "question": question, "answer": getattr(content, answer_type),
+             "answer_type": answer_type}
+            for i, content in enumerate(contents) for question, answer_type in QA_QUESTIONS]
+
+
+def qa_mc_entries(contents: list[MovingShape], rng: np.random.Generator) -> list[dict]:
+    """TGIF Action/Transition lines: per video, its pretraining caption among 4 distractors."""
+    entries = []
+    for i, content in enumerate(contents):
+        chosen, answer = _choices(content, rng)
+        entries.append({"gif_name": f"{i:05d}", "question": QA_MC_QUESTION, "options": [c.caption for c in chosen],
+                        "answer": answer})
+    return entries
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,29 +155,44 @@ def main(argv: list[str] | None = None) -> None:
     for name, split in (("retrieval_train", "train"), ("retrieval_test", "val")):
         annotations[name] = _write_captions(os.path.join(args.output, "annotations", f"{name}.jsonl"),
                                             [c.downstream_caption for c in splits[split]])
-    annotations["mc_test"], distractor_captions = _write_mc(args.output, splits["val"], rng)
+    annotations["mc_test"], mc_options = _write_mc(args.output, splits["val"], rng)
+    qa_texts = [QA_MC_QUESTION]
+    for name, split in (("train", "train"), ("test", "val")):
+        qa, mc = qa_entries(splits[split]), qa_mc_entries(splits[split], rng)
+        for prefix, entries in (("qa", qa), ("qa_mc", mc)):
+            path = os.path.join(args.output, "annotations", f"{prefix}_{name}.jsonl")
+            annotations[f"{prefix}_{name}"] = _write_jsonl(path, entries)
+        qa_texts += [e[k] for e in qa for k in ("question", "answer")] + [o for e in mc for o in e["options"]]
     contents = [c for split in splits.values() for c in split]
     vocab_size = write_vocab(os.path.join(args.output, "vocab.txt"), [c.caption for c in contents]
-                             + [c.downstream_caption for c in contents] + distractor_captions)
+                             + [c.downstream_caption for c in contents] + mc_options + qa_texts)
     print(f"wrote {args.num_train} + {args.num_val} videos and a {vocab_size}-token vocab "
           f"in {time.time() - start:.1f}s")
-    for split, videos, format_, shards in (("train", "train", "clips", 4), ("val", "val", "clips", 2),
-                                           ("retrieval_train", "train", "retrieval", 2),
-                                           ("retrieval_test", "val", "retrieval", 1),
-                                           ("mc_test", "val", "msrvtt_mc", 1)):
-        build_tfrecords.build(build_tfrecords.parse_args([
-            "--videos", os.path.join(args.output, "videos", videos),
-            "--annotations", annotations[split],
-            "--format", format_,
-            "--output", os.path.join(args.output, "records"),
-            "--split", split,
-            "--num_shards", str(shards),
-            "--workers", str(args.workers),
-            "--frame_size", str(args.frame_size[0]), str(args.frame_size[1]),
-            "--sample_rate", str(args.sample_rate),
-            "--num_candidates", str(args.num_candidates),
-            "--min_clips", str(args.min_clips),
-        ]))
+    records = os.path.join(args.output, "records")
+    builds = (("train", "train", "clips", 4, []), ("val", "val", "clips", 2, []),
+              ("retrieval_train", "train", "retrieval", 2, []), ("retrieval_test", "val", "retrieval", 1, []),
+              ("mc_test", "val", "msrvtt_mc", 1, []),
+              ("qa_train", "train", "msrvtt_qa", 2, []),  # writes records/qa_train_ans2label.json
+              ("qa_test", "val", "msrvtt_qa", 1, ["--ans2label", os.path.join(records, "qa_train_ans2label.json")]),
+              ("qa_mc_train", "train", "tgif_mc", 2, []), ("qa_mc_test", "val", "tgif_mc", 1, []))
+    # One pool for all builds: starting worker processes (and TensorFlow in them) takes seconds.
+    pool = multiprocessing.get_context("spawn").Pool(args.workers) if args.workers > 1 else None
+    with pool or contextlib.nullcontext():
+        for split, videos, format_, shards, extra in builds:
+            build_tfrecords.build(build_tfrecords.parse_args([
+                "--videos", os.path.join(args.output, "videos", videos),
+                "--annotations", annotations[split],
+                "--format", format_,
+                "--output", records,
+                "--split", split,
+                "--num_shards", str(shards),
+                "--workers", str(args.workers),
+                "--frame_size", str(args.frame_size[0]), str(args.frame_size[1]),
+                "--sample_rate", str(args.sample_rate),
+                "--num_candidates", str(args.num_candidates),
+                "--min_clips", str(args.min_clips),
+                *extra,
+            ]), pool=pool)
     print(f"demo data ready in {args.output} ({time.time() - start:.1f}s)")
 
 

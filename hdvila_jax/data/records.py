@@ -11,7 +11,9 @@ A record stores what the reader needs to draw clips at any epoch without the vid
 - ``lr_frames`` [M] (source frame index of each stored LR frame) and ``lr_jpeg`` [M];
 - ``neighbour_slots`` [K * (num_frm - 1)]: for each candidate middle, the positions in
     ``lr_jpeg`` of its neighbours in time order (the ones before, then the ones after);
-- ``answer`` (int64, multiple-choice records only): index into ``texts`` of the correct option.
+- ``answer`` (int64, multiple-choice records only): index into ``texts`` of the correct option;
+- ``answer_text``, ``answer_type`` (bytes, open-ended QA records only): the answer string and its
+    type (MSRVTT-QA what/who/..., FrameQA object/number/color/location); absent features parse as None.
 """
 from __future__ import annotations
 
@@ -41,6 +43,8 @@ class ClipRecord:
     lr_jpeg: list[bytes]  # [M]
     neighbour_slots: np.ndarray  # int64 [K, num_frm - 1]
     answer: int | None = None  # multiple choice: index of the correct text
+    answer_text: str | None = None  # open-ended QA: the answer string
+    answer_type: str | None = None  # open-ended QA: the answer's type
 
     @property
     def num_candidates(self) -> int:
@@ -86,6 +90,10 @@ def serialize_clip_record(record: ClipRecord) -> bytes:
         if not 0 <= record.answer < len(record.texts):
             raise ValueError(f"clip {record.clip_id}: answer {record.answer} not in [0, {len(record.texts)})")
         features["answer"] = _ints([record.answer])
+    for key in ("answer_text", "answer_type"):
+        value = getattr(record, key)
+        if value is not None:
+            features[key] = _bytes([value.encode()])
     example = example_pb2.Example(features=feature_pb2.Features(feature=features))
     return example.SerializeToString()
 
@@ -103,6 +111,9 @@ def parse_clip_record(data: bytes) -> ClipRecord:
         if key not in feature:
             raise KeyError(f"clip record lacks feature {key!r}")
         return list(feature[key].bytes_list.value)
+
+    def optional_text(key: str) -> str | None:
+        return bytes_list(key)[0].decode() if key in feature else None
 
     num_frm = int(ints("num_frm")[0])
     hr_jpeg = bytes_list("hr_jpeg")
@@ -123,4 +134,6 @@ def parse_clip_record(data: bytes) -> ClipRecord:
             lr_jpeg=bytes_list("lr_jpeg"),
             neighbour_slots=ints("neighbour_slots").reshape(len(hr_jpeg), num_frm - 1),
             answer=int(ints("answer")[0]) if "answer" in feature else None,
+            answer_text=optional_text("answer_text"),
+            answer_type=optional_text("answer_type"),
     )
