@@ -32,6 +32,7 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
     config.optimizer = optimizer_config(5e-5, 1e-3, dict(transformer=r"^(fusion|heads)/"), frozen=STAGE1_PARTS)
     if variant == "demo":
         config.init.stage1_checkpoint = "runs/demo_stage1/checkpoints"
+        config.init.demo_config = "stage1:demo"  # trained first when that run has no checkpoint
         config.total_steps = 150
         config.batch_size = 16
         config.grad_accum_steps = 1

@@ -9,7 +9,7 @@ from hdvila_jax.convert import convert_hdvila, export_hdvila
 from hdvila_jax.convert.rules import hdvila_rules
 from hdvila_jax.models import HDVILA
 from hdvila_jax.models.qa_head import flatten_choices
-from hdvila_jax.models.variables import example_batch, init_qa_variables
+from hdvila_jax.models.variables import example_batch, init_variables
 from hdvila_jax.tasks.qa import aggregate_logits, qa_accuracy, qa_loss, qa_loss_per_example, unflatten_choices
 from tests.model_helpers import random_batch, small_config
 
@@ -76,7 +76,7 @@ def test_accuracy_on_constructed_case():
 @pytest.fixture(scope="module")
 def mc_model():
     cfg = small_config(num_qa_outputs=1)
-    return cfg, init_qa_variables(cfg, jax.random.PRNGKey(0))
+    return cfg, init_variables(cfg, jax.random.PRNGKey(0), 2)
 
 
 def test_qa_parameter_tree_and_init(mc_model):

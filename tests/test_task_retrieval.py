@@ -19,7 +19,7 @@ from hdvila_jax.tasks import get_task
 from hdvila_jax.tasks.retrieval import multiple_choice_accuracy, multiple_choice_scores, retrieval_loss
 from hdvila_jax.train import checkpointing, trainer
 from hdvila_jax.train.config_checks import TrainConfigError
-from hdvila_jax.train.epochs import resolve_epochs
+from hdvila_jax.train.recipe import resolve_epochs
 from tests import train_helpers
 from tests.model_helpers import relative_error
 

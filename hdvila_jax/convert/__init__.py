@@ -15,19 +15,12 @@ from hdvila_jax.convert.rules import (BERT_UNUSED, HDVILA_UNUSED, RESNET_UNUSED,
                                       resnet_rules)
 from hdvila_jax.convert.torch_io import load_state_dict
 from hdvila_jax.models.config import ModelConfig
-from hdvila_jax.models.variables import abstract_qa_variables, abstract_variables
+from hdvila_jax.models.variables import abstract_variables
 
 StateDict = Mapping[str, np.ndarray]
 
 __all__ = ["ConversionError", "ConversionReport", "convert_hdvila", "export_hdvila", "load_bert", "load_resnet",
            "load_state_dict"]
-
-
-def _abstract_variables(cfg: ModelConfig, stage: int) -> dict:
-    """The model tree a checkpoint must fill: the QA model's when ``cfg.num_qa_outputs`` > 0 (stage 2)."""
-    if stage == 2 and cfg.num_qa_outputs > 0:
-        return abstract_qa_variables(cfg)
-    return abstract_variables(cfg, stage)
 
 
 def convert_hdvila(state_dict: StateDict, cfg: ModelConfig, stage: int) -> dict:
@@ -44,7 +37,7 @@ def convert_hdvila(state_dict: StateDict, cfg: ModelConfig, stage: int) -> dict:
     if decoder_bias is not None and bias is not None and not np.array_equal(decoder_bias, bias):
         raise ConversionError("transformer.cls.predictions.decoder.bias differs from transformer.cls.predictions.bias; "
                               "the reference ties them, so the checkpoint is inconsistent")
-    variables, _ = load_rules(_abstract_variables(cfg, stage), state_dict, hdvila_rules(cfg, stage),
+    variables, _ = load_rules(abstract_variables(cfg, stage), state_dict, hdvila_rules(cfg, stage),
                               ignore=HDVILA_UNUSED)
     unfilled = unfilled_leaves(variables)
     if unfilled:

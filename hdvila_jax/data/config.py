@@ -8,6 +8,8 @@ Fields:
   num_frm: frames per clip (7); records must have been built with the same value.
   train_n_clips, inference_n_clips: clips per example in training / evaluation.
   mlm_probability: 0 for stage 1 (no `mlm_labels`); 0.15 for stage 2 (SPEC §5).
+  ans2label: open-ended video QA only: the answer vocabulary json (answer -> class index) that
+    maps each record's answer to its label (-1 = outside the vocabulary, scored wrong).
   flip_prob: probability of flipping a training example horizontally (all its frames); 0 in
     pretraining, 1/3 downstream (SPEC_DOWNSTREAM 2.5). Evaluation never flips.
   num_parallel_calls: threads decoding examples (TF's eager JPEG decoding barely gains from a
@@ -37,6 +39,7 @@ def _base() -> ml_collections.ConfigDict:
         inference_n_clips=4,
         mlm_probability=0.0,
         flip_prob=0.0,
+        ans2label="",
         num_parallel_calls=2,
         prefetch_buffer_size=32,
         seed=0,

@@ -17,7 +17,12 @@ dict of numpy arrays:
     video_index     int32 [B]                         stable id of the clip in its split
     valid           bool  [B]                         evaluation only: False on padding
 
-and, only for multiple-choice records (built with `--format msrvtt_mc`, which store `answer`):
+for open-ended QA records (built with `--format msrvtt_qa|tgif_frameqa`, which store `answer_text`):
+
+    qa_label           int32 [B]        index of the answer in data.ans2label, -1 outside it
+                                        (an error in training)
+
+and, only for multiple-choice records (`--format msrvtt_mc|tgif_mc`, which store `answer`):
 
     mc_text_input_ids  int32 [B, N, L]  every option ([CLS] ... [SEP], never MLM-masked)
     mc_text_input_mask int32 [B, N, L]
@@ -49,6 +54,7 @@ import ml_collections
 import numpy as np
 
 from hdvila_jax.data import sampling
+from hdvila_jax.data.answers import load_ans2label
 from hdvila_jax.data.frames import decode_clip_frames
 from hdvila_jax.data.records import parse_clip_record
 from hdvila_jax.data.text import ThreadLocalTokenizer, mask_tokens
@@ -80,6 +86,8 @@ class ExampleDecoder:
             raise ValueError(f"config.data.flip_prob must be in [0, 1], got {self.flip_prob}")
         self.seed = data.seed
         self.tokenizer = ThreadLocalTokenizer(data.vocab_file)
+        self.ans2label_file = data.get("ans2label", "")
+        self.ans2label = load_ans2label(self.ans2label_file) if self.ans2label_file else None
 
     def __call__(self, element: tuple[bytes, bool], rng: np.random.Generator | None = None) -> dict:
         data, valid = element
@@ -115,6 +123,8 @@ class ExampleDecoder:
             example["text_input_ids"], example["mlm_labels"] = mask_tokens(
                 input_ids, self.tokenizer.special_ids, self.tokenizer.mask_id, self.tokenizer.vocab_size,
                 self.mlm_probability, rng)
+        if record.answer_text is not None:
+            example["qa_label"] = np.int32(self._label(record))
         if record.answer is not None:
             options = [self.tokenizer.encode(option, self.max_txt_len) for option in record.texts]
             example["mc_text_input_ids"] = np.stack([ids for ids, _ in options])
@@ -123,6 +133,19 @@ class ExampleDecoder:
         if not self.training:
             example["valid"] = np.bool_(valid)
         return example
+
+
+    def _label(self, record) -> int:
+        """The class index of an open-ended question's answer (-1 outside the vocabulary)."""
+        if self.ans2label is None:
+            raise ValueError(f"question {record.clip_id}: open-ended QA records need config.data.ans2label "
+                             "(the answer vocabulary json)")
+        label = self.ans2label.get(record.answer_text, -1)
+        if label < 0 and self.training:
+            raise ValueError(f"question {record.clip_id}: training answer {record.answer_text!r} is not in "
+                             f"config.data.ans2label={self.ans2label_file!r}; build the training records with "
+                             "--unknown_answers skip")
+        return label
 
 
 def _per_process_batch(config: ml_collections.ConfigDict, process_count: int, batch_size: int | None) -> int:

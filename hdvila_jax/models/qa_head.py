@@ -7,11 +7,11 @@ from flax import linen as nn
 from hdvila_jax.models.bert import dense
 from hdvila_jax.models.config import ModelConfig
 
-HEAD_DROPOUT = 0.1  # hard-coded in the original head (config.dropout is ignored)
-
-
 class QAClassifier(nn.Module):
-    """``transformer.classifier`` of the original: Dropout(0.1), Linear(D, 2D), ReLU, Linear(2D, out).
+    """``transformer.classifier`` of the original: Dropout, Linear(D, 2D), ReLU, Linear(2D, out).
+
+    The dropout rate is BERT's ``hidden_dropout_prob`` (0.1), as in the original (its config key
+    ``dropout`` is never read, SPEC_DOWNSTREAM 2.2).
 
     Parameters ``hidden`` (classifier.0) and ``out`` (classifier.2), N(0, 0.02) kernels, zero biases.
     The hidden layer (after the ReLU) is sown as ``head_hidden``.
@@ -23,7 +23,7 @@ class QAClassifier(nn.Module):
     @nn.compact
     def __call__(self, pooled: jax.Array, deterministic: bool = True) -> jax.Array:
         cfg = self.config
-        x = nn.Dropout(HEAD_DROPOUT)(pooled, deterministic=deterministic)
+        x = nn.Dropout(cfg.hidden_dropout_prob)(pooled, deterministic=deterministic)
         x = nn.relu(dense(cfg, 2 * cfg.hidden_size, "hidden")(x))
         self.sow("intermediates", "head_hidden", x)
         return dense(cfg, self.num_outputs, "out")(x)

@@ -22,40 +22,27 @@ def example_batch(cfg: ModelConfig, batch: int = 1, clips: int = 1, text_len: in
                 text_input_mask=jnp.ones(text_shape, jnp.int32))
 
 
+def initialize(cfg: ModelConfig, stage: int, rng: jax.Array) -> dict:
+    """``model.init`` of the stage-``stage`` model; stage 2 with ``cfg.num_qa_outputs`` > 0 is the
+    video QA model (SPEC_DOWNSTREAM 4.1): the stage-2 encoder (with ``pooler1``, no contrastive
+    projections, no MLM/ITM heads) and ``heads/qa_classifier``."""
+    model = HDVILA(cfg)
+    if stage == 2 and cfg.num_qa_outputs > 0:
+        return model.init(rng, example_batch(cfg), method=HDVILA.qa_logits)
+    return model.init(rng, example_batch(cfg), stage=stage)
+
+
 @functools.lru_cache(maxsize=8)
 def _jitted_init(cfg: ModelConfig, stage: int):
-    model = HDVILA(cfg)
-    return jax.jit(lambda r: model.init(r, example_batch(cfg), stage=stage))
+    return jax.jit(functools.partial(initialize, cfg, stage))
 
 
 def init_variables(cfg: ModelConfig, rng: jax.Array, stage: int) -> dict:
-    """Randomly initialised ``{'params', 'batch_stats'}`` of the stage-``stage`` model."""
+    """Randomly initialised ``{'params', 'batch_stats'}`` of the stage-``stage`` model (the QA
+    model when stage is 2 and ``cfg.num_qa_outputs`` > 0)."""
     return _jitted_init(cfg, stage)(rng)
 
 
 def abstract_variables(cfg: ModelConfig, stage: int) -> dict:
     """Shapes and dtypes (``ShapeDtypeStruct``) of :func:`init_variables`, without computing anything."""
-    model = HDVILA(cfg)
-    return jax.eval_shape(lambda r: model.init(r, example_batch(cfg), stage=stage), jax.random.PRNGKey(0))
-
-
-def _init_qa(cfg: ModelConfig, rng: jax.Array) -> dict:
-    if cfg.num_qa_outputs <= 0:
-        raise ValueError("a QA model needs ModelConfig.num_qa_outputs > 0 (answers, or 1 for multiple choice)")
-    return HDVILA(cfg).init(rng, example_batch(cfg), method=HDVILA.qa_logits)
-
-
-@functools.lru_cache(maxsize=8)
-def _jitted_qa_init(cfg: ModelConfig):
-    return jax.jit(functools.partial(_init_qa, cfg))
-
-
-def init_qa_variables(cfg: ModelConfig, rng: jax.Array) -> dict:
-    """Random ``{'params', 'batch_stats'}`` of the video QA model: the stage-2 encoder (with
-    ``pooler1``, no contrastive projections, no MLM/ITM heads) and ``heads/qa_classifier``."""
-    return _jitted_qa_init(cfg)(rng)
-
-
-def abstract_qa_variables(cfg: ModelConfig) -> dict:
-    """Shapes and dtypes of :func:`init_qa_variables`, without computing anything."""
-    return jax.eval_shape(functools.partial(_init_qa, cfg), jax.random.PRNGKey(0))
+    return jax.eval_shape(functools.partial(initialize, cfg, stage), jax.random.PRNGKey(0))

@@ -22,6 +22,19 @@ import numpy as np
 from hdvila_jax.models.hdvila import aggregate_clips
 
 AGGREGATIONS = ("mean", "max", "lse")
+IMAGE_KEYS = ("img_middle", "img_other")
+
+
+def qa_inputs(batch: dict, qa_type: str) -> tuple[dict, jax.Array]:
+    """The model inputs of :meth:`HDVILA.qa_logits` and the labels ``[B]`` of a QA batch: open-ended
+    batches hold the question (``text_input_*``) and ``qa_label`` (answer index, -1 outside the
+    vocabulary); multiple-choice ones ``mc_text_input_*`` ``[B, C, L]`` and ``mc_answer``."""
+    inputs = {key: batch[key] for key in IMAGE_KEYS}
+    if qa_type == "multiple_choice":
+        inputs.update(text_input_ids=batch["mc_text_input_ids"], text_input_mask=batch["mc_text_input_mask"])
+        return inputs, batch["mc_answer"]
+    inputs.update(text_input_ids=batch["text_input_ids"], text_input_mask=batch["text_input_mask"])
+    return inputs, batch["qa_label"]
 
 
 def unflatten_choices(x: jax.Array, num_choices: int) -> jax.Array:

@@ -5,6 +5,7 @@ import ml_collections
 
 from hdvila_jax.models import ModelConfig, model_config_from_dict
 from hdvila_jax.tasks import TASKS, get_task
+from hdvila_jax.tasks.qa import AGGREGATIONS
 
 REQUIRED = ("task", "stage", "seed", "total_steps", "batch_size", "grad_accum_steps", "eval_batch_size",
             "log_every_steps", "eval_every_steps", "ckpt_every_steps", "keep_checkpoints", "mesh",
@@ -26,7 +27,10 @@ def check_config(config: ml_collections.ConfigDict) -> ModelConfig:
         _require(name in config, name, "missing")
     _require(config.stage in (1, 2), "stage", f"must be 1 or 2, got {config.stage!r}")
     _require(config.task in TASKS, "task", f"must be one of {TASKS}, got {config.task!r}")
-    task = get_task(config)
+    try:
+        task = get_task(config)
+    except ValueError as e:
+        raise TrainConfigError(str(e)) from None
     _require(task.stage == config.stage, "stage", f"task {task.name} uses the stage-{task.stage} model")
     epochs = config.get("epochs", 0)
     _require(isinstance(epochs, (int, float)) and epochs >= 0, "epochs", f"must be >= 0, got {epochs!r}")
@@ -43,9 +47,17 @@ def check_config(config: ml_collections.ConfigDict) -> ModelConfig:
         _require("temperature" in config and config.temperature > 0, "temperature",
                  f"task {task.name} (stage {task.stage}) needs a positive temperature, "
                  f"got {config.get('temperature')!r}")
-    else:
+    elif task.objective == "mlm":
         _require(config.data.mlm_probability > 0, "data.mlm_probability",
                  f"stage 2 trains MLM and needs masked tokens, got {config.data.mlm_probability}")
+    else:
+        _require(config.qa.get("aggregation") in AGGREGATIONS, "qa.aggregation",
+                 f"must be one of {AGGREGATIONS}, got {config.qa.get('aggregation')!r}")
+        _require(config.data.mlm_probability == 0, "data.mlm_probability",
+                 f"video QA never masks its questions, got {config.data.mlm_probability}")
+        if task.qa_type == "open":
+            _require(bool(config.data.get("ans2label")), "data.ans2label",
+                     "open-ended QA needs the answer vocabulary json (answer -> index)")
     model_cfg = model_config_from_dict(config.model.to_dict())
     _require(tuple(config.data.crop_size) == tuple(model_cfg.crop_size), "data.crop_size",
              f"{tuple(config.data.crop_size)} differs from model.crop_size {model_cfg.crop_size}")

@@ -15,7 +15,7 @@ import ml_collections
 from flax import traverse_util
 from jax.sharding import Mesh, PartitionSpec as P
 
-from hdvila_jax.models import HDVILA, ModelConfig
+from hdvila_jax.models import ModelConfig
 from hdvila_jax.models import variables as model_variables
 from hdvila_jax.train import sharding
 from hdvila_jax.train.optimizer import Optimizer
@@ -83,11 +83,10 @@ def init_variables_sharded(config: ml_collections.ConfigDict, model_cfg: ModelCo
 @functools.lru_cache(maxsize=4)
 def _sharded_init(model_cfg: ModelConfig, stage: int, mesh: Mesh, rules: tuple, fsdp_min_size: int):
     """The jitted init (compiled once per model, stage and sharding)."""
-    model = HDVILA(model_cfg)
     specs = {name: sharding.param_specs(tree, mesh, rules, fsdp_min_size)
              for name, tree in abstract_variables(model_cfg, stage).items()}
-    example = model_variables.example_batch(model_cfg)
-    return jax.jit(lambda rng: model.init(rng, example, stage=stage), out_shardings=sharding.named(mesh, specs))
+    return jax.jit(functools.partial(model_variables.initialize, model_cfg, stage),
+                   out_shardings=sharding.named(mesh, specs))
 
 
 def new_train_state(config: ml_collections.ConfigDict, variables: dict, mesh: Mesh, specs: State,

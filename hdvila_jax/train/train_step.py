@@ -1,5 +1,5 @@
-"""One optimisation step of a contrastive task (stage-1 pretraining, retrieval fine-tuning) or of
-stage-2 MLM, as a pure function for ``jax.jit``. The task (``hdvila_jax.tasks``) picks the model
+"""One optimisation step of a contrastive task (stage-1 pretraining, retrieval fine-tuning), of
+stage-2 MLM or of video QA, as a pure function for ``jax.jit``. The task (``hdvila_jax.tasks``) picks the model
 stage and the objective; the InfoNCE is computed on the global batch (the negatives are every
 example on every device).
 
@@ -8,7 +8,8 @@ Only trainable parameters are differentiated; frozen ones pass through bit-ident
 ``grad_accum_steps`` micro-batches give the same update as one step on the whole batch:
 stage 1 computes all features first, takes the gradient of the global-batch InfoNCE
 with respect to them, then back-propagates micro-batch by micro-batch (GradCache); stage 2
-weights each micro-batch's mean MLM loss by its share of the batch's masked tokens.
+weights each micro-batch's mean MLM loss by its share of the batch's masked tokens; QA averages
+the micro-batches' mean losses (the original sums them, SPEC_DOWNSTREAM quirk 22).
 A step whose loss or gradient is not finite leaves the state unchanged and reports
 ``finite = False``; the trainer stops on it.
 """
@@ -24,6 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hdvila_jax.models import HDVILA
 from hdvila_jax.tasks import get_task
+from hdvila_jax.tasks.qa import qa_inputs, qa_loss
 from hdvila_jax.train.optimizer import FROZEN, Optimizer, global_norm
 from hdvila_jax.train import sharding
 from hdvila_jax.train.sharding import BATCH_AXES
@@ -41,6 +43,26 @@ def split_micro_batches(batch: Batch, k: int, mesh: Mesh) -> Batch:
         x = x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, BATCH_AXES)))
     return {key: split(v) for key, v in batch.items()}
+
+
+def accumulate_grads(trainable: dict, micro: Batch, weights: jax.Array, rng: jax.Array,
+                     loss_fn: Callable) -> tuple[jax.Array, jax.Array, dict]:
+    """``(sum_i w_i loss_i, sum_i w_i metric_i, its gradient)`` over the micro-batches ``micro``
+    (``[k, ...]`` leaves), one micro-batch at a time; ``loss_fn(trainable, batch, rng) -> (loss, metric)``."""
+    def accumulate(acc, xs):
+        b, r, w = xs
+
+        def weighted(tr):
+            loss, metric = loss_fn(tr, b, r)
+            return loss * w, metric * w
+
+        (loss, metric), grads = jax.value_and_grad(weighted, has_aux=True)(trainable)
+        g_acc, l_acc, m_acc = acc
+        return (jax.tree.map(jnp.add, g_acc, grads), l_acc + loss, m_acc + metric), None
+
+    init = (jax.tree.map(jnp.zeros_like, trainable), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+    (grads, loss, metric), _ = jax.lax.scan(accumulate, init, (micro, jax.random.split(rng, len(weights)), weights))
+    return loss, metric, grads
 
 
 def make_train_step(config: ml_collections.ConfigDict, model: HDVILA, optimizer: Optimizer,
@@ -84,33 +106,41 @@ def make_train_step(config: ml_collections.ConfigDict, model: HDVILA, optimizer:
         grads, _ = jax.lax.scan(backward, zeros, (micro, rngs, d_text, d_video))
         return loss, metrics, grads
 
+    def micro_batches(batch):
+        return split_micro_batches(batch, k, mesh) if k > 1 else jax.tree.map(lambda x: x[None], batch)
+
     def stage2_grads(trainable, frozen, batch_stats, batch, rng):
-        micro = split_micro_batches(batch, k, mesh) if k > 1 else jax.tree.map(lambda x: x[None], batch)
+        micro = micro_batches(batch)
         counts = (micro["mlm_labels"] != -100).sum(axis=tuple(range(1, micro["mlm_labels"].ndim)))
-        total = jnp.maximum(counts.sum(), 1).astype(jnp.float32)
+        weights = counts.astype(jnp.float32) / jnp.maximum(counts.sum(), 1).astype(jnp.float32)
 
-        def accumulate(acc, xs):
-            b, r, count = xs
-            weight = count.astype(jnp.float32) / total
+        def loss_fn(tr, b, r):
+            out = forward(tr, frozen, batch_stats, b, r)
+            return out["mlm_loss"], out["mlm_acc"]
 
-            def loss_fn(tr):
-                out = forward(tr, frozen, batch_stats, b, r)
-                return out["mlm_loss"] * weight, out["mlm_acc"] * weight
-
-            (loss, acc_part), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
-            g_acc, l_acc, a_acc = acc
-            return (jax.tree.map(jnp.add, g_acc, grads), l_acc + loss, a_acc + acc_part), None
-
-        init = (jax.tree.map(jnp.zeros_like, trainable), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-        (grads, loss, mlm_acc), _ = jax.lax.scan(accumulate, init, (micro, jax.random.split(rng, k), counts))
+        loss, mlm_acc, grads = accumulate_grads(trainable, micro, weights, rng, loss_fn)
         return loss, {"mlm_acc": mlm_acc, "mlm_tokens": counts.sum()}, grads
+
+    def qa_grads(trainable, frozen, batch_stats, batch, rng):
+        def loss_fn(tr, b, r):
+            inputs, labels = qa_inputs(b, task.qa_type)
+            params = traverse_util.unflatten_dict({**tr, **frozen}, sep="/")
+            logits = model.apply({"params": params, "batch_stats": batch_stats}, inputs, deterministic=False,
+                                 rngs={"dropout": r}, method=HDVILA.qa_logits)
+            loss, aux = qa_loss(logits, labels, task.aggregation)
+            return loss, aux["correct"].mean()
+
+        # The mean over micro-batches (equal sizes): the gradient of the whole batch's mean loss.
+        loss, correct, grads = accumulate_grads(trainable, micro_batches(batch), jnp.full((k,), 1.0 / k), rng,
+                                                loss_fn)
+        return loss, {"qa_accuracy": 100.0 * correct}, grads
 
     def train_step(state: State, batch: Batch) -> tuple[State, Metrics]:
         flat = traverse_util.flatten_dict(state["params"], sep="/")
         trainable = {p: flat[p] for p in trainable_paths}
         frozen = {p: v for p, v in flat.items() if p not in trainable}
         rng = jax.random.fold_in(state["rng"], state["step"])
-        grads_fn = stage1_grads if task.objective == "contrastive" else stage2_grads
+        grads_fn = dict(contrastive=stage1_grads, mlm=stage2_grads, qa=qa_grads)[task.objective]
         loss, metrics, grads = grads_fn(trainable, frozen, state["batch_stats"], batch, rng)
 
         full_grads = traverse_util.unflatten_dict(

@@ -20,6 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from flax import traverse_util
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
@@ -27,10 +28,11 @@ from hdvila_jax import convert
 from hdvila_jax.data import pipeline
 from hdvila_jax.models import HDVILA, ModelConfig
 from hdvila_jax.tasks import Task, get_task
+from hdvila_jax.tasks import qa_eval
 from hdvila_jax.tasks import retrieval as retrieval_task
 from hdvila_jax.train import checkpointing, evaluation, sharding, train_state
 from hdvila_jax.train.best_checkpoint import BestCheckpoint
-from hdvila_jax.train.epochs import resolve_epochs
+from hdvila_jax.train.recipe import resolve_epochs, resolve_qa_outputs
 from hdvila_jax.train.train_state import abstract_variables
 from hdvila_jax.train.config_checks import TrainConfigError, check_config
 from hdvila_jax.train.metrics_writer import MetricsWriter, Progress
@@ -76,22 +78,23 @@ def prepare_demo_data(config: ml_collections.ConfigDict) -> None:
 
 
 def prepare_demo_init(config: ml_collections.ConfigDict) -> None:
-    """Train ``config.init.demo_config`` ("module:variant" of configs/) into ``config.init.restore``'s
-    run directory when that holds no checkpoint yet (the downstream demos start from the demo
-    pretraining run, made on the fly as the stage-1 demo makes its data)."""
-    if not config.init.demo_config or not config.init.restore:
+    """Train ``config.init.demo_config`` ("module:variant" of configs/) into the run directory of
+    ``config.init.restore`` (or ``init.stage1_checkpoint``) when that holds no checkpoint yet (the
+    downstream demos and the stage-2 demo start from the demo pretraining runs, made on the fly
+    as the stage-1 demo makes its data)."""
+    source = config.init.restore or config.init.stage1_checkpoint
+    if not config.init.demo_config or not source:
         return
-    if os.path.isdir(config.init.restore):
-        existing = checkpointing.Checkpointer(config.init.restore, keep=1, read_only=True)
+    if os.path.isdir(source):
+        existing = checkpointing.Checkpointer(source, keep=1, read_only=True)
         latest = existing.latest_step()
         existing.close()
         if latest is not None:
             return
     module, _, variant = config.init.demo_config.partition(":")
     demo = importlib.import_module(f"configs.{module}").get_config(variant)
-    workdir = os.path.dirname(os.path.abspath(config.init.restore))
-    logging.info("init.restore=%s has no checkpoint: training configs/%s.py:%s into %s first",
-                 config.init.restore, module, variant, workdir)
+    workdir = os.path.dirname(os.path.abspath(source))
+    logging.info("%s has no checkpoint: training configs/%s.py:%s into %s first", source, module, variant, workdir)
     train_and_evaluate(demo, workdir)
 
 
@@ -148,20 +151,31 @@ def stage1_variables(config: ml_collections.ConfigDict, model_cfg: ModelConfig, 
     return {name: {**variables[name], **restored[name]} for name in ("params", "batch_stats")}
 
 
-def fine_tuning_variables(config: ml_collections.ConfigDict, target: State) -> tuple[dict, str]:
+def fine_tuning_variables(config: ml_collections.ConfigDict, model_cfg: ModelConfig, mesh: Mesh, target: State,
+                          task: Task) -> tuple[dict, str]:
     """The task model's variables out of ``config.init.restore`` (any checkpoint holding them, e.g.
-    the stage-1 part of a converted stage-2 checkpoint); logs what was taken and what dropped."""
+    the stage-1 part of a converted stage-2 checkpoint); the task's new parts (the QA head) that
+    the checkpoint lacks keep their random initialisation. Logs what was taken, new and dropped."""
     if not config.init.restore:
         raise TrainConfigError(f"config.init.restore is empty: task {config.task} fine-tunes a pretrained "
                                "checkpoint (e.g. a converted stage-2 one, python -m hdvila_jax.convert)")
-    subset = {name: target[name] for name in ("params", "batch_stats")}
+    stored = checkpointing.checkpoint_shapes(checkpointing.variables_directory(config.init.restore, "init.restore"))
+    wanted = traverse_util.flatten_dict({name: target[name] for name in ("params", "batch_stats")}, sep="/")
+    new = sorted(p for p in wanted if p not in stored and p.startswith(task.new_parts))
+    subset = traverse_util.unflatten_dict({p: v for p, v in wanted.items() if p not in new}, sep="/")
     variables, origin, dropped = checkpointing.restore_variables_subset(config.init.restore, subset, "init.restore")
-    paths = flat_paths(subset)
-    taken = sorted({path.split("/")[1] for path in paths})
+    if new:
+        fresh = traverse_util.flatten_dict(train_state.init_variables_sharded(config, model_cfg, mesh), sep="/")
+        variables = traverse_util.unflatten_dict(
+            {**traverse_util.flatten_dict(variables, sep="/"), **{p: fresh[p] for p in new}}, sep="/")
+    taken = sorted({path.split("/")[1] for path in flat_paths(subset)})
     dropped_parts = sorted({"/".join(path.split("/")[:2]) for path in dropped})
-    logging.info("task %s: took %s (%d arrays) from %s; dropped %d arrays not in the task model: %s",
-                 config.task, taken, len(paths), origin, len(dropped), dropped_parts or "none")
-    return variables, f"pretrained variables of {origin} (dropped {dropped_parts or 'nothing'})"
+    new_parts = sorted({"/".join(path.split("/")[:-2]) for path in new})
+    logging.info("task %s: took %s (%d arrays) from %s; new (random init): %s; dropped %d arrays not in the task "
+                 "model: %s", config.task, taken, len(wanted) - len(new), origin, new_parts or "none", len(dropped),
+                 dropped_parts or "none")
+    return variables, (f"pretrained variables of {origin} (new: {new_parts or 'nothing'}; "
+                       f"dropped {dropped_parts or 'nothing'})")
 
 
 def initial_state(config: ml_collections.ConfigDict, model_cfg: ModelConfig, mesh: Mesh, optimizer: Optimizer,
@@ -173,7 +187,7 @@ def initial_state(config: ml_collections.ConfigDict, model_cfg: ModelConfig, mes
     if latest is not None:
         return checkpointer.restore(latest, target, train_iter), f"resumed from {checkpointer.directory} step {latest}"
     if task.fine_tuning:
-        variables, origin = fine_tuning_variables(config, target)
+        variables, origin = fine_tuning_variables(config, model_cfg, mesh, target, task)
         return train_state.new_train_state(config, variables, mesh, specs, optimizer), origin
     if config.init.restore:
         other = checkpointing.Checkpointer(config.init.restore, keep=1, read_only=True)
@@ -201,11 +215,22 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 class Evaluator:
-    """The evaluation of a config: retrieval recall on ``data.val_files`` (captions never
-    MLM-masked) when set, and multiple-choice accuracy on ``data.mc_files`` when the config has it."""
+    """The evaluation of a config. Video QA: accuracy (overall, per answer type) on
+    ``data.val_files`` with every question's prediction written to
+    ``workdir/predictions/step_N.jsonl``. Otherwise retrieval recall on ``data.val_files``
+    (captions never MLM-masked) when set, and multiple-choice accuracy on ``data.mc_files``."""
 
-    def __init__(self, config: ml_collections.ConfigDict, model: HDVILA):
+    def __init__(self, config: ml_collections.ConfigDict, model: HDVILA, workdir: str):
         self.config = config
+        self.workdir = workdir
+        task = get_task(config)
+        if task.objective == "qa":
+            if not config.data.val_files:
+                raise TrainConfigError("config.data.val_files is empty: task qa evaluates on its records")
+            self.qa = qa_eval.QAEvaluator(task, model, config.data.val_files, config.data.ans2label)
+            self.encode = self.score_mc = None
+            return
+        self.qa = None
         self.encode = evaluation.make_encode_fn(model) if config.data.val_files else None
         self.mc_files = config.data.get("mc_files", "")
         self.score_mc = retrieval_task.make_mc_score_fn(model) if self.mc_files else None
@@ -219,8 +244,12 @@ class Evaluator:
         return pipeline.make_eval_iterator(eval_config, jax.process_index(), jax.process_count(),
                                            batch_size=self.config.eval_batch_size)
 
-    def __call__(self, variables: dict, mesh: Mesh) -> dict[str, float]:
+    def __call__(self, variables: dict, mesh: Mesh, step: int) -> dict[str, float]:
         metrics = {}
+        if self.qa is not None:
+            metrics, rows = self.qa(variables, mesh, self._batches(self.config.data.val_files))
+            if jax.process_index() == 0:
+                qa_eval.write_predictions(os.path.join(self.workdir, "predictions", f"step_{step}.jsonl"), rows)
         if self.encode is not None:
             metrics.update(evaluation.evaluate_retrieval(self.encode, variables,
                                                          self._batches(self.config.data.val_files), mesh))
@@ -240,14 +269,15 @@ def _host_metrics(metrics: dict) -> dict[str, float]:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Train ``config`` in ``workdir`` (resuming when it holds checkpoints); return the last eval metrics."""
-    model_cfg = check_config(config)
+    check_config(config)
     task = get_task(config)
     mesh = sharding.make_mesh(config.mesh)
     check_batch_sizes(config, mesh)
     os.makedirs(workdir, exist_ok=True)
     prepare_demo_data(config)
     prepare_demo_init(config)
-    config = resolve_epochs(config)
+    config = resolve_epochs(resolve_qa_outputs(config))
+    model_cfg = check_config(config)
     write_config(config, workdir)
 
     model = HDVILA(model_cfg)
@@ -265,10 +295,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logging.info("task %s, stage %d: starting at step %d of %d from %s; mesh %s", task.name, config.stage, step,
                      config.total_steps, origin, dict(mesh.shape))
         train_step = jit_train_step(config, model, optimizer, mesh, specs)
-        evaluate = Evaluator(config, model)
+        evaluate = Evaluator(config, model, workdir)
 
         def run_eval(at_step: int) -> dict[str, float]:
-            metrics = evaluate(_variables(state), mesh)
+            metrics = evaluate(_variables(state), mesh, at_step)
             writer.write(at_step, {f"eval/{k}": v for k, v in metrics.items()})
             logging.info("step %d eval: %s", at_step, metrics)
             if best is not None and best.update(at_step, metrics, _variables(state)):
@@ -313,10 +343,12 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     """Eval-only mode: restore the variables of this workdir's latest checkpoint (else of
     ``config.init.restore``, which may hold more than the task model needs, e.g. a stage-2
     checkpoint for a retrieval eval) and write the task's metrics to ``workdir/metrics.jsonl``."""
-    model_cfg = check_config(config)
+    check_config(config)
     mesh = sharding.make_mesh(config.mesh)
     check_batch_sizes(config, mesh)
     prepare_demo_data(config)
+    config = resolve_qa_outputs(config)
+    model_cfg = check_config(config)
     own = os.path.join(workdir, "checkpoints")
     source, field = (own, "workdir") if os.path.isdir(own) else (config.init.restore, "init.restore")
     if not source:
@@ -327,8 +359,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
         logging.info("eval of the stage-%d model: %d stored arrays of %s not used", config.stage, len(dropped), origin)
     step_dir = os.path.basename(os.path.dirname(origin)) if origin.endswith("variables") else ""
     step = int(step_dir) if step_dir.isdigit() else 0
-    metrics = Evaluator(config, HDVILA(model_cfg))(variables, mesh)
     os.makedirs(workdir, exist_ok=True)
+    metrics = Evaluator(config, HDVILA(model_cfg), workdir)(variables, mesh, step)
     writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
     writer.write(step, {f"eval/{k}": v for k, v in metrics.items()})
     writer.close()

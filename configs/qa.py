@@ -1,0 +1,162 @@
+"""Video QA fine-tuning (SPEC_DOWNSTREAM section 4): MSRVTT-QA, TGIF FrameQA (open-ended) and
+TGIF Action / Transition (multiple choice), the whole stage-2 model plus a new head.
+
+Fine-tune a converted stage-2 checkpoint (all of it but ``cls``/``t_proj``/``v_proj`` is taken,
+the head ``heads/qa_classifier`` starts from its initialisation):
+    python -m hdvila_jax.main --config=configs/qa.py:msrvtt_qa --workdir=runs/msrvtt_qa \
+        --config.init.restore=checkpoints/hdvila_stage2
+Test the best checkpoint with 8 clips on the test split (predictions in runs/msrvtt_qa_test/predictions/):
+    python -m hdvila_jax.main --config=configs/qa.py:msrvtt_qa --workdir=runs/msrvtt_qa_test --mode=eval \
+        --config.init.restore=runs/msrvtt_qa/best/step_N \
+        --config.data.val_files='data/msrvtt_qa/records/test-*.tfrecord'
+CPU demos on the bundled demo data, from the demo stage-1 and stage-2 runs (trained first if missing):
+    python -m hdvila_jax.main --config=configs/qa.py:demo --workdir=runs/demo_qa
+    python -m hdvila_jax.main --config=configs/qa.py:demo_mc --workdir=runs/demo_qa_mc
+
+Variants: msrvtt_qa, tgif_frame, tgif_action, tgif_transition (the original's recipes), demo
+(open-ended), demo_mc (multiple choice), tiny. batch_size is GLOBAL and counts every
+micro-batch: the original ran B examples per GPU x 4 accumulation steps on G GPUs and did not
+record G; we use G = 8, so batch_size = 8 x B x 4 split into grad_accum_steps = 4 micro-batches.
+The micro-batch losses are averaged (the original sums them: quirk 22).
+"""
+import ml_collections
+
+from configs import stage2 as stage2_configs
+from configs.retrieval import ORIGINAL_GPUS
+from configs.stage1 import ALIGN, CNN, base_config, optimizer_config
+
+TRANSFORMER = r"^(text|fusion|heads)/"
+# The original's name-substring rule (SPEC_DOWNSTREAM quirk 15): BERT LayerNorm scales (text and
+# cross-modal layers) and everything named *embed* are not decayed; BatchNorm and TimeSformer norms are.
+NO_DECAY = r"(^|/)bias$|embed|^(text|fusion)/.*norm/scale$"
+ACCUM = 4
+
+# SPEC_DOWNSTREAM 4.6: geometry (records), text length, aggregation, per-GPU batch train/test,
+# epochs, lr (all groups), schedule, milestones (epochs), weight decay (all groups), num_valid,
+# head outputs (0: multiple choice), question type.
+RECIPES = {
+    "msrvtt_qa": dict(geometry="msrvtt", crop=(640, 1024), max_txt_len=100, agg="lse", batch=(16, 4), epochs=20,
+                      lr=1e-5, schedule="warmup_linear", milestones=(), wd=0.3, num_valid=20, outputs=1500,
+                      type="open"),
+    "tgif_frame": dict(geometry="tgif", crop=(768, 768), max_txt_len=30, agg="mean", batch=(14, 4), epochs=40,
+                       lr=4e-5, schedule="multi_step", milestones=(10, 15, 20, 25, 30, 35), wd=0.3, num_valid=40,
+                       outputs=1540, type="open"),
+    "tgif_action": dict(geometry="tgif", crop=(768, 768), max_txt_len=30, agg="mean", batch=(12, 4), epochs=80,
+                        lr=5e-5, schedule="multi_step", milestones=(10, 20, 30, 40, 50, 60, 70), wd=0.1,
+                        num_valid=80, outputs=1, type="multiple_choice"),
+}
+RECIPES["tgif_transition"] = dict(RECIPES["tgif_action"])
+# Records (built as data_pipelines/README.md describes) and answer vocabularies.
+DATA = {
+    "msrvtt_qa": ("data/msrvtt_qa/records", "data/msrvtt_qa/train_ans2label.json"),
+    "tgif_frame": ("data/tgif_qa/frameqa/records", "data/tgif_qa/frameqa_trainval_ans2label.json"),
+    "tgif_action": ("data/tgif_qa/action/records", ""),
+    "tgif_transition": ("data/tgif_qa/transition/records", ""),
+}
+
+
+def qa_optimizer(lr: float, weight_decay: float, schedule: str, milestones: tuple[int, ...],
+                 warmup: float = 0.1) -> ml_collections.ConfigDict:
+    """AdamW over the three groups of the original, one lr and weight decay for all of them."""
+    optimizer = optimizer_config(lr, weight_decay, dict(transformer=TRANSFORMER, cnn=CNN, align=ALIGN))
+    for group in optimizer.groups.values():
+        group.schedule = schedule
+    optimizer.no_decay = NO_DECAY
+    optimizer.warmup_ratio = warmup  # QA configs have no warmup_ratio: the argparse default 0.1
+    optimizer.decay_milestone_epochs = milestones
+    optimizer.skip_last_halving = True  # the original's multi_step (SPEC_DOWNSTREAM quirk 10)
+    return optimizer
+
+
+def _qa_base(variant: str, qa_type: str, aggregation: str) -> ml_collections.ConfigDict:
+    config = base_config(2, variant)
+    config.task = "qa"
+    config.seed = 66
+    config.qa = ml_collections.ConfigDict(dict(type=qa_type, aggregation=aggregation))
+    config.best_metric = "qa_accuracy"  # the original keeps the step of the best validation accuracy
+    config.data.flip_prob = 1 / 3
+    config.data.mlm_probability = 0.0
+    return config
+
+
+def _paper(name: str) -> ml_collections.ConfigDict:
+    recipe = RECIPES[name]
+    config = _qa_base("paper", recipe["type"], recipe["agg"])
+    records, ans2label = DATA[name]
+    config.model.crop_size = recipe["crop"]
+    config.model.num_qa_outputs = recipe["outputs"]
+    config.model.max_position_embeddings = 512
+    config.data.crop_size = recipe["crop"]
+    config.data.max_txt_len = recipe["max_txt_len"]
+    config.data.train_n_clips, config.data.inference_n_clips = 1, 8
+    config.data.train_files = f"{records}/train-*.tfrecord"
+    config.data.val_files = f"{records}/val-*.tfrecord"
+    config.data.vocab_file = "data/bert-base-uncased/vocab.txt"
+    config.data.ans2label = ans2label
+    config.batch_size = recipe["batch"][0] * ORIGINAL_GPUS * ACCUM
+    config.grad_accum_steps = ACCUM
+    config.eval_batch_size = recipe["batch"][1] * ORIGINAL_GPUS
+    config.epochs = float(recipe["epochs"])
+    config.total_steps = 0
+    config.num_evals = recipe["num_valid"]  # eval every ceil(total_steps / num_valid) steps
+    config.ckpt_every_steps = 1000
+    config.log_every_steps = 20
+    config.optimizer = qa_optimizer(recipe["lr"], recipe["wd"], recipe["schedule"], recipe["milestones"])
+    return config
+
+
+def _demo(qa_type: str) -> ml_collections.ConfigDict:
+    stage2 = stage2_configs.get_config("demo")
+    config = _qa_base("demo", qa_type, "mean")
+    config.model = stage2.model  # the demo pretraining runs fix the model shape
+    config.model.num_qa_outputs = 0  # open-ended: the answer vocabulary's size
+    config.data = stage2.data
+    config.data.mlm_probability = 0.0
+    config.data.flip_prob = 0.0  # the demo asks which way the shape moves: a flip would change the answer
+    prefix = "qa" if qa_type == "open" else "qa_mc"
+    config.data.train_files = f"demo_data/records/{prefix}_train-*.tfrecord"
+    config.data.val_files = f"demo_data/records/{prefix}_test-*.tfrecord"
+    config.data.ans2label = "demo_data/records/qa_train_ans2label.json" if qa_type == "open" else ""
+    config.init.restore = "runs/demo_stage2/checkpoints"
+    config.init.demo_config = "stage2:demo"
+    config.batch_size = 16
+    config.eval_batch_size = 50
+    # 600 open-ended questions (3 per training video) / 200 multiple-choice ones: ~190 steps each.
+    config.epochs = 5.0 if qa_type == "open" else 15.0
+    config.total_steps = 0
+    config.log_every_steps = 10
+    config.ckpt_every_steps = 50
+    config.eval_every_steps = 50
+    config.optimizer = qa_optimizer(2e-4, 1e-4, "warmup_linear", (), warmup=0.1)
+    return config
+
+
+def _tiny() -> ml_collections.ConfigDict:
+    stage2 = stage2_configs.get_config("tiny")
+    config = _qa_base("tiny", "open", "mean")
+    config.model = stage2.model
+    config.data = stage2.data
+    config.data.mlm_probability = 0.0
+    config.data.train_files = "demo_data/records/qa_train-*.tfrecord"
+    config.data.val_files = "demo_data/records/qa_test-*.tfrecord"
+    config.data.ans2label = "demo_data/records/qa_train_ans2label.json"
+    for name in ("total_steps", "batch_size", "eval_batch_size", "log_every_steps", "eval_every_steps",
+                 "ckpt_every_steps"):
+        config[name] = stage2[name]
+    config.optimizer = qa_optimizer(1e-3, 1e-4, "warmup_linear", (), warmup=0.0)
+    return config
+
+
+def get_config(variant: str = "msrvtt_qa") -> ml_collections.ConfigDict:
+    """QA config of ``variant``: msrvtt_qa, tgif_frame, tgif_action, tgif_transition, demo, demo_mc or tiny."""
+    variant = variant or "msrvtt_qa"
+    if variant in RECIPES:
+        return _paper(variant)
+    if variant == "demo":
+        return _demo("open")
+    if variant == "demo_mc":
+        return _demo("multiple_choice")
+    if variant == "tiny":
+        return _tiny()
+    raise ValueError(f"unknown qa variant {variant!r}; use msrvtt_qa, tgif_frame, tgif_action, tgif_transition, "
+                     "demo, demo_mc or tiny")

@@ -1,0 +1,143 @@
+"""Video QA evaluation (SPEC_DOWNSTREAM 4.5): multi-clip predictions, accuracy overall and per
+answer type, and one prediction row per question for error analysis.
+
+Questions are identified by their record's ``video_index`` (the 0-based line of the annotation
+file, the original's question id). Answer strings and types are read from the evaluation
+records themselves (:func:`read_questions`), so every process scores the same table.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections import defaultdict
+from typing import Any, Callable, Iterable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from hdvila_jax.data.answers import load_ans2label
+from hdvila_jax.data.pipeline import list_files
+from hdvila_jax.data.records import parse_clip_record
+from hdvila_jax.data.tfrecord_source import TFRecordDataSource
+from hdvila_jax.models import HDVILA
+from hdvila_jax.tasks import Task
+from hdvila_jax.tasks.qa import IMAGE_KEYS, aggregate_logits, qa_accuracy, qa_inputs
+from hdvila_jax.train import sharding
+from hdvila_jax.train.evaluation import gather_to_host
+
+LABEL_KEYS = {"open": "qa_label", "multiple_choice": "mc_answer"}
+TEXT_KEYS = {"open": ("text_input_ids", "text_input_mask"),
+             "multiple_choice": ("mc_text_input_ids", "mc_text_input_mask")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Question:
+    """What a prediction row reports about one question."""
+
+    texts: tuple[str, ...]  # open-ended: (question,); multiple choice: the "question option" texts
+    answer: str  # the answer string (open-ended) or the correct option's text
+    answer_type: str  # "" when the dataset has none (multiple choice)
+
+
+def read_questions(pattern: str, field: str = "data.val_files") -> dict[int, Question]:
+    """``{question id: Question}`` of every record matching ``pattern``."""
+    questions = {}
+    for data in TFRecordDataSource(list_files(pattern, field.removeprefix("data."))):
+        record = parse_clip_record(data)
+        if record.answer_text is not None:
+            answer = record.answer_text
+        elif record.answer is not None:
+            answer = record.texts[record.answer]
+        else:
+            raise ValueError(f"config.{field}: record {record.clip_id} is not a QA record (no answer)")
+        questions[record.video_index] = Question(tuple(record.texts), answer, record.answer_type or "")
+    return questions
+
+
+def make_predict_fn(model: HDVILA, qa_type: str, aggregation: str) -> Callable[[Any, Mapping[str, jax.Array]],
+                                                                             jax.Array]:
+    """Jitted ``(variables, batch) -> prediction [B]``: argmax of the clip-aggregated logits, no dropout."""
+    def predict(variables, batch):
+        inputs, _ = qa_inputs(batch, qa_type)
+        logits = model.apply(variables, inputs, True, method=HDVILA.qa_logits)
+        return jnp.argmax(aggregate_logits(logits, aggregation), axis=-1).astype(jnp.int32)
+    return jax.jit(predict)
+
+
+def qa_metrics(pred: np.ndarray, labels: np.ndarray, types: list[str]) -> dict[str, float]:
+    """``qa_accuracy`` (percent), ``qa_accuracy_<type>`` per non-empty answer type, the number of
+    questions and of answers outside the vocabulary (``labels`` -1, always wrong)."""
+    metrics = {"qa_accuracy": qa_accuracy(pred, labels), "qa_questions": float(len(labels)),
+               "qa_unknown_answers": float(np.sum(labels < 0))}
+    by_type = defaultdict(list)
+    for i, answer_type in enumerate(types):
+        if answer_type:
+            by_type[answer_type].append(i)
+    for answer_type, rows in sorted(by_type.items()):
+        metrics[f"qa_accuracy_{answer_type}"] = qa_accuracy(pred[rows], labels[rows])
+    return metrics
+
+
+def prediction_rows(question_ids: np.ndarray, pred: np.ndarray, labels: np.ndarray,
+                    questions: Mapping[int, Question], label2ans: Mapping[int, str] | None) -> list[dict]:
+    """One dict per question: id, question text(s), predicted and correct answer, type, correctness.
+    ``label2ans`` maps open-ended class indices to answers; None for multiple choice (option index)."""
+    rows = []
+    for qid, p, label in zip(question_ids.tolist(), pred.tolist(), labels.tolist()):
+        question = questions[qid]
+        if label2ans is None:
+            predicted = question.texts[p]
+        else:
+            predicted = label2ans.get(p, f"<unused output {p}>")
+        text = question.texts[0] if label2ans is not None else list(question.texts)
+        rows.append({"question_id": qid, "question": text, "prediction": predicted, "answer": question.answer,
+                     "answer_type": question.answer_type, "correct": bool(p == label and label >= 0)})
+    return rows
+
+
+def evaluate_qa(predict: Callable, variables: Any, batches: Iterable[Mapping[str, np.ndarray]], mesh: Mesh,
+                qa_type: str, questions: Mapping[int, Question],
+                label2ans: Mapping[int, str] | None) -> tuple[dict[str, float], list[dict]]:
+    """Predict every (per-process) batch, gather all processes' predictions, drop padding; return the
+    metrics and the prediction rows (ordered by question id)."""
+    keys = (*IMAGE_KEYS, *TEXT_KEYS[qa_type], LABEL_KEYS[qa_type], "video_index", "valid")
+    preds, labels, ids, valid = [], [], [], []
+    for local in batches:
+        batch = sharding.global_batch({k: local[k] for k in keys}, mesh)
+        preds.append(gather_to_host(predict(variables, batch)))
+        labels.append(gather_to_host(batch[LABEL_KEYS[qa_type]]))
+        ids.append(gather_to_host(batch["video_index"]))
+        valid.append(gather_to_host(batch["valid"]))
+    keep = np.concatenate(valid)
+    order = np.argsort(np.concatenate(ids)[keep], kind="stable")
+    pred, label, qid = (np.concatenate(x)[keep][order] for x in (preds, labels, ids))
+    metrics = qa_metrics(pred, label, [questions[q].answer_type for q in qid.tolist()])
+    return metrics, prediction_rows(qid, pred, label, questions, label2ans)
+
+
+class QAEvaluator:
+    """The QA evaluation of a task on the records ``val_files``: ``(variables, mesh, batches) ->
+    (metrics, prediction rows)``."""
+
+    def __init__(self, task: Task, model: HDVILA, val_files: str, ans2label: str):
+        self.task = task
+        self.predict = make_predict_fn(model, task.qa_type, task.aggregation)
+        self.questions = read_questions(val_files)
+        self.label2ans = None
+        if task.qa_type == "open":
+            self.label2ans = {index: answer for answer, index in load_ans2label(ans2label).items()}
+
+    def __call__(self, variables: Any, mesh: Mesh,
+                 batches: Iterable[Mapping[str, np.ndarray]]) -> tuple[dict[str, float], list[dict]]:
+        return evaluate_qa(self.predict, variables, batches, mesh, self.task.qa_type, self.questions, self.label2ans)
+
+
+def write_predictions(path: str, rows: list[dict]) -> None:
+    """The prediction rows as jsonl (one question per line)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
