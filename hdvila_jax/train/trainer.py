@@ -183,9 +183,13 @@ def initial_state(config: ml_collections.ConfigDict, model_cfg: ModelConfig, mes
                   task: Task) -> tuple[State, str]:
     """The state to start from, following the resume order, and where it came from."""
     target = train_state.abstract_state(config, model_cfg, mesh, optimizer, specs)
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        return checkpointer.restore(latest, target, train_iter), f"resumed from {checkpointer.directory} step {latest}"
+    restored = checkpointer.restore_newest_intact(target, train_iter)
+    if restored is not None:
+        state, step, skipped = restored
+        for line in skipped:
+            logging.warning("damaged checkpoint skipped: %s", line)
+        return state, (f"resumed from {checkpointer.directory} step {step}"
+                       + (f" (skipped damaged: {'; '.join(skipped)})" if skipped else ""))
     if task.fine_tuning:
         variables, origin = fine_tuning_variables(config, model_cfg, mesh, target, task)
         return train_state.new_train_state(config, variables, mesh, specs, optimizer), origin
