@@ -1,4 +1,5 @@
-"""Checkpoints: exact resume after SIGKILL, and the NaN guard never saving bad state."""
+"""Checkpoints: exact resume after SIGKILL and after SIGTERM (save, exit 0), and the NaN guard never
+saving bad state."""
 import os
 import signal
 import subprocess
@@ -25,34 +26,68 @@ def _overrides(root, **extra):
             "data.vocab_file": os.path.join(root, "vocab.txt"), "demo_data_dir": "''", **extra}
 
 
-def test_resume_after_sigkill_is_exact(demo_root, tmp_path):
+@pytest.fixture(scope="module")
+def straight_run(demo_root, tmp_path_factory):
+    """An uninterrupted 4-step run (checkpoints at 2 and 4), its overrides and environment."""
+    tmp = tmp_path_factory.mktemp("straight")
     overrides = _overrides(demo_root, total_steps=4, ckpt_every_steps=2, eval_every_steps=1000)
-    env = train_helpers.subprocess_env(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+    env = train_helpers.subprocess_env(JAX_COMPILATION_CACHE_DIR=str(tmp / "jax_cache"),
                                        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    straight = str(tmp_path / "straight")
-    train_helpers.run_main("configs/stage1.py:tiny", straight, overrides, env)
+    workdir = str(tmp / "straight")
+    train_helpers.run_main("configs/stage1.py:tiny", workdir, overrides, env)
+    return workdir, overrides, env
 
-    killed = str(tmp_path / "killed")
-    # Kill once step 2 is on disk; the final eval and save of step 4 take seconds more.
-    proc = subprocess.Popen(train_helpers.main_command("configs/stage1.py:tiny", killed, overrides),
+
+def _logged_steps(workdir) -> set[int]:
+    path = os.path.join(workdir, "metrics.jsonl")
+    return set(train_helpers.read_metrics(workdir)) if os.path.exists(path) else set()
+
+
+def _interrupt(workdir, overrides, env, signum, ready) -> subprocess.Popen:
+    """Start a run and send ``signum`` once ``ready(workdir)``; returns the finished process."""
+    proc = subprocess.Popen(train_helpers.main_command("configs/stage1.py:tiny", workdir, overrides),
                             env=env, cwd=train_helpers.REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + train_helpers.SUBPROCESS_TIMEOUT
-    while 2 not in train_helpers.steps_on_disk(killed) and proc.poll() is None and time.time() < deadline:
+    while not ready(workdir) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(signum)
     proc.wait()
-    assert train_helpers.steps_on_disk(killed) == [2], "the kill came too late"
-    train_helpers.run_main("configs/stage1.py:tiny", killed, overrides, env)
+    return proc
 
-    one, two = train_helpers.read_metrics(straight), train_helpers.read_metrics(killed)
+
+def _assert_same_run(one_dir, two_dir):
+    one, two = train_helpers.read_metrics(one_dir), train_helpers.read_metrics(two_dir)
     for step in (1, 2, 3, 4):
         for key in ("train/loss", "train/grad_norm", "train/t2v_acc", "train/param_norm"):
             assert two[step][key] == one[step][key], (step, key)
-    a = traverse_util.flatten_dict(train_helpers.checkpoint_params(straight, 4), sep="/")
-    b = traverse_util.flatten_dict(train_helpers.checkpoint_params(killed, 4), sep="/")
+    a = traverse_util.flatten_dict(train_helpers.checkpoint_params(one_dir, 4), sep="/")
+    b = traverse_util.flatten_dict(train_helpers.checkpoint_params(two_dir, 4), sep="/")
     assert a.keys() == b.keys()
     for path in a:
         assert np.array_equal(a[path], b[path]), path
+
+
+def test_resume_after_sigkill_is_exact(straight_run, tmp_path):
+    straight, overrides, env = straight_run
+    killed = str(tmp_path / "killed")
+    # Kill once step 2 is on disk; the final eval and save of step 4 take seconds more.
+    _interrupt(killed, overrides, env, signal.SIGKILL, lambda w: 2 in train_helpers.steps_on_disk(w))
+    assert train_helpers.steps_on_disk(killed) == [2], "the kill came too late"
+    train_helpers.run_main("configs/stage1.py:tiny", killed, overrides, env)
+    _assert_same_run(straight, killed)
+
+
+def test_sigterm_saves_exits_zero_and_resumes_exactly(straight_run, tmp_path):
+    straight, overrides, env = straight_run
+    preempted = str(tmp_path / "preempted")
+    # SIGTERM once step 1 is logged: the step in flight finishes, is saved, and the process exits 0.
+    proc = _interrupt(preempted, overrides, env, signal.SIGTERM, lambda w: 1 in _logged_steps(w))
+    stderr = proc.stderr.read().decode()
+    assert proc.returncode == 0, stderr[-3000:]
+    steps = train_helpers.steps_on_disk(preempted)
+    assert "preempted: checkpoint of step" in stderr and max(steps) < 4, (steps, "the signal came too late")
+    train_helpers.run_main("configs/stage1.py:tiny", preempted, overrides, env)
+    _assert_same_run(straight, preempted)
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(demo_root, tmp_path, monkeypatch):
