@@ -46,12 +46,13 @@ RECIPES = {
                         num_valid=80, outputs=1, type="multiple_choice"),
 }
 RECIPES["tgif_transition"] = dict(RECIPES["tgif_action"])
-# Records (built as data_pipelines/README.md describes) and answer vocabularies.
+# Records (built as data_pipelines/README.md describes: OUT = the folder here), the split validated
+# during training (TGIF-QA has no val split: the original validates on test) and answer vocabularies.
 DATA = {
-    "msrvtt_qa": ("data/msrvtt_qa/records", "data/msrvtt_qa/train_ans2label.json"),
-    "tgif_frame": ("data/tgif_qa/frameqa/records", "data/tgif_qa/frameqa_trainval_ans2label.json"),
-    "tgif_action": ("data/tgif_qa/action/records", ""),
-    "tgif_transition": ("data/tgif_qa/transition/records", ""),
+    "msrvtt_qa": ("data/msrvtt_qa/records", "val", "data/msrvtt_qa/train_ans2label.json"),
+    "tgif_frame": ("data/tgif_qa/frameqa/records", "test", "data/tgif_qa/frameqa_trainval_ans2label.json"),
+    "tgif_action": ("data/tgif_qa/action/records", "test", ""),
+    "tgif_transition": ("data/tgif_qa/transition/records", "test", ""),
 }
 
 
@@ -82,7 +83,7 @@ def _qa_base(variant: str, qa_type: str, aggregation: str) -> ml_collections.Con
 def _paper(name: str) -> ml_collections.ConfigDict:
     recipe = RECIPES[name]
     config = _qa_base("paper", recipe["type"], recipe["agg"])
-    records, ans2label = DATA[name]
+    records, val_split, ans2label = DATA[name]
     config.model.crop_size = recipe["crop"]
     config.model.num_qa_outputs = recipe["outputs"]
     config.model.max_position_embeddings = 512
@@ -90,7 +91,7 @@ def _paper(name: str) -> ml_collections.ConfigDict:
     config.data.max_txt_len = recipe["max_txt_len"]
     config.data.train_n_clips, config.data.inference_n_clips = 1, 8
     config.data.train_files = f"{records}/train-*.tfrecord"
-    config.data.val_files = f"{records}/val-*.tfrecord"
+    config.data.val_files = f"{records}/{val_split}-*.tfrecord"
     config.data.vocab_file = "data/bert-base-uncased/vocab.txt"
     config.data.ans2label = ans2label
     config.batch_size = recipe["batch"][0] * ORIGINAL_GPUS * ACCUM
@@ -128,6 +129,7 @@ def _demo(qa_type: str) -> ml_collections.ConfigDict:
     config.ckpt_every_steps = 50
     config.eval_every_steps = 50
     config.optimizer = qa_optimizer(2e-4, 1e-4, "warmup_linear", (), warmup=0.1)
+    config.optimizer.groups.transformer.lr = 1e-3  # the new head starts from scratch (at 2e-4 it barely moved)
     return config
 
 

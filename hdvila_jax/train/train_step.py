@@ -48,15 +48,22 @@ def split_micro_batches(batch: Batch, k: int, mesh: Mesh) -> Batch:
 def accumulate_grads(trainable: dict, micro: Batch, weights: jax.Array, rng: jax.Array,
                      loss_fn: Callable) -> tuple[jax.Array, jax.Array, dict]:
     """``(sum_i w_i loss_i, sum_i w_i metric_i, its gradient)`` over the micro-batches ``micro``
-    (``[k, ...]`` leaves), one micro-batch at a time; ``loss_fn(trainable, batch, rng) -> (loss, metric)``."""
-    def accumulate(acc, xs):
-        b, r, w = xs
-
+    (``[k, ...]`` leaves), one micro-batch at a time; ``loss_fn(trainable, batch, rng) -> (loss, metric)``.
+    One micro-batch runs without a loop (XLA:CPU runs a model's backward pass inside a while loop
+    several times slower)."""
+    def weighted_grads(b, r, w):
         def weighted(tr):
             loss, metric = loss_fn(tr, b, r)
             return loss * w, metric * w
+        return jax.value_and_grad(weighted, has_aux=True)(trainable)
 
-        (loss, metric), grads = jax.value_and_grad(weighted, has_aux=True)(trainable)
+    if len(weights) == 1:
+        (loss, metric), grads = weighted_grads(jax.tree.map(lambda x: x[0], micro), jax.random.split(rng, 1)[0],
+                                               weights[0])
+        return loss, metric, grads
+
+    def accumulate(acc, xs):
+        (loss, metric), grads = weighted_grads(*xs)
         g_acc, l_acc, m_acc = acc
         return (jax.tree.map(jnp.add, g_acc, grads), l_acc + loss, m_acc + metric), None
 
