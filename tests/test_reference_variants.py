@@ -1,12 +1,13 @@
-"""Parity on fixtures beyond the two shared ones, made here by the PyTorch port of the original model.
+"""Parity on fixtures beyond the shared ones, made here by the PyTorch port of the original model.
 
 ``tests/torch_reference`` re-implements the original HD-VILA forward pass (same module tree, state_dict keys
 and computations); ``test_torch_port_reproduces_shared_fixtures`` shows it reproduces the shared fixtures.
 Each variant (other seeds, frame sizes incl. the native 640x1024 grid, batch sizes, clip counts, score
 aggregations, ResNet depths, bert_mean) is written to a temporary folder and checked by the very checks of
 ``tests/reference_fixtures.py`` that ``test_reference_parity.py`` runs, with the same tolerances. The
-retrieval task variants (``task="retrieval"``: other frame counts F, batch sizes, clip counts, 640x1024)
-are checked like ``test_task_parity.py`` checks the shared task fixtures.
+task variants are checked like the shared task fixtures: retrieval (other frame counts F, batch sizes, clip
+counts, 640x1024) and video QA (clip aggregations mean / max / lse, 1-3 clips, batch 1-3), open-ended (``qa``:
+3 or 11 answers, 640x1024) and multiple choice (``mc``: 3 or 5 choices).
 """
 import functools
 import pathlib
@@ -17,7 +18,8 @@ pytest.importorskip("torch")
 
 from tests.reference_fixtures import (DEFAULT_ROOT, DEFAULT_TASK_ROOT, check_gradient_norms, check_outputs,  # noqa: E402
                                      fixture_dirs, task_name)
-from tests.torch_reference.make_fixture import fixture_roundoff, make_fixture, reproduce_fixture  # noqa: E402
+from tests.torch_reference.make_fixture import (TASK_STAGE, fixture_roundoff, make_fixture,  # noqa: E402
+                                                reproduce_fixture)
 
 # The port runs the original's computation op for op: it must match the shared fixtures to round-off.
 # Gradients: |L2 diff| <= PORT_RTOL * L2 + PORT_ATOL_FRACTION * (largest L2), and the signed sums
@@ -43,6 +45,8 @@ VARIANTS = {
     "s2_640x1024_b1c1": dict(stage=2, hw=(640, 1024), batch=1, clips=1, resnet_depth=18, seed=17),
 }
 RETRIEVAL = dict(task="retrieval", stage=1, resnet_depth=18)
+QA = dict(task="qa", resnet_depth=18)
+MC = dict(task="mc", resnet_depth=18)
 TASK_VARIANTS = {
     # F != 7: time_embed resized linearly to F, the TimeSformer output kept at index (F-1)/2.
     # Seed 4 put one HR ResNet ReLU input 3e-7 rms from its kink: our float32 landed on the other side (1.7e-3 on
@@ -50,11 +54,20 @@ TASK_VARIANTS = {
     "retrieval_f11_b3c2": dict(RETRIEVAL, frames=11, batch=3, clips=2, seed=7),
     "retrieval_f13_b2c1": dict(RETRIEVAL, frames=13, batch=2, clips=1, seed=7),
     "retrieval_640x1024_b2c1": dict(RETRIEVAL, hw=(640, 1024), batch=2, clips=1, seed=17),
+    # Video QA: score_agg is the clip aggregation of the [K, B, C] logits, answers the answers / choices C. Each
+    # aggregation also runs over several clips (with one clip all three are the identity): max and mean here, lse
+    # in the shared qa_tiny and at 640x1024; mc over two clips is the shared mc_tiny. The 640x1024 seed: 31 came
+    # near make_fixture's refusal threshold (reference gradient round-off 1.1e-4 of 2.5e-4), 33 gives 4.0e-5.
+    "qa_max_a11_b1c3": dict(QA, score_agg="max", answers=11, batch=1, clips=3, seed=31),
+    "qa_mean_a3_b3c1": dict(QA, score_agg="mean", answers=3, batch=3, clips=1, seed=31),
+    "mc_mean_n5_b2c3": dict(MC, score_agg="mean", answers=5, batch=2, clips=3, seed=31),
+    "mc_lse_n3_b3c1": dict(MC, score_agg="lse", answers=3, batch=3, clips=1, seed=31),
+    "qa_640x1024_lse_b1c2": dict(QA, score_agg="lse", answers=11, batch=1, clips=2, hw=(640, 1024), seed=33),
 }
-SLOW = {"retrieval_640x1024_b2c1"}
+SLOW = {"retrieval_640x1024_b2c1", "qa_640x1024_lse_b1c2"}
 ALL_VARIANTS = {**VARIANTS, **TASK_VARIANTS}
-# The port is checked against the shared pretraining fixtures and the shared retrieval task fixtures.
-SHARED = fixture_dirs(DEFAULT_ROOT) + [f for f in fixture_dirs(DEFAULT_TASK_ROOT) if task_name(f) == "retrieval"]
+# The port is checked against the shared pretraining fixtures and the shared task fixtures of the tasks it writes.
+SHARED = fixture_dirs(DEFAULT_ROOT) + [f for f in fixture_dirs(DEFAULT_TASK_ROOT) if task_name(f) in TASK_STAGE]
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,14 @@
     python -m tests.torch_reference.make_fixture --out DIR --stage 2 --hw 128 192 --batch 2 --clips 2 \
         --seq 12 --resnet-depth 18 --score-agg mean --bert-mean 0 --seed 3
     python -m tests.torch_reference.make_fixture --out DIR --task retrieval --frames 11 --batch 4 --clips 3
+    python -m tests.torch_reference.make_fixture --out DIR --task qa --score-agg mean --answers 11 --clips 3
+    python -m tests.torch_reference.make_fixture --out DIR --task mc --score-agg lse --answers 5
     python -m tests.torch_reference.make_fixture --check ../shared/fixtures/stage1_tiny   # port vs a fixture
 
-``--task retrieval`` writes a downstream task fixture (``../shared/fixtures/tasks`` format: stage 1, the
-retrieval loss at temperature 0.08, the MSRVTT multiple-choice inputs and outputs, no ResNet stage maps).
+``--task`` writes a downstream task fixture (``../shared/fixtures/tasks`` format, no ResNet stage maps):
+``retrieval`` (stage 1, the retrieval loss at temperature 0.08, the MSRVTT multiple-choice inputs and outputs);
+``qa`` / ``mc`` (the stage-2 video QA models, ``--answers`` answers or choices, the training loop's loss with
+the clip aggregation ``--score-agg``, the original's ``score_agg_func``).
 
 A fixture folder's weights are rebuilt by the ``recipe.py`` in its parent directory, so ``make_fixture``
 copies the shared ``recipe.py`` next to the folder it writes.
@@ -26,7 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tests.torch_reference.model import HDVILA, make_config, recording
+from tests.torch_reference.model import (HDVILA, HDVILAForMultipleChoice, HDVILAForPreTraining,
+                                         HDVILAForSequenceClassification, make_config, make_qa_config, recording)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SHARED_RECIPE = pathlib.Path(os.environ.get("HDVILA_FIXTURE_RECIPE",
@@ -39,9 +44,20 @@ RETRIEVAL_TASK = dict(name="retrieval", script="src/tasks/run_video_retrieval.py
                       loss="NCEContrastiveLoss: S = vis_features @ text_features^T / temp; CE(S, arange) + "
                            "CE(S^T, arange), each averaged over rows, summed (no 0.5)",
                       temp=RETRIEVAL_TEMPERATURE, msrvtt_mc_choices=MSRVTT_MC_CHOICES)
+# Video QA (run_video_qa.py): open-ended (qa) and multiple choice (mc, TGIF Action / Transition).
+QA_LOSS = ("clip aggregation + softmax CE over {}, batch mean (lse: logsumexp_{{k,c}} z - logsumexp_k z[k, label]; "
+           "mean/max: CE on the clip mean/max)")
+QA_SCRIPT = "src/tasks/run_video_qa.py (setup_model, start_training, validate)"
+QA_TASKS = dict(qa=dict(name="qa", script=QA_SCRIPT, model_class="HDVILAForSequenceClassification", stage=2,
+                        loss=QA_LOSS.format("num_labels")),
+                mc=dict(name="mc", script=QA_SCRIPT + ", task action/transition", model_class="HDVILAForMultipleChoice",
+                        stage=2, loss=QA_LOSS.format("the choices")))
+TRANSFORMER_CLS = dict(qa=HDVILAForSequenceClassification, mc=HDVILAForMultipleChoice)
+QA_AGGREGATIONS = ("mean", "max", "lse")
 # Task fixtures leave out the large ResNet stage maps (the pretraining fixtures cover them).
 TASK_OMITTED_OUTPUTS = ("hr_stage3", "hr_stage4", "lr_stage3")
 MODEL_INPUTS = ("img_middle", "img_other", "text_input_ids", "text_input_mask", "mlm_labels")
+TASK_STAGE = dict(retrieval=1, qa=2, mc=2)
 ALIASES = {"transformer.cls.predictions.decoder.bias": "transformer.cls.predictions.bias"}
 # A fixture whose float32 values are further than this from the same computation in float64 is refused:
 # a quarter of the parity test's tolerances (outputs 1e-4, gradient L2 norms 1e-3), so that the reference's
@@ -74,13 +90,21 @@ def make_text(rng: np.random.Generator, rows: int, seq: int, vocab_size: int):
 
 
 def make_inputs(stage: int, hw, batch: int, clips: int, seq: int, vocab_size: int, input_seed: int,
-                frames: int = 7, mc_choices: int = 0):
+                frames: int = 7, task: str | None = None, answers: int = 0):
     """Random 0..255 integer-valued frames (1 HR + ``frames - 1`` LR per clip), [CLS]-led token ids with
-    padding, stage-2 MLM labels; with ``mc_choices``, also ``mc_choices`` MSRVTT-MC captions per video."""
+    padding, and per ``task``: none, stage-2 MLM labels; ``retrieval``, MSRVTT-MC captions per video; ``qa``,
+    labels in [0, ``answers``); ``mc``, ``answers`` texts per video ([B, answers, L]) and the labels."""
     h, w = hw
     rng = np.random.default_rng(input_seed)
     inputs = dict(img_middle=rng.integers(0, 256, (batch, clips, 3, h, w)).astype(np.float32),
                   img_other=rng.integers(0, 256, (batch, clips, frames - 1, 3, h // 4, w // 4)).astype(np.float32))
+    if task in QA_TASKS:
+        rows = batch * answers if task == "mc" else batch
+        ids, mask, _ = make_text(rng, rows, seq, vocab_size)
+        if task == "mc":
+            ids, mask = ids.reshape(batch, answers, seq), mask.reshape(batch, answers, seq)
+        return dict(inputs, text_input_ids=ids, text_input_mask=mask,
+                    labels=rng.integers(0, answers, batch).astype(np.int64))
     ids, mask, lengths = make_text(rng, batch, seq, vocab_size)
     inputs.update(text_input_ids=ids, text_input_mask=mask)
     if stage == 2:
@@ -97,17 +121,19 @@ def make_inputs(stage: int, hw, batch: int, clips: int, seq: int, vocab_size: in
                 elif u < 0.9:
                     ids[row, pos] = int(rng.integers(FIRST_WORD_ID, vocab_size))
         inputs["mlm_labels"] = labels
-    if mc_choices:
-        ids, mask, _ = make_text(rng, batch * mc_choices, seq, vocab_size)
-        inputs.update(msrvtt_mc_text_input_ids=ids.reshape(batch, mc_choices, seq),
-                      msrvtt_mc_text_input_mask=mask.reshape(batch, mc_choices, seq),
-                      msrvtt_mc_answer=rng.integers(0, mc_choices, batch).astype(np.int64))
+    if task == "retrieval":
+        ids, mask, _ = make_text(rng, batch * MSRVTT_MC_CHOICES, seq, vocab_size)
+        inputs.update(msrvtt_mc_text_input_ids=ids.reshape(batch, MSRVTT_MC_CHOICES, seq),
+                      msrvtt_mc_text_input_mask=mask.reshape(batch, MSRVTT_MC_CHOICES, seq),
+                      msrvtt_mc_answer=rng.integers(0, MSRVTT_MC_CHOICES, batch).astype(np.int64))
     return inputs
 
 
-def build_model(config: dict, stage: int, state_dict: dict[str, np.ndarray]) -> HDVILA:
-    model = HDVILA(config, stage=stage)
-    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()}, strict=True)
+def build_model(config: dict, stage: int, state_dict: dict[str, np.ndarray] | None, task: str | None = None) -> HDVILA:
+    """The original's model for ``task`` (its ``transformer_cls``) in eval mode, with ``state_dict`` if given."""
+    model = HDVILA(config, stage=stage, transformer_cls=TRANSFORMER_CLS.get(task, HDVILAForPreTraining))
+    if state_dict is not None:
+        model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()}, strict=True)
     return model.eval()
 
 
@@ -120,26 +146,56 @@ def msrvtt_multiple_choice(model: HDVILA, vis_features: torch.Tensor, ids: np.nd
     return dict(msrvtt_mc_text_features=text, msrvtt_mc_scores=scores, msrvtt_mc_pred=scores.argmax(dim=1))
 
 
-def run_reference(model: HDVILA, inputs: dict[str, np.ndarray], dtype=np.float32, task: str | None = None):
-    """One eval-mode forward + backward of the loss (the stage loss, or ``task``'s): (outputs by fixture name,
-    grad_norms.json dict)."""
+def video_qa_loss(logits: torch.Tensor, labels: torch.Tensor, agg: str) -> dict[str, torch.Tensor]:
+    """run_video_qa.py's clip aggregation (``validate``) and training loss (``start_training``) of [K, B, C]
+    logits: ``agg_logits``, ``pred``, ``loss_per_example``, ``loss``."""
+    per_clip = logits.permute(1, 0, 2).contiguous()  # (B, K, C)
+    if agg == "mean":
+        agg_logits = logits.mean(0)
+    elif agg == "max":
+        agg_logits = logits.max(0)[0]
+    elif agg == "lse":
+        agg_logits = torch.logsumexp(per_clip, dim=1)
+    else:
+        raise ValueError(f"agg must be one of {QA_AGGREGATIONS}, got {agg!r}")
+    if agg == "lse":
+        out = torch.logsumexp(per_clip.view(per_clip.shape[0], -1), dim=-1, keepdim=True) - agg_logits
+        per_example = torch.gather(out, -1, labels.view(-1, 1))[:, 0]
+    else:
+        per_example = F.cross_entropy(agg_logits, labels, reduction="none")  # calc_loss, loss_type "ce"
+    return dict(agg_logits=agg_logits, pred=agg_logits.argmax(dim=-1), loss_per_example=per_example,
+                loss=per_example.mean())
+
+
+def run_reference(model: HDVILA, inputs: dict[str, np.ndarray], dtype=np.float32, task: dict | None = None):
+    """One eval-mode forward + backward of the loss (the stage loss, or that of ``task``, a fixture's ``task``
+    object): (outputs by fixture name, grad_norms.json dict)."""
     model.zero_grad(set_to_none=True)
+    kind = task["name"] if task else None
     torch_inputs = {k: torch.from_numpy(v) for k, v in inputs.items() if k in MODEL_INPUTS}
+    if kind == "mc":  # VideoQACollator: the options of question b are text rows b * C + i
+        for k in ("text_input_ids", "text_input_mask"):
+            torch_inputs[k] = torch_inputs[k].flatten(0, 1)
     with recording() as taps:
         out = model(**torch_inputs)
-    if task == "retrieval":
+    if kind is not None:
+        for name in TASK_OMITTED_OUTPUTS:
+            del taps[name]
+    if kind in QA_TASKS:
+        results = dict(logits=out["logits"],
+                       **video_qa_loss(out["logits"], torch.from_numpy(inputs["labels"]), task["agg"]))
+        loss = results["loss"]
+    elif kind == "retrieval":
         sim = torch.matmul(out["vis_features"], out["text_features"].permute(1, 0)) / RETRIEVAL_TEMPERATURE
         labels = torch.arange(sim.shape[0])
         loss = F.cross_entropy(sim, labels) + F.cross_entropy(sim.permute(1, 0), labels)
         results = dict(text_features=out["text_features"], vis_features=out["vis_features"],
                        sim_t2v=torch.matmul(out["text_features"], out["vis_features"].permute(1, 0)), loss=loss)
-        for name in TASK_OMITTED_OUTPUTS:
-            del taps[name]
         with torch.no_grad():
             results.update(msrvtt_multiple_choice(model, out["vis_features"], inputs["msrvtt_mc_text_input_ids"],
                                                   inputs["msrvtt_mc_text_input_mask"]))
-    elif task is not None:
-        raise ValueError(f"the port writes retrieval task fixtures only, not {task!r}")
+    elif kind is not None:
+        raise ValueError(f"unknown task {kind!r}")
     elif model.stage == 1:
         t2v = torch.matmul(out["text_features"], out["vis_features"].permute(1, 0)) / STAGE1_TEMPERATURE
         labels = torch.arange(t2v.shape[0])
@@ -169,7 +225,7 @@ class FragileFixtureError(ValueError):
 
 
 def roundoff(model: HDVILA, inputs: dict[str, np.ndarray], outputs: dict, grads: dict, perturbed_runs: int = 2,
-             task: str | None = None):
+             task: dict | None = None):
     """How fragile a float32 reference is: (worst output relative error vs float64, worst gradient-L2 relative
     error vs float64 over parameters above 1e-6 of the largest norm, their names).
 
@@ -203,15 +259,17 @@ def roundoff(model: HDVILA, inputs: dict[str, np.ndarray], outputs: dict, grads:
     return out_err[worst_out], grad_err.get(worst_grad, 0.0), worst_out, worst_grad
 
 
-def make_fixture(out: os.PathLike, *, stage: int = 1, hw=(128, 192), batch: int = 2, clips: int = 2,
+def make_fixture(out: os.PathLike, *, stage: int | None = None, hw=(128, 192), batch: int = 2, clips: int = 2,
                  seq: int = 12, resnet_depth: int = 50, score_agg: str = "lse", bert_mean: int = 1, seed: int = 0,
                  input_seed: int | None = None, preset: str = "tiny", recipe_path: os.PathLike = SHARED_RECIPE,
                  check_roundoff: bool = True, verbose: bool = False, task: str | None = None, frames: int = 7,
-                 **config_overrides) -> pathlib.Path:
+                 answers: int = 5, **config_overrides) -> pathlib.Path:
     """Write one fixture folder ``out`` (config.json, weights.json, inputs.npz, outputs.npz, grad_norms.json).
 
-    ``task="retrieval"`` writes a downstream task fixture (stage 1; ``config.json`` gets the ``task`` object);
-    ``frames`` is F, the frames per clip (1 HR + F - 1 LR).
+    ``task`` (``retrieval``, ``qa`` or ``mc``) writes a downstream task fixture (``config.json`` gets the ``task``
+    object; ``stage`` defaults to the task's, else to 1). ``frames`` is F, the frames per clip (1 HR + F - 1 LR).
+    qa / mc: ``answers`` is C, the answers (``num_labels``) or choices, and ``score_agg`` the clip aggregation
+    of the logits (the model config has no ``score_agg_func`` or ``bert_mean`` then).
 
     With ``check_roundoff`` the float32 reference is also run in float64 and refused (:class:`FragileFixtureError`,
     nothing written) if its outputs or gradient L2 norms differ by more than ``FRAGILE_OUTPUT_RTOL`` /
@@ -220,26 +278,40 @@ def make_fixture(out: os.PathLike, *, stage: int = 1, hw=(128, 192), batch: int 
     h, w = hw
     if h % 64 or w % 64:
         raise ValueError(f"frame size {hw}: both sides must be multiples of 64")
-    if task is not None and (task != "retrieval" or stage != 1):
-        raise ValueError(f"the port writes stage-1 retrieval task fixtures only, not task {task!r} at stage {stage}")
+    if task is not None and task not in TASK_STAGE:
+        raise ValueError(f"task must be one of {tuple(TASK_STAGE)}, got {task!r}")
+    stage = TASK_STAGE.get(task, 1) if stage is None else stage
+    if task is not None and stage != TASK_STAGE[task]:
+        raise ValueError(f"task {task!r} is a stage-{TASK_STAGE[task]} model, not stage {stage}")
+    if task in QA_TASKS and (score_agg not in QA_AGGREGATIONS or answers < 2):
+        raise ValueError(f"task {task!r} needs score_agg in {QA_AGGREGATIONS} and answers >= 2")
     if stage == 1 and batch < 2:
         warnings.warn("stage 1 with batch 1: InfoNCE over a single pair is identically 0, so is every gradient")
     out = pathlib.Path(out)
     input_seed = seed + 1 if input_seed is None else input_seed
     if task == "retrieval":
         config_overrides = dict(config_overrides, bert_frozen_stage=-1)
-    config = make_config(**dict(TINY if preset == "tiny" else {}, **config_overrides), resnet_depth=resnet_depth,
-                         score_agg_func=score_agg, bert_mean=int(bert_mean), stage=stage)
+        task_meta = dict(RETRIEVAL_TASK, frames=frames)
+    elif task in QA_TASKS:
+        task_meta = dict(QA_TASKS[task], frames=frames, agg=score_agg,
+                         **{"num_labels" if task == "qa" else "num_choices": answers})
+    else:
+        task_meta = None
+    base = dict(TINY if preset == "tiny" else {}, **config_overrides)
+    if task in QA_TASKS:
+        config = make_qa_config(answers, **base, resnet_depth=resnet_depth, stage=stage)
+    else:
+        config = make_config(**base, resnet_depth=resnet_depth, score_agg_func=score_agg, bert_mean=int(bert_mean),
+                             stage=stage)
     recipe = load_recipe(recipe_path)
-    model = HDVILA(config, stage=stage)
+    model = build_model(config, stage, None, task)
     named_shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
     weights = recipe.make_recipe(named_shapes, seed, ALIASES)
-    model = build_model(config, stage, recipe.draw(weights["tensors"], weights["seed"]))
-    inputs = make_inputs(stage, hw, batch, clips, seq, config["vocab_size"], input_seed, frames,
-                         MSRVTT_MC_CHOICES if task == "retrieval" else 0)
-    outputs, grads = run_reference(model, inputs, task=task)
+    model = build_model(config, stage, recipe.draw(weights["tensors"], weights["seed"]), task)
+    inputs = make_inputs(stage, hw, batch, clips, seq, config["vocab_size"], input_seed, frames, task, answers)
+    outputs, grads = run_reference(model, inputs, task=task_meta)
     if check_roundoff:
-        out_err, grad_err, worst_out, worst_grad = roundoff(model, inputs, outputs, grads, task=task)
+        out_err, grad_err, worst_out, worst_grad = roundoff(model, inputs, outputs, grads, task=task_meta)
         report = (f"{out.name}: float32 reference (and perturbed reruns) vs float64: outputs {out_err:.1e} ({worst_out}), "
                   f"gradient L2 norms {grad_err:.1e} ({worst_grad})")
         if verbose:
@@ -258,8 +330,8 @@ def make_fixture(out: os.PathLike, *, stage: int = 1, hw=(128, 192), batch: int 
                            params_without_grad=grads["params_without_grad"]),
                 source="PyTorch port of the original HD-VILA model (tests/torch_reference), eval mode "
                        "(no dropout, no drop-path, no token sampling), weights from weights.json")
-    if task == "retrieval":
-        meta["task"] = dict(RETRIEVAL_TASK, frames=frames)
+    if task_meta:
+        meta["task"] = task_meta
     (out / "config.json").write_text(json.dumps(meta, indent=1))
     (out / "weights.json").write_text(json.dumps(weights))
     (out / "grad_norms.json").write_text(json.dumps(grads))
@@ -271,14 +343,16 @@ def make_fixture(out: os.PathLike, *, stage: int = 1, hw=(128, 192), batch: int 
 
 
 def _load(folder: pathlib.Path):
-    """(model, inputs, task name or None) of a fixture folder."""
+    """(model, inputs, ``task`` object or None) of a fixture folder."""
     meta = json.loads((folder / "config.json").read_text())
     recipe_path = folder.parent / "recipe.py"
     recipe = load_recipe(recipe_path if recipe_path.exists() else SHARED_RECIPE)
-    model = build_model(meta["config"], meta["stage"], recipe.rebuild_state_dict(str(folder)))
+    task = meta.get("task")
+    model = build_model(meta["config"], meta["stage"], recipe.rebuild_state_dict(str(folder)),
+                        task and task["name"])
     with np.load(folder / "inputs.npz") as f:
         inputs = {k: f[k] for k in f.files}
-    return model, inputs, meta.get("task", {}).get("name")
+    return model, inputs, task
 
 
 def fixture_roundoff(folder: os.PathLike):
@@ -324,15 +398,17 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--check", nargs="+", metavar="FIXTURE", help="only compare the port with existing fixtures")
     p.add_argument("--out")
-    p.add_argument("--stage", type=int, default=1, choices=(1, 2))
+    p.add_argument("--stage", type=int, choices=(1, 2), help="default: the task's, else 1")
     p.add_argument("--hw", type=int, nargs=2, default=(128, 192), metavar=("H", "W"))
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--clips", type=int, default=2)
     p.add_argument("--seq", type=int, default=12)
     p.add_argument("--frames", type=int, default=7, help="F, frames per clip (1 HR + F-1 LR)")
-    p.add_argument("--task", choices=("retrieval",), help="write a downstream task fixture (stage 1)")
+    p.add_argument("--task", choices=tuple(TASK_STAGE), help="write a downstream task fixture")
+    p.add_argument("--answers", type=int, default=5, help="qa: num_labels; mc: choices per question")
     p.add_argument("--resnet-depth", type=int, default=50, choices=(18, 34, 50, 101, 152))
-    p.add_argument("--score-agg", default="lse", choices=("lse", "mean", "max"))
+    p.add_argument("--score-agg", default="lse", choices=QA_AGGREGATIONS,
+                   help="stage-2 score_agg_func, or the qa / mc clip aggregation")
     p.add_argument("--bert-mean", type=int, default=1, choices=(0, 1))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--input-seed", type=int)
@@ -368,7 +444,7 @@ def main(argv=None):
     folder = make_fixture(a.out, stage=a.stage, hw=tuple(a.hw), batch=a.batch, clips=a.clips, seq=a.seq,
                           resnet_depth=a.resnet_depth, score_agg=a.score_agg, bert_mean=a.bert_mean, seed=a.seed,
                           input_seed=a.input_seed, check_roundoff=not a.no_roundoff_check,
-                          verbose=True, task=a.task, frames=a.frames, **overrides)
+                          verbose=True, task=a.task, frames=a.frames, answers=a.answers, **overrides)
     print(f"wrote {folder}")
 
 

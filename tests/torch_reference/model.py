@@ -1,4 +1,8 @@
-"""HD-VILA of the original (``e2e_model.py`` + ``modeling_stage.py``), eval mode, with named taps."""
+"""HD-VILA of the original (``e2e_model.py`` + ``modeling_stage.py``), eval mode, with named taps.
+
+``HDVILA(config, stage, transformer_cls)`` as the original: ``HDVILAForPreTraining`` (pretraining, retrieval) or
+the video QA models ``HDVILAForSequenceClassification`` (open-ended) / ``HDVILAForMultipleChoice``.
+"""
 import types
 
 import torch
@@ -34,6 +38,20 @@ def make_config(**overrides):
     if "backbone_channel_in_size" not in overrides:
         cfg["backbone_channel_in_size"] = cfg["backbone_channels"][-1]
     return cfg
+
+
+# run_video_qa.py (setup_model) builds its config from the base model JSON plus these attributes, without the
+# pretraining / retrieval ones.
+QA_ATTRIBUTES = dict(classifier="mlp", cls_hidden_scale=2, loss_type="ce")
+NOT_IN_QA_CONFIG = ("bert_mean", "use_itc", "score_agg_func", "pixel_random_sampling_size")
+
+
+def make_qa_config(num_labels, **overrides):
+    """The config of a video QA model (``num_labels``: answers, or choices for multiple choice)."""
+    cfg = make_config(**overrides)
+    for key in NOT_IN_QA_CONFIG:
+        del cfg[key]
+    return dict(cfg, num_labels=num_labels, **QA_ATTRIBUTES)
 
 
 class VisualInputEmbedding(nn.Module):
@@ -163,11 +181,63 @@ class HDVILAForPreTraining(nn.Module):
                     itm_loss=itm_loss, text_features=text_features, vis_features=vis_features)
 
 
+class VideoQAModel(nn.Module):
+    """What the original's ``HDVILAForSequenceClassification`` and ``HDVILAForMultipleChoice`` share (they
+    duplicate it): the stage-2 encoder and ``classifier`` (Linear D->2D, ReLU, Linear 2D->out) on every clip's
+    pooler2 output (after dropout, inactive in eval mode)."""
+
+    def __init__(self, config, num_outputs):
+        super().__init__()
+        self.config = config
+        self.bert = HDVILABaseModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Sequential(nn.Linear(config.hidden_size, config.hidden_size * 2), nn.ReLU(True),
+                                        nn.Linear(config.hidden_size * 2, num_outputs))
+
+    def scores(self, visual_inputs, text_input_ids, text_input_mask):
+        """visual_inputs (clips, B, 1, H, W, D); text (R, Lt) with R a multiple of B -> head output
+        (clips, R, out). Each clip's visual tokens are repeated R / B times in a row (``repeat_tensor_rows_num``)."""
+        clip_num, b, frm_num, h, w, c = visual_inputs.shape
+        text_input_ids, _ = self.bert.forward_stage1(text_input_ids, text_input_mask)  # pooler1 output discarded
+        tap("text_seq_stage1", text_input_ids)
+        text_input_ids = text_input_ids.repeat(clip_num, 1, 1)  # clip-major: row = clip * R + r
+        text_input_mask = text_input_mask.repeat(clip_num, 1)
+        visual_inputs = visual_inputs.reshape(clip_num * b, frm_num, h, w, c)
+        visual_inputs = visual_inputs.repeat_interleave(text_input_ids.shape[0] // visual_inputs.shape[0], dim=0)
+        _, pooled_output = self.bert.forward_stage2(clip_num, text_input_ids, visual_inputs, text_input_mask)
+        hidden = self.classifier[1](self.classifier[0](self.dropout(tap("head_in", pooled_output))))
+        return self.classifier[2](tap("head_hidden", hidden))
+
+
+class HDVILAForSequenceClassification(VideoQAModel):
+    """Open-ended video QA: logits (clips, B, num_labels)."""
+
+    def __init__(self, config):
+        super().__init__(config, config.num_labels)
+
+    def forward(self, visual_inputs, text_input_ids, text_input_mask, **kwargs):
+        """text (B, Lt)."""
+        return dict(logits=self.scores(visual_inputs, text_input_ids, text_input_mask))
+
+
+class HDVILAForMultipleChoice(VideoQAModel):
+    """Multiple-choice video QA (``num_labels`` = choices): one score per option, logits (clips, B, num_labels)."""
+
+    def __init__(self, config):
+        super().__init__(config, 1)
+
+    def forward(self, visual_inputs, text_input_ids, text_input_mask, **kwargs):
+        """text (B * num_labels, Lt), row b * num_labels + i: question b with option i."""
+        clip_num, b = visual_inputs.shape[:2]
+        logits = self.scores(visual_inputs, text_input_ids, text_input_mask)
+        return dict(logits=logits.view(clip_num, b, self.config.num_labels))
+
+
 class HDVILA(nn.Module):
     mean_value = [123.675, 116.28, 103.53]
     std_value = [58.395, 57.12, 57.375]
 
-    def __init__(self, config, stage=2):
+    def __init__(self, config, stage=2, transformer_cls=HDVILAForPreTraining):
         super().__init__()
         assert stage in (1, 2)
         config = types.SimpleNamespace(**dict(config, stage=stage))
@@ -183,7 +253,7 @@ class HDVILA(nn.Module):
                                        embed_dim=config.hidden_size, num_heads=config.timesformer_heads)
         self.grid_encoder_combine = nn.Sequential(
             nn.Conv2d(2 * config.hidden_size, config.hidden_size, kernel_size=1, bias=False), nn.GELU())
-        self.transformer = HDVILAForPreTraining(config)
+        self.transformer = transformer_cls(config)
 
     def normalize(self, images):
         mean = torch.tensor(self.mean_value).view(1, 3, 1, 1).type_as(images)
