@@ -29,5 +29,8 @@ setup(
     extras_require={
         "test": ["pytest", "torch==2.13.0"],
         "convert": ["torch==2.13.0"],
+        # Beam preprocessing (data_pipelines/beam_pipeline.py). Not in "test": it pulls protobuf,
+        # pyarrow and pillow one major version down (see data_pipelines/README.md).
+        "beam": ["apache-beam>=2.77"],
     },
 )

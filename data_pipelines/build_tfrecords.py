@@ -38,12 +38,12 @@ from data_pipelines import build_report
 from data_pipelines import frame_folders
 from data_pipelines.annotations import BadInput, ClipSpec, read_clip_annotations, read_hdvila100m_annotations
 from data_pipelines.answer_vocab import build_ans2label, write_ans2label
-from hdvila_jax.data.answers import AnswerVocabError, load_ans2label
 from data_pipelines.clip_encoder import GEOMETRIES, BuildOptions, ClipResult, encode_clip, encode_clips, frame_source
 from data_pipelines.clip_plan import MIDDLE_LAYOUTS
 from data_pipelines.downstream_annotations import read_msrvtt_mc_annotations, read_retrieval_annotations
 from data_pipelines.qa_annotations import OPEN_ENDED_FORMATS, QA_FORMATS, READERS, select_answers
 from data_pipelines.shard_writer import ShardWriter, read_sidecar, shard_finished, shard_path, shard_ranges
+from hdvila_jax.data.answers import AnswerVocabError, load_ans2label
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -122,7 +122,7 @@ def _check_answer_flags(parser: argparse.ArgumentParser, args: argparse.Namespac
         parser.error(f"--min_answer_count must be >= 1, got {args.min_answer_count}")
 
 
-def _options(args: argparse.Namespace) -> BuildOptions:
+def build_options(args: argparse.Namespace) -> BuildOptions:
     options = BuildOptions(frame_height=args.frame_size[0], frame_width=args.frame_size[1],
                            sample_rate=args.sample_rate, num_frm=args.num_frm, min_clips=args.min_clips,
                            num_candidates=args.num_candidates, jpeg_quality=args.jpeg_quality,
@@ -199,10 +199,25 @@ def answer_vocabulary(args: argparse.Namespace, specs: list[ClipSpec]) -> tuple[
     return ans2label, {"ans2label": None, "min_answer_count": args.min_answer_count}
 
 
-def build(args: argparse.Namespace, pool: multiprocessing.pool.Pool | None = None) -> dict:
-    """Runs the build described by parsed arguments; returns the report. `pool`: worker processes
-    to reuse across builds (else `--workers` new ones are started)."""
-    options = _options(args)
+@dataclasses.dataclass
+class BuildPlan:
+    """What a split's build writes: the clips (after the answer-vocabulary filter), their shards, the
+    shards still to write, and what the report says about the annotations."""
+
+    options: BuildOptions
+    specs: list[ClipSpec]
+    annotation_errors: list[BadInput]
+    annotation_warnings: list[BadInput]
+    details: dict
+    paths: list[str]  # every shard of the split
+    ranges: list[range]  # the specs of each shard
+    todo: list[int]  # shards not finished yet
+
+
+def plan_build(args: argparse.Namespace) -> BuildPlan:
+    """Reads the annotations, applies the answer vocabulary (open-ended QA; writes a built one),
+    records or checks the build config and lays out the shards (finished ones are kept)."""
+    options = build_options(args)
     specs, annotation_errors, annotation_warnings = read_annotations(args)
     ans2label, vocab_config, details = None, {}, {}
     if args.format in OPEN_ENDED_FORMATS:
@@ -219,19 +234,41 @@ def build(args: argparse.Namespace, pool: multiprocessing.pool.Pool | None = Non
         "annotations": os.path.abspath(args.annotations), "num_clips": len(specs), **vocab_config})
     if ans2label is not None and args.ans2label is None:
         write_ans2label(details["answer_vocabulary"]["path"], ans2label)
-
     num_shards = min(args.num_shards, max(1, len(specs)))
-    ranges = shard_ranges(len(specs), num_shards)
     paths = [shard_path(args.output, args.split, s, num_shards) for s in range(num_shards)]
     todo = [s for s in range(num_shards) if not shard_finished(paths[s])]
     if len(todo) < num_shards:
         print(f"resuming: {num_shards - len(todo)} of {num_shards} shards already written")
-    pending = [specs[i] for s in todo for i in ranges[s]]
-    results = _results(pending, options, min(args.workers, max(1, len(pending))), pool)
+    return BuildPlan(options, specs, annotation_errors, annotation_warnings, details, paths,
+                     shard_ranges(len(specs), num_shards), todo)
+
+
+def write_split_report(args: argparse.Namespace, plan: BuildPlan) -> dict:
+    """`<split>_report.json` from the annotations and every shard's sidecar; prints its summary."""
+    sidecars = [read_sidecar(p) for p in plan.paths]
+    report_path = os.path.join(args.output, f"{args.split}_report.json")
+    report = build_report.write_report(
+        report_path, args.split, num_annotated=len(plan.specs) + len(plan.annotation_errors),
+        num_records=sum(s["num_records"] for s in sidecars),
+        total_bytes=sum(os.path.getsize(p) for p in plan.paths),
+        annotation_errors=plan.annotation_errors, skipped=[b for s in sidecars for b in s["skipped"]],
+        warnings=[dataclasses.asdict(w) for w in plan.annotation_warnings]
+        + [w for s in sidecars for w in s["warnings"]],
+        details=plan.details)
+    print(build_report.summary(report, report_path))
+    return report
+
+
+def build(args: argparse.Namespace, pool: multiprocessing.pool.Pool | None = None) -> dict:
+    """Runs the build described by parsed arguments; returns the report. `pool`: worker processes
+    to reuse across builds (else `--workers` new ones are started)."""
+    plan = plan_build(args)
+    pending = [plan.specs[i] for s in plan.todo for i in plan.ranges[s]]
+    results = _results(pending, plan.options, min(args.workers, max(1, len(pending))), pool)
     with tqdm(total=len(pending), unit="clip", desc=f"{args.split} clips", file=sys.stdout) as bar:
-        for s in todo:
-            with ShardWriter(paths[s]) as writer:
-                for _ in ranges[s]:
+        for s in plan.todo:
+            with ShardWriter(plan.paths[s]) as writer:
+                for _ in plan.ranges[s]:
                     result = next(results)
                     if result.record is not None:
                         writer.write(result.record)
@@ -239,17 +276,7 @@ def build(args: argparse.Namespace, pool: multiprocessing.pool.Pool | None = Non
                     bar.update()
                 writer.finish()
     results.close()
-
-    sidecars = [read_sidecar(p) for p in paths]
-    report_path = os.path.join(args.output, f"{args.split}_report.json")
-    report = build_report.write_report(
-        report_path, args.split, num_annotated=len(specs) + len(annotation_errors),
-        num_records=sum(s["num_records"] for s in sidecars), total_bytes=sum(os.path.getsize(p) for p in paths),
-        annotation_errors=annotation_errors, skipped=[b for s in sidecars for b in s["skipped"]],
-        warnings=[dataclasses.asdict(w) for w in annotation_warnings] + [w for s in sidecars for w in s["warnings"]],
-        details=details)
-    print(build_report.summary(report, report_path))
-    return report
+    return write_split_report(args, plan)
 
 
 def main(argv: list[str] | None = None) -> None:
