@@ -23,7 +23,7 @@ import ml_collections
 
 from configs import stage2 as stage2_configs
 from configs.retrieval import ORIGINAL_GPUS
-from configs.stage1 import ALIGN, CNN, base_config, optimizer_config
+from configs.stage1 import ALIGN, CNN, base_config, copy_run_fields, optimizer_config
 
 TRANSFORMER = r"^(text|fusion|heads)/"
 # The original's name-substring rule (SPEC_DOWNSTREAM quirk 15): BERT LayerNorm scales (text and
@@ -142,9 +142,7 @@ def _tiny() -> ml_collections.ConfigDict:
     config.data.train_files = "demo_data/records/qa_train-*.tfrecord"
     config.data.val_files = "demo_data/records/qa_test-*.tfrecord"
     config.data.ans2label = "demo_data/records/qa_train_ans2label.json"
-    for name in ("total_steps", "batch_size", "eval_batch_size", "log_every_steps", "eval_every_steps",
-                 "ckpt_every_steps"):
-        config[name] = stage2[name]
+    copy_run_fields(config, stage2)
     config.optimizer = qa_optimizer(1e-3, 1e-4, "warmup_linear", (), warmup=0.0)
     return config
 

@@ -17,7 +17,7 @@ original ran B examples per GPU on G GPUs and did not record G; we use G = 8.
 import ml_collections
 
 from configs import stage1 as stage1_configs
-from configs.stage1 import ALIGN, CNN, base_config, optimizer_config
+from configs.stage1 import ALIGN, CNN, base_config, copy_run_fields, optimizer_config
 
 TRANSFORMER = r"^(text|contrastive)/"
 ORIGINAL_GPUS = 8
@@ -121,9 +121,7 @@ def _tiny() -> ml_collections.ConfigDict:
     config.data = stage1.data
     config.data.flip_prob = 1 / 3
     config.data.mc_files = ""
-    for name in ("total_steps", "batch_size", "eval_batch_size", "log_every_steps", "eval_every_steps",
-                 "ckpt_every_steps"):
-        config[name] = stage1[name]
+    copy_run_fields(config, stage1)
     config.optimizer = _recipe_optimizer(dict(lr=(1e-3, 1e-3, 1e-3), wd=(1e-4, 1e-4, 1e-3), milestones=(1,),
                                               warmup=0.0))
     return config

@@ -22,6 +22,17 @@ ALIGN = r"^video/timesformer/"
 STAGE1_PARTS = r"^(video|text|contrastive)/"
 
 
+# The run-length fields a derived config (stage 2, a downstream task) copies from its source variant.
+RUN_FIELDS = ("total_steps", "batch_size", "eval_batch_size", "log_every_steps", "eval_every_steps",
+              "ckpt_every_steps")
+
+
+def copy_run_fields(config: ml_collections.ConfigDict, source: ml_collections.ConfigDict) -> None:
+    """Set ``config``'s RUN_FIELDS to ``source``'s."""
+    for name in RUN_FIELDS:
+        config[name] = source[name]
+
+
 def optimizer_config(lr: float, weight_decay: float, groups: dict[str, str],
                      frozen: str = "") -> ml_collections.ConfigDict:
     """AdamW (SPEC section 7) with one group per ``name -> regex`` of parameter paths."""

@@ -16,7 +16,7 @@ used) or one step's directory inside it.
 import ml_collections
 
 from configs import stage1 as stage1_configs
-from configs.stage1 import STAGE1_PARTS, base_config, optimizer_config
+from configs.stage1 import STAGE1_PARTS, base_config, copy_run_fields, optimizer_config
 
 
 def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
@@ -42,9 +42,7 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
         config.ckpt_every_steps = 50
         config.optimizer.groups.transformer.lr = 2e-4
     elif variant == "tiny":
-        for name in ("total_steps", "batch_size", "eval_batch_size", "log_every_steps",
-                     "eval_every_steps", "ckpt_every_steps"):
-            config[name] = stage1[name]
+        copy_run_fields(config, stage1)
         config.grad_accum_steps = 1
         config.optimizer.groups.transformer.lr = 1e-3
         config.optimizer.warmup_ratio = 0.0

@@ -69,6 +69,17 @@ def read_retrieval_annotations(path: str, videos_dir: str
     return specs, skipped, warnings
 
 
+def options_error(options) -> str | None:
+    """Why a multiple-choice `options` value is not exactly MC_NUM_OPTIONS non-empty strings, or None."""
+    if not isinstance(options, list) or len(options) != MC_NUM_OPTIONS:
+        count = len(options) if isinstance(options, list) else "not a list"
+        return f"wrong option count ({count}, expected {MC_NUM_OPTIONS})"
+    for i, option in enumerate(options):
+        if not isinstance(option, str) or not option.strip():
+            return f"empty option (index {i})"
+    return None
+
+
 def _mc_error(entry: dict) -> str | None:
     """Why an msrvtt_mc entry is unusable, or None."""
     qid, clip_name, options, answer = (entry.get(k) for k in ("qid", "clip_name", "options", "answer"))
@@ -76,12 +87,9 @@ def _mc_error(entry: dict) -> str | None:
         return "missing key 'qid'"
     if not isinstance(clip_name, str) or not clip_name.strip():
         return "missing key 'clip_name'"
-    if not isinstance(options, list) or len(options) != MC_NUM_OPTIONS:
-        count = len(options) if isinstance(options, list) else "not a list"
-        return f"wrong option count ({count}, expected {MC_NUM_OPTIONS})"
-    for i, option in enumerate(options):
-        if not isinstance(option, str) or not option.strip():
-            return f"empty option (index {i})"
+    error = options_error(options)
+    if error is not None:
+        return error
     if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < MC_NUM_OPTIONS:
         return f"bad answer ({answer!r}, expected an integer in [0, {MC_NUM_OPTIONS}))"
     return None

@@ -20,7 +20,7 @@ import os
 from typing import Callable
 
 from data_pipelines.annotations import BadInput, ClipSpec, json_objects
-from data_pipelines.downstream_annotations import MC_NUM_OPTIONS
+from data_pipelines.downstream_annotations import MC_NUM_OPTIONS, options_error
 
 UNKNOWN_ANSWER_TYPE = "unknown"
 OPEN_ENDED_FORMATS = ("msrvtt_qa", "tgif_frameqa")
@@ -101,13 +101,9 @@ def _mc_error(entry: dict) -> str | None:
         return error
     if "options" not in entry:
         return "missing key 'options'"
-    options = entry["options"]
-    if not isinstance(options, list) or len(options) != MC_NUM_OPTIONS:
-        count = len(options) if isinstance(options, list) else "not a list"
-        return f"wrong option count ({count}, expected {MC_NUM_OPTIONS})"
-    for i, option in enumerate(options):
-        if not isinstance(option, str) or not option.strip():
-            return f"empty option (index {i})"
+    error = options_error(entry["options"])
+    if error is not None:
+        return error
     if "answer" not in entry:
         return "missing key 'answer'"
     answer = entry["answer"]
