@@ -9,6 +9,7 @@ import torch
 
 from configs import model as model_configs
 from hdvila_jax.models import HDVILA, ConfigError, model_config_from_dict
+from hdvila_jax.models.config import REMAT_POLICIES
 from hdvila_jax.models.layers import linear_resize_matrix
 from tests.model_helpers import init_small, random_batch, relative_error, small_config
 
@@ -26,6 +27,7 @@ BF16_RTOL = 5e-2
     ("score_agg_func", "median", "score_agg_func"),
     ("resnet_depth", 42, "resnet_depth"),
     ("dtype", "float8", "dtype"),
+    ("remat_policy", "everything", "remat_policy"),
     ("crop_size", (64, 64 * 101), "max_grid_col_position_embeddings"),
 ])
 def test_bad_config_names_the_field(field, value, message):
@@ -99,9 +101,10 @@ def test_resize_matches_torch_interpolate(size_in, size_out):
     np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
 
 
-def test_remat_changes_nothing_numerically():
+@pytest.mark.parametrize("policy", REMAT_POLICIES)
+def test_remat_changes_nothing_numerically(policy):
     cfg = small_config()
-    cfg_remat = small_config(remat=True)
+    cfg_remat = small_config(remat=True, remat_policy=policy)
     variables = init_small(cfg, stage=2)
     batch = random_batch(cfg, batch=2, clips=1)
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from hdvila_jax.models.config import ModelConfig
-from hdvila_jax.models.layers import attention, bert_init, exact_gelu, layer_norm, merge_heads, split_heads
+from hdvila_jax.models.layers import attention, bert_init, exact_gelu, layer_norm, merge_heads, remat_block, split_heads
 
 MASK_BIAS = -10000.0  # the reference's additive attention mask value
 
@@ -87,7 +87,7 @@ class BertStack(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool = True) -> jax.Array:
         bias = attention_bias(mask)
-        layer_cls = nn.remat(BertLayer, static_argnums=(3,)) if self.config.remat else BertLayer
+        layer_cls = remat_block(BertLayer, self.config.active_remat, static_argnums=(3,))
         for i in range(self.first, self.first + self.count):
             x = layer_cls(self.config, name=f"layer_{i}")(x, bias, deterministic)
             self.sow("intermediates", f"bert_layer{i:02d}", x)

@@ -12,6 +12,8 @@ from typing import Any, Mapping
 RESNET_DEPTHS = (18, 34, 50, 101, 152)
 SCORE_AGG_FUNCS = ("lse", "mean", "max")
 DTYPES = ("float32", "bfloat16", "float16", "float64")  # float64 needs jax_enable_x64 (numerical checks)
+# What ``remat=True`` recomputes in the backward pass (see ``ModelConfig.remat_policy``).
+REMAT_POLICIES = ("stage", "block", "block_dots")
 
 
 class ConfigError(ValueError):
@@ -59,6 +61,16 @@ class ModelConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: bool = False
+    # With ``remat``: "stage" recomputes each ResNet stage as a whole (keeping only its input) and
+    # each transformer layer; "block" recomputes each residual block and transformer layer;
+    # "block_dots" does too but keeps their matmul / convolution outputs. "stage" needs the least
+    # memory by XLA's analysis of the paper config (README, Performance).
+    remat_policy: str = "stage"
+
+    @property
+    def active_remat(self) -> str:
+        """The remat policy in force: ``remat_policy`` when ``remat`` is on, else ""."""
+        return self.remat_policy if self.remat else ""
 
     @property
     def num_text_layers(self) -> int:
@@ -110,6 +122,8 @@ def validate(cfg: ModelConfig) -> ModelConfig:
     for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "timesformer_drop_path_rate"):
         _check(0.0 <= getattr(cfg, name) < 1.0, name, f"must be in [0, 1), got {getattr(cfg, name)}")
     _check(cfg.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, got {cfg.dtype!r}")
+    _check(cfg.remat_policy in REMAT_POLICIES, "remat_policy",
+           f"must be one of {REMAT_POLICIES}, got {cfg.remat_policy!r}")
     _check(cfg.param_dtype in DTYPES, "param_dtype", f"must be one of {DTYPES}, got {cfg.param_dtype!r}")
     return cfg
 

@@ -20,6 +20,15 @@ def at_least_float32(dtype) -> jnp.dtype:
     return jnp.promote_types(dtype, jnp.float32)
 
 
+def remat_block(cls: type[nn.Module], remat: str, static_argnums: tuple[int, ...] = ()) -> type[nn.Module]:
+    """``cls`` recomputed in the backward pass under the remat policy ``remat`` (``ModelConfig.remat_policy``;
+    "" = no remat): "block_dots" keeps matmul and convolution outputs, the others keep only its inputs."""
+    if not remat:
+        return cls
+    policy = jax.checkpoint_policies.dots_saveable if remat == "block_dots" else None
+    return nn.remat(cls, policy=policy, static_argnums=static_argnums)
+
+
 def layer_norm(eps: float, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.LayerNorm:
     """LayerNorm with PyTorch's two-pass variance (exact parity with ``torch.nn.LayerNorm``)."""
     return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype,
@@ -37,6 +46,22 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None,
     if dropout is not None:
         probs = dropout(probs, deterministic=deterministic)
     return jnp.einsum("...qk,...kd->...qd", probs, v)
+
+
+def max_pool(x: jax.Array, window: int, stride: int, pad: int = 0) -> jax.Array:
+    """Max over ``window x window`` patches of ``x [N, H, W, C]`` (padded by ``pad`` with -inf),
+    as PyTorch's ``max_pool2d``: the gradient goes to the first maximum of each patch in row-major
+    order. A running ``where`` over the strided views, which XLA:CPU differentiates far faster than
+    ``reduce_window`` (whose gradient, select-and-scatter, is slow there)."""
+    _, h, w, _ = x.shape
+    ho, wo = (h + 2 * pad - window) // stride + 1, (w + 2 * pad - window) // stride + 1
+    x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-jnp.inf)
+    out = None
+    for i in range(window):
+        for j in range(window):
+            view = x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
+            out = view if out is None else jnp.where(view > out, view, out)
+    return out
 
 
 def split_heads(x: jax.Array, num_heads: int) -> jax.Array:

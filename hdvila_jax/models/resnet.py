@@ -3,7 +3,10 @@
 Parameter names mirror the torchvision/mmdetection state_dict (``conv1``, ``bn1``,
 ``layer{s}_{b}/conv{i}``, ``layer{s}_{b}/downsample_conv``) so conversion is a rename.
 BatchNorm always uses its running statistics (collection ``batch_stats``); its scale
-and bias stay trainable, as in the reference.
+and bias stay trainable, as in the reference. Each BatchNorm is applied as a per-channel
+multiplier ``s = scale / sqrt(var + eps)`` and shift ``bias - mean * s``, folded into the
+convolution before it (``conv(x, W * s) + shift``) where that is cheaper (:func:`conv_bn`):
+the same function of the same variables, so the same gradients.
 """
 from __future__ import annotations
 
@@ -13,20 +16,47 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from hdvila_jax.models.layers import Dtype
+from hdvila_jax.models.conv import Conv
+from hdvila_jax.models.layers import Dtype, max_pool, remat_block
 
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+BN_EPS = 1e-5
 
 
-def _conv(features: int, kernel: int, stride: int, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.Conv:
-    pad = kernel // 2
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-                   use_bias=False, kernel_init=conv_init, dtype=dtype, param_dtype=param_dtype, name=name)
+class FrozenBatchNorm(nn.Module):
+    """Inference-mode BatchNorm's variables (``nn.BatchNorm``'s: params ``scale``, ``bias``;
+    ``batch_stats`` ``mean``, ``var``) as the per-channel ``(multiplier, shift)`` it applies."""
+
+    features: int
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self) -> tuple[jax.Array, jax.Array]:
+        shape = (self.features,)
+        scale = self.param("scale", nn.initializers.ones, shape, self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, shape, self.param_dtype)
+        mean = self.variable("batch_stats", "mean", jnp.zeros, shape, jnp.float32).value
+        var = self.variable("batch_stats", "var", jnp.ones, shape, jnp.float32).value
+        multiplier = scale * jax.lax.rsqrt(var + BN_EPS).astype(scale.dtype)
+        return multiplier, bias - mean.astype(scale.dtype) * multiplier
 
 
-def _bn(dtype: Dtype, param_dtype: Dtype, name: str) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=True, epsilon=1e-5, dtype=dtype, param_dtype=param_dtype, name=name)
+def conv_bn(x: jax.Array, features: int, kernel: int, stride: int, dtype: Dtype, param_dtype: Dtype,
+            conv_name: str, bn_name: str) -> jax.Array:
+    """Convolution ``conv_name`` followed by the frozen BatchNorm ``bn_name`` (call inside a compact
+    method: both become its children). The BatchNorm's scale is folded into the kernel when the
+    output has at least as many elements as the kernel (then scaling the kernel is the cheaper
+    pass, and the unnormalised output need not be kept for the backward pass); otherwise, as on
+    the small late-stage maps of small crops, it scales the output."""
+    multiplier, shift = FrozenBatchNorm(features, param_dtype, name=bn_name)()
+    conv = Conv(features, kernel, stride, conv_init, dtype, param_dtype, name=conv_name)
+    n, h, w, cin = x.shape
+    if n * -(-h // stride) * -(-w // stride) >= kernel * kernel * cin:
+        y = conv(x, multiplier)
+        return y + shift.astype(y.dtype)
+    y = conv(x)
+    return y * multiplier.astype(y.dtype) + shift.astype(y.dtype)
 
 
 class BasicBlock(nn.Module):
@@ -42,10 +72,10 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         d, p = self.dtype, self.param_dtype
-        out = nn.relu(_bn(d, p, "bn1")(_conv(self.planes, 3, self.stride, d, p, "conv1")(x)))
-        out = _bn(d, p, "bn2")(_conv(self.planes, 3, 1, d, p, "conv2")(out))
+        out = nn.relu(conv_bn(x, self.planes, 3, self.stride, d, p, "conv1", "bn1"))
+        out = conv_bn(out, self.planes, 3, 1, d, p, "conv2", "bn2")
         if self.downsample:
-            x = _bn(d, p, "downsample_bn")(_conv(self.planes, 1, self.stride, d, p, "downsample_conv")(x))
+            x = conv_bn(x, self.planes, 1, self.stride, d, p, "downsample_conv", "downsample_bn")
         return nn.relu(out + x)
 
 
@@ -62,11 +92,11 @@ class Bottleneck(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         d, p = self.dtype, self.param_dtype
-        out = nn.relu(_bn(d, p, "bn1")(_conv(self.planes, 1, 1, d, p, "conv1")(x)))
-        out = nn.relu(_bn(d, p, "bn2")(_conv(self.planes, 3, self.stride, d, p, "conv2")(out)))
-        out = _bn(d, p, "bn3")(_conv(self.planes * 4, 1, 1, d, p, "conv3")(out))
+        out = nn.relu(conv_bn(x, self.planes, 1, 1, d, p, "conv1", "bn1"))
+        out = nn.relu(conv_bn(out, self.planes, 3, self.stride, d, p, "conv2", "bn2"))
+        out = conv_bn(out, self.planes * 4, 1, 1, d, p, "conv3", "bn3")
         if self.downsample:
-            x = _bn(d, p, "downsample_bn")(_conv(self.planes * 4, 1, self.stride, d, p, "downsample_conv")(x))
+            x = conv_bn(x, self.planes * 4, 1, self.stride, d, p, "downsample_conv", "downsample_bn")
         return nn.relu(out + x)
 
 
@@ -74,32 +104,40 @@ class ResNet(nn.Module):
     """ResNet returning the outputs of stages 1..``num_stages`` (C2.. at strides 4, 8, 16, 32).
 
     ``num_stages=3`` stops after stage 3 (C4), as the LR branch does; the stage-4
-    parameters are then never created. ``remat`` recomputes each residual block in the
-    backward pass instead of keeping its activations.
+    parameters are then never created. ``remat`` is a ``ModelConfig.remat_policy`` ("" = off):
+    "stage" recomputes each stage in the backward pass from its input, "block" / "block_dots"
+    each residual block.
     """
 
     depth: int = 50
     num_stages: int = 4
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    remat: bool = False
+    remat: str = ""
 
     @nn.compact
     def __call__(self, x: jax.Array) -> Sequence[jax.Array]:
         d, p = self.dtype, self.param_dtype
         block_cls = BasicBlock if self.depth in (18, 34) else Bottleneck
         expansion = block_cls.expansion
-        if self.remat:
-            block_cls = nn.remat(block_cls)
-        x = nn.relu(_bn(d, p, "bn1")(_conv(64, 7, 2, d, p, "conv1")(x)))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        if self.remat != "stage":
+            block_cls = remat_block(block_cls, self.remat)
+        x = nn.relu(conv_bn(x, 64, 7, 2, d, p, "conv1", "bn1"))
+        x = max_pool(x, 3, 2, 1)
         in_channels, outputs = 64, []
         for stage, num_blocks in enumerate(STAGE_BLOCKS[self.depth][: self.num_stages]):
             planes = 64 * 2**stage
-            for b in range(num_blocks):
-                stride = 2 if (b == 0 and stage > 0) else 1
-                downsample = b == 0 and (stride != 1 or in_channels != planes * expansion)
-                x = block_cls(planes, stride, downsample, d, p, name=f"layer{stage + 1}_{b}")(x)
-                in_channels = planes * expansion
+
+            # One stage as a function of (module, x), which nn.remat can wrap without renaming its blocks.
+            def run_stage(module: nn.Module, x: jax.Array, stage=stage, planes=planes, in_channels=in_channels,
+                          num_blocks=num_blocks) -> jax.Array:
+                for b in range(num_blocks):
+                    stride = 2 if (b == 0 and stage > 0) else 1
+                    downsample = b == 0 and (stride != 1 or in_channels != planes * expansion)
+                    x = block_cls(planes, stride, downsample, d, p, name=f"layer{stage + 1}_{b}")(x)
+                return x
+
+            x = (nn.remat(run_stage) if self.remat == "stage" else run_stage)(self, x)
+            in_channels = planes * expansion
             outputs.append(x)
         return outputs

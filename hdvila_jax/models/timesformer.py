@@ -14,7 +14,7 @@ import numpy as np
 from flax import linen as nn
 
 from hdvila_jax.models.layers import (Dtype, at_least_float32, attention, exact_gelu, layer_norm,
-                                      linear_resize_matrix, merge_heads, split_heads, trunc_init)
+                                      linear_resize_matrix, merge_heads, remat_block, split_heads, trunc_init)
 
 
 class GridAttention(nn.Module):
@@ -84,7 +84,7 @@ class TimeSformer(nn.Module):
     native_frames: int = 7
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    remat: bool = False  # recompute each block in the backward pass
+    remat: str = ""  # a ModelConfig.remat_policy ("" = off): each block is recomputed in the backward pass
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
@@ -101,7 +101,7 @@ class TimeSformer(nn.Module):
             time = jnp.asarray(linear_resize_matrix(self.native_frames, t, at_least_float32(time.dtype))) @ time
         x = x + pos[None, None].astype(x.dtype) + time[None, :, None, None].astype(x.dtype)
         rates = np.linspace(0.0, self.drop_path_rate, self.depth)
-        block_cls = nn.remat(TimeSformerBlock, static_argnums=(2,)) if self.remat else TimeSformerBlock
+        block_cls = remat_block(TimeSformerBlock, self.remat, static_argnums=(2,))
         for i in range(self.depth):
             x = block_cls(self.num_heads, self.mlp_ratio, float(rates[i]), i > 0, self.dtype,
                                  self.param_dtype, name=f"block_{i}")(x, deterministic)

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from hdvila_jax.models.config import ModelConfig
-from hdvila_jax.models.layers import at_least_float32, exact_gelu
+from hdvila_jax.models.conv import Conv
+from hdvila_jax.models.layers import at_least_float32, exact_gelu, max_pool
 from hdvila_jax.models.resnet import ResNet
 from hdvila_jax.models.timesformer import TimeSformer
 
@@ -35,51 +36,72 @@ def normalize_pixels(images: jax.Array, dtype: jnp.dtype) -> jax.Array:
 
 
 class HybridVideoEncoder(nn.Module):
-    """``img_middle [B, C, H, W, 3]`` + ``img_other [B, C, F-1, H/4, W/4, 3]`` -> grid ``[B, C, H/64, W/64, D]``."""
+    """``img_middle [B, C, H, W, 3]`` + ``img_other [B, C, F-1, H/4, W/4, 3]`` -> grid ``[B, C, H/64, W/64, D]``.
+
+    Its stages are methods, so that each can be run (and timed) on its own: :meth:`backbones`,
+    :meth:`grids`, ``timesformer`` and :meth:`fuse_middle`.
+    """
 
     config: ModelConfig
 
-    @nn.compact
-    def __call__(self, img_middle: jax.Array, img_other: jax.Array, deterministic: bool = True) -> jax.Array:
+    def setup(self):
         cfg = self.config
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        batch, clips = img_middle.shape[:2]
-        n_other = img_other.shape[2]
-        conv1x1 = lambda name: nn.Conv(cfg.hidden_size, (1, 1), use_bias=False, dtype=dtype,
-                                       param_dtype=pdtype, name=name)
+        conv1x1 = lambda: Conv(cfg.hidden_size, dtype=dtype, param_dtype=pdtype)
+        self.cnn_hr = ResNet(cfg.resnet_depth, 4, dtype, pdtype, cfg.active_remat)
+        self.cnn_lr = ResNet(cfg.resnet_depth, 3, dtype, pdtype, cfg.active_remat)
+        self.grid_hr = conv1x1()
+        self.grid_lr = conv1x1()
+        self.fuse = conv1x1()
+        self.timesformer = TimeSformer(cfg.timesformer_depth, cfg.timesformer_heads, cfg.timesformer_mlp_ratio,
+                                       cfg.timesformer_drop_path_rate, cfg.timesformer_grid, cfg.timesformer_frames,
+                                       dtype, pdtype, cfg.active_remat)
 
-        hr = normalize_pixels(img_middle.reshape(batch * clips, *img_middle.shape[2:]), dtype)
-        hr_stages = ResNet(cfg.resnet_depth, 4, dtype, pdtype, cfg.remat, name="cnn_hr")(hr)
-        hr_c4, hr_c5 = hr_stages[2], hr_stages[3]
+    def backbones(self, img_middle: jax.Array, img_other: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Pixels -> HR C4 ``[N, H/16, W/16, c4]``, HR C5 ``[N, H/32, W/32, c5]`` and LR C4
+        ``[N*(F-1), H/64, W/64, c4]``, with N = B*C clips."""
+        dtype = jnp.dtype(self.config.dtype)
+        hr = normalize_pixels(img_middle.reshape(-1, *img_middle.shape[2:]), dtype)
+        _, _, hr_c4, hr_c5 = self.cnn_hr(hr)
         self.sow("intermediates", "hr_stage3", hr_c4)
         self.sow("intermediates", "hr_stage4", hr_c5)
-        hr_grid = exact_gelu(nn.max_pool(conv1x1("grid_hr")(hr_c5), (2, 2), strides=(2, 2)))
-        self.sow("intermediates", "hr_grid", hr_grid)
+        lr = normalize_pixels(img_other.reshape(-1, *img_other.shape[3:]), dtype)
+        lr_c4 = self.cnn_lr(lr)[-1]
+        self.sow("intermediates", "lr_stage3", lr_c4)
+        return hr_c4, hr_c5, lr_c4
 
-        grid_lr = conv1x1("grid_lr")
+    def grids(self, hr_c4: jax.Array, hr_c5: jax.Array, lr_c4: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Backbone features -> the HR grid ``[N, h, w, D]`` and the TimeSformer's input ``[N, F, h, w, D]``
+        (LR grids in time order with the HR C4 grid in the middle)."""
+        hr_grid = exact_gelu(max_pool(self.grid_hr(hr_c5), 2, 2))
+        self.sow("intermediates", "hr_grid", hr_grid)
         hr_c4_down = hr_c4[:, ::4, ::4]
         self.sow("intermediates", "hr_stage3_down", hr_c4_down)
-        hr_low_grid = exact_gelu(grid_lr(hr_c4_down))
+        hr_low_grid = exact_gelu(self.grid_lr(hr_c4_down))
         self.sow("intermediates", "hr_stage3_down_grid", hr_low_grid)
-
-        lr = normalize_pixels(img_other.reshape(batch * clips * n_other, *img_other.shape[3:]), dtype)
-        lr_c4 = ResNet(cfg.resnet_depth, 3, dtype, pdtype, cfg.remat, name="cnn_lr")(lr)[-1]
-        self.sow("intermediates", "lr_stage3", lr_c4)
-        lr_grid = exact_gelu(grid_lr(lr_c4))
+        lr_grid = exact_gelu(self.grid_lr(lr_c4))
         self.sow("intermediates", "lr_grid", lr_grid)
-
         if lr_grid.shape[1:3] != hr_grid.shape[1:3]:
             raise ValueError(f"LR frames give a {lr_grid.shape[1:3]} grid but the HR frame gives "
                              f"{hr_grid.shape[1:3]}: img_other must be img_middle's size / 4")
-        lr_grid = lr_grid.reshape(batch * clips, n_other, *lr_grid.shape[1:])
+        n_other = lr_grid.shape[0] // hr_grid.shape[0]
+        lr_grid = lr_grid.reshape(hr_grid.shape[0], n_other, *lr_grid.shape[1:])
         half = (n_other + 1) // 2
         frames = jnp.concatenate([lr_grid[:, :half], hr_low_grid[:, None], lr_grid[:, half:]], axis=1)
         self.sow("intermediates", "timesformer_in", frames)
-        frames = TimeSformer(cfg.timesformer_depth, cfg.timesformer_heads, cfg.timesformer_mlp_ratio,
-                             cfg.timesformer_drop_path_rate, cfg.timesformer_grid, cfg.timesformer_frames,
-                             dtype, pdtype, cfg.remat, name="timesformer")(frames, deterministic)
-        self.sow("intermediates", "timesformer_out", frames)
+        return hr_grid, frames
 
-        fused = exact_gelu(conv1x1("fuse")(jnp.concatenate([hr_grid, frames[:, half]], axis=-1)))
+    def fuse_middle(self, hr_grid: jax.Array, frames: jax.Array) -> jax.Array:
+        """The HR grid and the TimeSformer's middle step ``[N, F, h, w, D]`` -> fused grid ``[N, h, w, D]``."""
+        middle = frames[:, frames.shape[1] // 2]
+        fused = exact_gelu(self.fuse(jnp.concatenate([hr_grid, middle], axis=-1)))
         self.sow("intermediates", "middle_feature", fused)
+        return fused
+
+    def __call__(self, img_middle: jax.Array, img_other: jax.Array, deterministic: bool = True) -> jax.Array:
+        batch, clips = img_middle.shape[:2]
+        hr_grid, frames = self.grids(*self.backbones(img_middle, img_other))
+        frames = self.timesformer(frames, deterministic)
+        self.sow("intermediates", "timesformer_out", frames)
+        fused = self.fuse_middle(hr_grid, frames)
         return fused.reshape(batch, clips, *fused.shape[1:])
