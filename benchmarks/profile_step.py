@@ -1,0 +1,75 @@
+"""Where a train step's time goes: each sub-module's forward and forward + backward, ours (JAX)
+beside the original's (our PyTorch port) on the same activations and the same number of threads.
+
+    python -m benchmarks.profile_step [--reps=5] [--warmup=1] [--threads=N] [--json=out.json]
+    python -m benchmarks.profile_step --quick      # CI-sized: the plain tiny config, 1 rep
+
+Shapes: the issue-10 tiny setting (``benchmarks.settings``: ResNet-50, hidden 64, 4 layers,
+128x192, batch 4 x 2 clips, 12 tokens, float32). Each part runs on the activations of one
+forward pass of ours (the original's get them in its layouts); forward + backward is the
+gradient of the part's parameters and float inputs for a fixed random cotangent. Dropout is
+off on both sides. The four calls of a part alternate, so load from other jobs hits all alike;
+times are medians. ratio = original time / ours (above 1: ours is faster). In stage 1 every
+part trains; in stage 2 the towers (the first five rows) run forward only.
+"""
+from __future__ import annotations
+
+import numpy as np
+from absl import app, flags
+
+from benchmarks import parts as P
+from benchmarks.interleave import time_interleaved
+from benchmarks.parts_jax import jax_parts
+from benchmarks.parts_torch import torch_parts
+from benchmarks.reporting import report
+from benchmarks.settings import tiny_setting
+from benchmarks.step_builder import build_step
+from benchmarks.torch_port import build_model, set_threads
+
+_REPS = flags.DEFINE_integer("reps", 5, "Timed calls of each part and side.")
+_WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed calls first.")
+_QUICK = flags.DEFINE_bool("quick", False, "CI-sized: the plain tiny config, 1 timed call.")
+_THREADS = flags.DEFINE_integer("threads", 0, "Run on this many CPUs, both sides (0: all this process may use).")
+_JSON = flags.DEFINE_string("json", None, "Write the rows as JSON to this file.")
+
+
+def profile(quick: bool, reps: int, warmup: int, threads: int) -> list[dict]:
+    """One row per part: median ms of forward and forward + backward, ours and the original's."""
+    config = tiny_setting(2, quick)
+    built = build_step(config)
+    batch = {k: np.asarray(v) for k, v in built.random_batch().items()}
+    names = P.STAGE1_PARTS + P.STAGE2_PARTS
+    temperature = tiny_setting(1, quick).temperature
+    ours, acts = jax_parts(built.model_cfg, batch, temperature, names)
+    theirs = torch_parts(build_model(built.model_cfg, 2), acts, temperature, names)
+    rows = []
+    for o, t in zip(ours, theirs):
+        s = time_interleaved(dict(ours_forward=o.forward, original_forward=t.forward,
+                                  ours_forward_backward=o.forward_backward,
+                                  original_forward_backward=t.forward_backward), reps, warmup)
+        rows.append(dict(part=o.name, threads=threads, **{f"{k}_ms": 1e3 * v for k, v in s.items()}))
+    return rows
+
+
+def _cells(ours: float, original: float) -> str:
+    return f"{ours:.1f} | {original:.1f} | {original / ours:.2f}x"
+
+
+def print_table(rows: list[dict]) -> None:
+    print("| part | ours fwd ms | original fwd ms | ratio | ours fwd+bwd ms | original fwd+bwd ms | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    total = {k: sum(r[k] for r in rows) for k in rows[0] if k.endswith("_ms")}
+    for r in rows + [dict(part="**total**", **total)]:
+        print(f"| {r['part']} | {_cells(r['ours_forward_ms'], r['original_forward_ms'])} | "
+              f"{_cells(r['ours_forward_backward_ms'], r['original_forward_backward_ms'])} |")
+
+
+def main(argv):
+    del argv
+    threads = set_threads(_THREADS.value)
+    reps, warmup = (1, 1) if _QUICK.value else (_REPS.value, _WARMUP.value)
+    report(profile(_QUICK.value, reps, warmup, threads), print_table, _JSON.value)
+
+
+if __name__ == "__main__":
+    app.run(main)
