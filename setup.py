@@ -25,6 +25,7 @@ setup(
         "tqdm",
         "pillow",
         "importlib_resources",  # tensorflow-datasets imports it without declaring it
+        "google-crc32c",  # TFRecord CRC checks on every read (hdvila_jax/data/tfrecord_source.py)
     ],
     extras_require={
         "test": ["pytest", "torch==2.13.0"],

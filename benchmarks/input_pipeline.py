@@ -4,7 +4,8 @@
 
 Synthesises a few 30 fps videos (720p; 360p with --quick), builds clip records from them,
 then measures examples/s and MB/s of
-  records:  hdvila_jax.data.pipeline.make_train_iterator (JPEG decode + crop, N threads);
+  records:  hdvila_jax.data.pipeline.make_train_iterator (JPEG decode + crop), in N threads of
+            the training process, or in N grain worker processes (data.num_workers, 1 thread each);
   original: per example, open the MP4 with PyAV, seek to each sampled clip, decode its 7
             frames at stride 12, random crop, bicubic 1/4 resize of the 6 neighbours
             (the reference dataset's work, in N processes).
@@ -66,24 +67,29 @@ def build_records(workdir: str, s: dict) -> dict:
         "--frame_size", str(s["frame"][0]), str(s["frame"][1]), "--sample_rate", str(RATE)]))
 
 
-def measure_records(workdir: str, s: dict, threads: int, bytes_per_record: float) -> dict:
+def measure_records(workdir: str, s: dict, threads: int, workers: int, bytes_per_record: float) -> dict:
+    """The training reader with ``threads`` decoding threads in each of ``workers`` processes (0: in this one)."""
     from hdvila_jax.data.config import get_data_config
     from hdvila_jax.data.pipeline import make_train_iterator
     data = get_data_config("paper", root=workdir)
     data.train_files = os.path.join(workdir, "records", "train-*.tfrecord")
     data.crop_size = s["crop"]
     data.num_parallel_calls = threads
+    data.num_workers = workers
     data.prefetch_buffer_size = 2 * threads * s["batch"]
     config = ml_collections.ConfigDict({"batch_size": s["batch"], "data": data})
     iterator = make_train_iterator(config, 0, 1)
-    next(iterator)  # warm-up: threads, tokenizer, first reads
+    for _ in range(2 if workers else 1):  # warm-up: threads or worker processes, tokenizer, first reads
+        next(iterator)
     count, pixels, start = 0, 0, time.perf_counter()
     while time.perf_counter() - start < s["measure_s"]:
         batch = next(iterator)
         count += s["batch"]
         pixels += batch["img_middle"].nbytes + batch["img_other"].nbytes
     elapsed = time.perf_counter() - start
-    return dict(path="records", workers=threads, examples_per_s=count / elapsed,
+    iterator.close()
+    path = f"records, {workers} processes" if workers else f"records, {threads} threads"
+    return dict(path=path, workers=max(threads, workers), examples_per_s=count / elapsed,
                 read_mb_per_s=count * bytes_per_record / elapsed / 1e6, pixel_mb_per_s=pixels / elapsed / 1e6)
 
 
@@ -159,7 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     build_s = time.time() - start
     rows = []
     for workers in args.workers:
-        rows.append(measure_records(workdir, s, workers, report["bytes_per_record"]))
+        rows.append(measure_records(workdir, s, workers, 0, report["bytes_per_record"]))
+        rows.append(measure_records(workdir, s, 1, workers, report["bytes_per_record"]))
         rows.append(measure_original(paths, s, workers))
     header = f"{'path':<30}{'workers':>8}{'examples/s':>12}{'read MB/s':>11}{'pixel MB/s':>12}"
     print(f"\nframes {s['frame'][0]}x{s['frame'][1]}, crop {s['crop'][0]}x{s['crop'][1]} + 6 LR, "

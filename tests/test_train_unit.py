@@ -92,6 +92,8 @@ def test_retrieval_metrics_on_a_known_similarity():
     ("temperature", 0.0, "temperature"),
     ("total_steps", 0, "total_steps"),
     ("init.stage1_checkpoint", "x", "init.stage1_checkpoint"),
+    ("data.num_workers", -1, "data.num_workers"),
+    ("data.num_parallel_calls", 0, "data.num_parallel_calls"),
 ])
 def test_bad_config_fails_naming_the_field(key, value, field):
     config = stage1.get_config("tiny")

@@ -14,7 +14,11 @@ Fields:
     pretraining, 1/3 downstream (SPEC_DOWNSTREAM 2.5). Evaluation never flips.
   num_parallel_calls: threads decoding examples (TF's eager JPEG decoding barely gains from a
     second thread on this 2-core machine; see data_pipelines/README.md).
-  prefetch_buffer_size: examples decoded ahead.
+  prefetch_buffer_size: examples decoded ahead (per process or worker).
+  num_workers: training only: worker processes decoding and batching examples (grain
+    mp_prefetch); 0 decodes in the training process. The stream depends on it: resume with the
+    same value.
+  per_worker_buffer_size: batches each worker keeps ready.
   seed: shuffling, clip/crop sampling and masking are pure functions of (seed, index).
 Shuffling is a full permutation per epoch (grain), so there is no shuffle buffer.
 """
@@ -42,6 +46,8 @@ def _base() -> ml_collections.ConfigDict:
         ans2label="",
         num_parallel_calls=2,
         prefetch_buffer_size=32,
+        num_workers=0,
+        per_worker_buffer_size=2,
         seed=0,
     ))
 

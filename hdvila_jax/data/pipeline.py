@@ -16,6 +16,9 @@ dict of numpy arrays:
                                                       original id at targets, -100 elsewhere
     video_index     int32 [B]                         stable id of the clip in its split
     valid           bool  [B]                         evaluation only: False on padding
+    skipped_records int32 [B]                         training only: damaged records skipped
+    skipped_shards  int32 [B]                         just before each example (unreadable
+                                                      shards or shard tails); see skip_corrupt.py
 
 for open-ended QA records (built with `--format msrvtt_qa|tgif_frameqa`, which store `answer_text`):
 
@@ -37,9 +40,15 @@ Records are indexed once and read by random access through grain (`TFRecordDataS
 Process p takes records p, p + P, p + 2P, ... (disjoint and complete). Training shuffles
 that shard with a fresh permutation each epoch and repeats forever; clip sampling, crop,
 caption choice and MLM masking draw from a generator seeded by (seed, process, position in
-the stream), so the stream is a pure function of the seed and the iterator's state is one
-integer: `it.get_state()` returns a small JSON-able dict and `it.set_state(state)` resumes
-exactly there (orbax can also save it with grain's checkpoint handler). Evaluation visits
+the stream), so the stream is a pure function of the seed and the iterator's state is small:
+`it.get_state()` returns a JSON-able dict and `it.set_state(state)` resumes exactly there
+(orbax can also save it with grain's checkpoint handler). With data.num_workers > 0 the
+examples are decoded and batched in that many worker processes (grain's mp_prefetch, each
+with data.num_parallel_calls threads; batches come back through shared memory): worker w
+makes batches from stream positions w, w + W, ..., so the stream is as deterministic but
+differs with the number of workers, and a resume needs the same number. A damaged
+record or unreadable shard is skipped, logged with its shard and byte offset, and counted
+(`skipped_*`); in evaluation it is an error naming the shard and offset. Evaluation visits
 every record of the split exactly once over all processes, pads every process to the same
 number of full batches (`valid` marks real examples), and uses even clip spacing, a centre
 crop and fixed masking seeded by (seed, video_index).
@@ -52,13 +61,15 @@ import math
 import grain
 import ml_collections
 import numpy as np
+from absl import flags
 
 from hdvila_jax.data import sampling
 from hdvila_jax.data.answers import load_ans2label
 from hdvila_jax.data.frames import decode_clip_frames
 from hdvila_jax.data.records import parse_clip_record
+from hdvila_jax.data.skip_corrupt import SkipCorrupt
 from hdvila_jax.data.text import ThreadLocalTokenizer, mask_tokens
-from hdvila_jax.data.tfrecord_source import TFRecordDataSource
+from hdvila_jax.data.tfrecord_source import CorruptRecord, TFRecordDataSource
 
 
 def list_files(pattern: str, field: str) -> list[str]:
@@ -89,8 +100,11 @@ class ExampleDecoder:
         self.ans2label_file = data.get("ans2label", "")
         self.ans2label = load_ans2label(self.ans2label_file) if self.ans2label_file else None
 
-    def __call__(self, element: tuple[bytes, bool], rng: np.random.Generator | None = None) -> dict:
+    def __call__(self, element: tuple[bytes | CorruptRecord, bool],
+                 rng: np.random.Generator | None = None) -> dict | CorruptRecord:
         data, valid = element
+        if isinstance(data, CorruptRecord):  # only the training source marks damage (see SkipCorrupt)
+            return data
         record = parse_clip_record(data)
         if record.num_frm != self.num_frm:
             raise ValueError(f"clip {record.clip_id}: record built with num_frm={record.num_frm}, "
@@ -155,12 +169,12 @@ def _per_process_batch(config: ml_collections.ConfigDict, process_count: int, ba
     return batch_size // process_count
 
 
-def _process_shard(pattern: str, field: str, process_index: int,
-                   process_count: int) -> tuple[grain.MapDataset, int]:
+def _process_shard(pattern: str, field: str, process_index: int, process_count: int,
+                   on_corrupt: str = "raise") -> tuple[grain.MapDataset, int]:
     """This process's records (every process_count-th) and the total number of records."""
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-    source = TFRecordDataSource(list_files(pattern, field))
+    source = TFRecordDataSource(list_files(pattern, field), on_corrupt)
     shard = grain.MapDataset.source(source)[process_index::process_count]
     if len(shard) == 0:
         raise ValueError(f"config.data.{field}: {len(source)} records cannot feed {process_count} processes")
@@ -186,14 +200,19 @@ def make_train_iterator(config: ml_collections.ConfigDict, process_index: int,
     data = config.data
     batch = _per_process_batch(config, process_count, None)
     seed = _process_seed(data.seed, process_index)
-    shard, _ = _process_shard(data.train_files, "train_files", process_index, process_count)
+    shard, _ = _process_shard(data.train_files, "train_files", process_index, process_count, on_corrupt="mark")
     dataset = (shard
                .shuffle(seed=seed)
                .repeat(None)
                .map(_mark_valid)
                .random_map(ExampleDecoder(data, training=True), seed=seed)
-               .to_iter_dataset(_read_options(data))
-               .batch(batch, drop_remainder=True))
+               .to_iter_dataset(_read_options(data)))
+    dataset = SkipCorrupt(dataset).batch(batch, drop_remainder=True)
+    if data.num_workers > 0:
+        if not flags.FLAGS.is_parsed():  # grain's workers read its absl flags (defaults outside an absl app)
+            flags.FLAGS.mark_as_parsed()
+        dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers,
+                                                                   per_worker_buffer_size=data.per_worker_buffer_size))
     return iter(dataset)
 
 

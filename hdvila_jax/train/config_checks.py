@@ -65,6 +65,10 @@ def check_config(config: ml_collections.ConfigDict) -> ModelConfig:
              f"{config.data.num_frm} differs from model.num_frames {model_cfg.num_frames}")
     _require(config.data.max_txt_len <= model_cfg.max_position_embeddings, "data.max_txt_len",
              f"{config.data.max_txt_len} exceeds model.max_position_embeddings {model_cfg.max_position_embeddings}")
+    for name in ("num_workers", "num_parallel_calls", "prefetch_buffer_size", "per_worker_buffer_size"):
+        value, least = config.data.get(name, 0), 0 if name == "num_workers" else 1
+        _require(isinstance(value, int) and value >= least, f"data.{name}", f"must be an integer >= {least}, "
+                 f"got {value!r}")
     for name in ("bert", "resnet", "stage1_checkpoint", "restore", "demo_config"):
         _require(name in config.init, f"init.{name}", "missing (use '' for none)")
     if config.stage == 1:

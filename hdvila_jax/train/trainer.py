@@ -26,6 +26,7 @@ from jax.sharding import Mesh
 
 from hdvila_jax import convert
 from hdvila_jax.data import pipeline
+from hdvila_jax.data.skip_corrupt import SKIP_COUNT_KEYS, pop_skip_counts
 from hdvila_jax.models import HDVILA, ModelConfig
 from hdvila_jax.tasks import Task, get_task
 from hdvila_jax.tasks import qa_eval
@@ -271,6 +272,13 @@ def _host_metrics(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
+def _skip_metrics(local_counts: np.ndarray) -> dict[str, float]:
+    """Damaged records / shards skipped so far by all processes' readers (``skip_corrupt``)."""
+    if jax.process_count() > 1:
+        local_counts = multihost_utils.process_allgather(local_counts).sum(axis=0)
+    return {f"data_{key}": float(n) for key, n in zip(SKIP_COUNT_KEYS, local_counts)}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Train ``config`` in ``workdir`` (resuming when it holds checkpoints); return the last eval metrics."""
     check_config(config)
@@ -314,8 +322,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if step == 0:
             eval_metrics = run_eval(0)
         progress = Progress(config.total_steps, config.batch_size)
+        skipped = np.zeros(len(SKIP_COUNT_KEYS), np.int64)  # this run's, this process's
         while step < config.total_steps:
-            batch = sharding.global_batch(next(train_iter), mesh)
+            local = next(train_iter)
+            skipped += pop_skip_counts(local)
+            batch = sharding.global_batch(local, mesh)
             state, metrics = train_step(state, batch)
             metrics = _host_metrics(metrics)
             step += 1
@@ -325,6 +336,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     f"stopping without saving (latest good checkpoint: step {checkpointer.latest_step()})")
             if step % config.log_every_steps == 0 or step == config.total_steps:
                 metrics.update(progress.update(step))
+                metrics.update(_skip_metrics(skipped))
                 writer.write(step, {f"train/{k}": v for k, v in metrics.items()})
                 progress.log(step, metrics)
             if step % config.eval_every_steps == 0 or step == config.total_steps:
@@ -341,6 +353,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         checkpointer.wait()
         checkpointer.close()
         writer.close()
+        train_iter.close()  # stops data.num_workers worker processes
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
