@@ -122,7 +122,7 @@ def _demo(qa_type: str) -> ml_collections.ConfigDict:
     config.init.demo_config = "stage2:demo"
     config.batch_size = 16
     config.eval_batch_size = 50
-    # 600 open-ended questions (3 per training video) / 200 multiple-choice ones: ~190 steps each.
+    # 600 open-ended questions (3 per training video): 188 steps (multiple choice: 200, below).
     config.epochs = 5.0 if qa_type == "open" else 15.0
     config.total_steps = 0
     config.log_every_steps = 10
@@ -130,6 +130,22 @@ def _demo(qa_type: str) -> ml_collections.ConfigDict:
     config.eval_every_steps = 50
     config.optimizer = qa_optimizer(2e-4, 1e-4, "warmup_linear", (), warmup=0.1)
     config.optimizer.groups.transformer.lr = 1e-3  # the new head starts from scratch (at 2e-4 it barely moved)
+    if qa_type == "multiple_choice":
+        # The demo pretraining leaves a [CLS] (pooler2) that differs by ~5e-4 (std) between a
+        # question's options: the fresh head's logits differ by ~1e-5, 0.1 dropout adds ~1e-3 of
+        # noise per option (the loss sat at ln 5 fitting it) and the cross-modal gradients (rms
+        # ~5e-7) are below Adam's eps 1e-6. So: no dropout, eps 1e-8, and the video encoder
+        # frozen (its gradients are ~1e-9; training it with the small eps only added noise)
+        # which also makes a step ~3x faster, so more epochs fit in the same minutes.
+        config.model.hidden_dropout_prob = 0.0
+        config.model.attention_probs_dropout_prob = 0.0
+        config.optimizer.eps = 1e-8
+        del config.optimizer.groups["cnn"], config.optimizer.groups["align"]
+        config.optimizer.frozen = r"^video/"
+        config.epochs = 30.0
+        # Clip-mean over 8 clips at evaluation (the paper recipes' count): 16-22% -> 20-26% on the
+        # same checkpoints of this run, the per-clip features being noisy.
+        config.data.inference_n_clips = 8
     return config
 
 

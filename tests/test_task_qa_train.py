@@ -253,3 +253,22 @@ def test_multiple_choice_fine_tune_on_tgif_format_records(demo_root, stage2_chec
         rows = [json.loads(line) for line in f]
     assert len(rows) == 8 and all(len(r["question"]) == 5 and r["prediction"] in r["question"] for r in rows)
     assert all(option.startswith("what does the shape do a ") for option in rows[0]["question"])
+
+
+def test_demo_multiple_choice_recipe_lets_the_option_signal_through():
+    """demo_mc: the demo pretraining's [CLS] barely differs between options (logit differences
+    ~1e-5), so the recipe has no dropout (0.1 dropout put ~1e-3 of noise on each option's logit),
+    an Adam eps below the cross-modal gradients (~5e-7) and the video encoder frozen; the
+    open-ended demo keeps the shared recipe."""
+    mc, open_ended = qa_configs.get_config("demo_mc"), qa_configs.get_config("demo")
+    assert mc.model.hidden_dropout_prob == mc.model.attention_probs_dropout_prob == 0.0
+    assert mc.optimizer.eps <= 1e-8 and mc.optimizer.frozen == r"^video/"
+    assert sorted(mc.optimizer.groups) == ["transformer"] and mc.data.inference_n_clips == 8
+    assert open_ended.model.hidden_dropout_prob == 0.1 and open_ended.optimizer.eps == 1e-6
+    assert open_ended.data.inference_n_clips == 2
+    assert sorted(open_ended.optimizer.groups) == ["align", "cnn", "transformer"] and not open_ended.optimizer.frozen
+    params = train_state.abstract_variables(model_config_from_dict(dict(mc.model.to_dict(), num_qa_outputs=1)),
+                                            2)["params"]
+    labels = make_optimizer(mc.optimizer, params, 10).labels
+    assert {label for path, label in labels.items() if path.startswith("video/")} == {"frozen"}
+    assert labels["heads/qa_classifier/out/kernel"] == "transformer"
