@@ -70,3 +70,12 @@ def pattern_frames(num_frames: int, hw: tuple[int, int], seed: int = 0, period: 
     waves = np.sin(2 * np.pi * (xx / period + yy / (1.7 * period)) + phase + t / 3)
     grey = np.clip(128 + 100 * waves, 0, 255).astype(np.uint8)
     return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def flip_byte(path: str, position: int) -> None:
+    """Invert the byte at ``position`` of the file ``path`` in place (simulated disk damage)."""
+    with open(path, "r+b") as f:
+        f.seek(position)
+        byte = f.read(1)
+        f.seek(position)
+        f.write(bytes([byte[0] ^ 0xFF]))

@@ -4,7 +4,6 @@ evaluation stops with an error that names the shard and offset."""
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 import shutil
@@ -17,7 +16,8 @@ from data_pipelines import make_demo
 from hdvila_jax.data.config import get_data_config
 from hdvila_jax.data.pipeline import make_eval_iterator, make_train_iterator
 from hdvila_jax.data.records import parse_clip_record
-from hdvila_jax.data.tfrecord_source import CorruptRecordError, TFRecordDataSource, masked_crc32c
+from hdvila_jax.data.tfrecord_source import CorruptRecordError, TFRecordDataSource, masked_crc32c, record_offsets
+from tests.data_helpers import flip_byte
 
 NUM_TRAIN = 12
 
@@ -49,21 +49,8 @@ def _shards(root, split="train"):
     return sorted(glob.glob(str(root / "records" / f"{split}-*.tfrecord")))
 
 
-def _offsets(path):
-    with open(path + ".json") as f:
-        return json.load(f)["offsets"]
-
-
 def _video_indices(path):
     return {parse_clip_record(data).video_index for data in TFRecordDataSource([path])}
-
-
-def _flip_byte(path, position):
-    with open(path, "r+b") as f:
-        f.seek(position)
-        byte = f.read(1)
-        f.seek(position)
-        f.write(bytes([byte[0] ^ 0xFF]))
 
 
 def _epoch(root, **overrides):
@@ -77,7 +64,7 @@ def _epoch(root, **overrides):
 
 def test_crc_matches_the_writer(pristine):
     path = _shards(pristine)[0]
-    offset = _offsets(path)[0]
+    offset = record_offsets(path)[0]
     with open(path, "rb") as f:
         f.seek(offset)
         header = f.read(12)
@@ -86,9 +73,9 @@ def test_crc_matches_the_writer(pristine):
 
 def test_flipped_bytes_skip_one_record_and_name_its_shard_and_offset(root, caplog):
     path = _shards(root)[1]
-    offset = _offsets(path)[1]
+    offset = record_offsets(path)[1]
     damaged_index = parse_clip_record(TFRecordDataSource([path])[1]).video_index
-    _flip_byte(path, offset + 12 + 40)  # inside the payload
+    flip_byte(path, offset + 12 + 40)  # inside the payload
     with pytest.raises(CorruptRecordError, match=f"{os.path.basename(path)} at byte {offset}: data CRC mismatch"):
         TFRecordDataSource([path])[1]
 
@@ -101,15 +88,15 @@ def test_flipped_bytes_skip_one_record_and_name_its_shard_and_offset(root, caplo
 
 def test_a_flipped_length_header_is_caught(root):
     path = _shards(root)[0]
-    offset = _offsets(path)[0]
-    _flip_byte(path, offset + 2)
+    offset = record_offsets(path)[0]
+    flip_byte(path, offset + 2)
     indices, records, _ = _epoch(root, batch_size=NUM_TRAIN - 1)
     assert len(indices) == NUM_TRAIN - 1 and records == 1
 
 
 def test_a_shard_cut_short_loses_only_its_tail(root, caplog):
     path = _shards(root)[2]
-    offsets = _offsets(path)
+    offsets = record_offsets(path)
     lost = len(offsets) - 1
     kept = _video_indices(path)
     os.truncate(path, offsets[1] + 20)  # the second record is cut in its payload
@@ -146,15 +133,15 @@ def test_no_readable_shard_is_an_error(root):
 
 def test_evaluation_stops_on_a_damaged_record_naming_it(root):
     path = _shards(root, "val")[0]
-    offset = _offsets(path)[0]
-    _flip_byte(path, offset + 12 + 40)
+    offset = record_offsets(path)[0]
+    flip_byte(path, offset + 12 + 40)
     with pytest.raises(CorruptRecordError, match=f"{os.path.basename(path)} at byte {offset}"):
         list(make_eval_iterator(_config(root, batch_size=2), 0, 1))
 
 
 def test_damage_leaves_the_resumed_stream_exact(root):
     path = _shards(root)[0]
-    _flip_byte(path, _offsets(path)[0] + 12 + 40)
+    flip_byte(path, record_offsets(path)[0] + 12 + 40)
     config = _config(root, batch_size=3)
     iterator = make_train_iterator(config, 0, 1)
     next(iterator)

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from hdvila_jax.data.tfrecord_source import record_offsets
 from hdvila_jax.train import checkpointing, trainer
 from tests import train_helpers
+from tests.data_helpers import flip_byte
 
 
 @pytest.fixture(scope="module")
@@ -96,14 +98,9 @@ def test_training_skips_a_damaged_shard_and_counts_it_in_metrics(demo_root, tmp_
     root = tmp_path / "demo"
     shutil.copytree(demo_root, root)
     damaged = sorted(glob.glob(str(root / "records" / "train-*.tfrecord")))[0]
-    with open(damaged + ".json") as f:
-        offsets = json.load(f)["offsets"]
-    with open(damaged, "r+b") as f:  # flip one payload byte of every record of the shard
-        for offset in offsets:
-            f.seek(offset + 100)
-            byte = f.read(1)
-            f.seek(offset + 100)
-            f.write(bytes([byte[0] ^ 0xFF]))
+    offsets = record_offsets(damaged)
+    for offset in offsets:  # one payload byte of every record of the shard
+        flip_byte(damaged, offset + 100)
     workdir = str(tmp_path / "run")
     readable_steps = (16 - len(offsets)) // 4  # one epoch of the readable records, batch 4
     config = _config(str(root), total_steps=readable_steps + 1, log_every_steps=1)

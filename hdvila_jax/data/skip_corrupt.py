@@ -24,9 +24,6 @@ SKIP_COUNT_KEYS = (SKIPPED_RECORDS, SKIPPED_SHARDS)
 
 class _SkipCorruptIterator(grain.DatasetIterator):
 
-    def __init__(self, parent: grain.DatasetIterator):
-        super().__init__(parent)
-
     def __next__(self) -> dict[str, Any]:
         counts = {"record": 0, "shard": 0}
         while True:

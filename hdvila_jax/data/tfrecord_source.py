@@ -56,6 +56,13 @@ def masked_crc32c(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + _CRC_MASK_DELTA) & 0xFFFFFFFF
 
 
+def _checked_length(header: bytes) -> int | None:
+    """The payload length of a 12-byte record header, or None when its CRC does not match."""
+    if struct.unpack("<I", header[8:])[0] != masked_crc32c(header[:8]):
+        return None
+    return struct.unpack("<Q", header[:8])[0]
+
+
 def sidecar_path(path: str) -> str:
     """Path of the JSON sidecar written beside a shard."""
     return path + ".json"
@@ -72,9 +79,9 @@ def _scan(path: str) -> tuple[list[int], CorruptRecord | None]:
             header = f.read(_HEADER_BYTES)
             if len(header) < _HEADER_BYTES:
                 return offsets, CorruptRecord(path, position, "truncated record header", "shard")
-            if struct.unpack("<I", header[8:])[0] != masked_crc32c(header[:8]):
+            length = _checked_length(header)
+            if length is None:
                 return offsets, CorruptRecord(path, position, "length CRC mismatch; rest of the file unread", "shard")
-            (length,) = struct.unpack("<Q", header[:8])
             end = position + _HEADER_BYTES + length + _FOOTER_BYTES
             if end > size:
                 return offsets, CorruptRecord(path, position, "record runs past the end of the file", "shard")
@@ -168,9 +175,9 @@ class TFRecordDataSource(grain.sources.RandomAccessDataSource):
             header = os.pread(fd, _HEADER_BYTES, offset)
             if len(header) < _HEADER_BYTES:
                 return CorruptRecord(path, offset, "file ends inside the record header")
-            if struct.unpack("<I", header[8:])[0] != masked_crc32c(header[:8]):
+            length = _checked_length(header)
+            if length is None:
                 return CorruptRecord(path, offset, "length CRC mismatch")
-            (length,) = struct.unpack("<Q", header[:8])
             body = os.pread(fd, length + _FOOTER_BYTES, offset + _HEADER_BYTES)
         except OSError as e:
             return CorruptRecord(path, offset, f"read error ({e})")
