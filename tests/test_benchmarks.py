@@ -11,6 +11,7 @@ import pytest
 from benchmarks.model_flops import forward_flops, train_flops
 from benchmarks.parts import STAGE1_PARTS, STAGE2_PARTS
 from benchmarks.scaling import collectives_of
+from benchmarks.settings import XLA_CPU_VARIANTS
 from configs import model as model_configs
 from configs import stage1
 from hdvila_jax.models import HDVILA, conv, model_config_from_dict
@@ -96,11 +97,36 @@ def test_profile_step_benchmark_quick(tmp_path):
 
 
 def test_vs_reference_benchmark_quick(tmp_path):
-    rows = run_benchmark("vs_reference", "--quick", tmp_path=tmp_path)
-    assert [r["stage"] for r in rows] == [1, 2]
+    rows = run_benchmark("vs_reference", "--quick", "--xla_variants=default,no_ynn", tmp_path=tmp_path)
+    assert [(r["stage"], r["xla_variant"]) for r in rows] == [(1, "default"), (1, "no_ynn"), (2, "default"), (2, "no_ynn")]
     for r in rows:
         assert np.isfinite(r["ours_loss"]) and np.isfinite(r["original_loss"])
         assert r["ratio"] == pytest.approx(r["ours_examples_per_s"] / r["original_examples_per_s"])
+    for default, other in (rows[:2], rows[2:]):  # the same step under other kernels: the same loss
+        assert other["ours_loss"] == pytest.approx(default["ours_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("variant", sorted(XLA_CPU_VARIANTS))
+def test_xla_cpu_variants_are_accepted_and_decide_who_runs_the_convolutions(variant):
+    x, k = jax.ShapeDtypeStruct((2, 16, 16, 64), np.float32), jax.ShapeDtypeStruct((3, 3, 64, 64), np.float32)
+    block = jax.jit(lambda x, k: jax.nn.relu(conv.conv2d(jax.nn.relu(conv.conv2d(x, k)), k) + x))
+    hlo = block.lower(x, k).compile(compiler_options=XLA_CPU_VARIANTS[variant] or None).as_text()
+    # jaxlib 0.10: YNNPACK takes each convolution by default; without it in the fusion types they go
+    # back to Eigen; ynn_graphs fuses both with the elementwise work between them into one graph.
+    expected = dict(default=2, no_ynn=0, ynn_dot_reduce=0, ynn_graphs=1)[variant]
+    assert hlo.count('"__ynn_fusion"') == expected
+
+
+def test_residuals_benchmark_quick(tmp_path):
+    rows = run_benchmark("residuals", "--quick", tmp_path=tmp_path)
+    by_policy = {r["policy"]: r for r in rows}
+    assert list(by_policy) == ["none", "stage", "block", "block_dots"]
+    mib = {p: r["activation_mib"] for p, r in by_policy.items()}
+    # Remat keeps fewer activations; keeping the conv/matmul outputs keeps more than keeping none.
+    assert 0 < mib["stage"] < mib["block"] < mib["block_dots"] < mib["none"]
+    # Under remat the backward pass keeps the float32 parameters themselves (arguments); without, the
+    # bf16 copies the forward made of them (activations).
+    assert by_policy["none"]["argument_mib"] < by_policy["stage"]["argument_mib"]
 
 
 def test_scaling_benchmark_quick(tmp_path):
