@@ -26,16 +26,26 @@ def _overrides(root, **extra):
             "data.vocab_file": os.path.join(root, "vocab.txt"), "demo_data_dir": "''", **extra}
 
 
-@pytest.fixture(scope="module")
-def straight_run(demo_root, tmp_path_factory):
+def _straight_run(demo_root, tmp_path_factory, **extra):
     """An uninterrupted 4-step run (checkpoints at 2 and 4), its overrides and environment."""
     tmp = tmp_path_factory.mktemp("straight")
-    overrides = _overrides(demo_root, total_steps=4, ckpt_every_steps=2, eval_every_steps=1000)
+    overrides = _overrides(demo_root, total_steps=4, ckpt_every_steps=2, eval_every_steps=1000, **extra)
     env = train_helpers.subprocess_env(JAX_COMPILATION_CACHE_DIR=str(tmp / "jax_cache"),
                                        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     workdir = str(tmp / "straight")
     train_helpers.run_main("configs/stage1.py:tiny", workdir, overrides, env)
     return workdir, overrides, env
+
+
+@pytest.fixture(scope="module")
+def straight_run(demo_root, tmp_path_factory):
+    return _straight_run(demo_root, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def straight_run_with_workers(demo_root, tmp_path_factory):
+    """As ``straight_run``, decoding in 2 grain worker processes (whose stream depends on the count)."""
+    return _straight_run(demo_root, tmp_path_factory, **{"data.num_workers": 2})
 
 
 def _logged_steps(workdir) -> set[int]:
@@ -51,7 +61,11 @@ def _interrupt(workdir, overrides, env, signum, ready) -> subprocess.Popen:
     while not ready(workdir) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signum)
-    proc.wait()
+    try:
+        proc.wait(timeout=train_helpers.SUBPROCESS_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"the run did not exit within {train_helpers.SUBPROCESS_TIMEOUT} s of signal {signum}")
     return proc
 
 
@@ -77,9 +91,8 @@ def test_resume_after_sigkill_is_exact(straight_run, tmp_path):
     _assert_same_run(straight, killed)
 
 
-def test_sigterm_saves_exits_zero_and_resumes_exactly(straight_run, tmp_path):
+def _sigterm_then_resume(straight_run, preempted):
     straight, overrides, env = straight_run
-    preempted = str(tmp_path / "preempted")
     # SIGTERM once step 1 is logged: the step in flight finishes, is saved, and the process exits 0.
     proc = _interrupt(preempted, overrides, env, signal.SIGTERM, lambda w: 1 in _logged_steps(w))
     stderr = proc.stderr.read().decode()
@@ -88,6 +101,19 @@ def test_sigterm_saves_exits_zero_and_resumes_exactly(straight_run, tmp_path):
     assert "preempted: checkpoint of step" in stderr and max(steps) < 4, (steps, "the signal came too late")
     train_helpers.run_main("configs/stage1.py:tiny", preempted, overrides, env)
     _assert_same_run(straight, preempted)
+
+
+def test_sigterm_saves_exits_zero_and_resumes_exactly(straight_run, tmp_path):
+    _sigterm_then_resume(straight_run, str(tmp_path / "preempted"))
+
+
+@pytest.mark.slow
+def test_sigterm_with_worker_processes_saves_exits_zero_and_resumes_exactly(straight_run_with_workers, straight_run,
+                                                                            tmp_path):
+    # The workers really decode: their batches (and so the losses) differ from the in-process stream's.
+    with_workers, in_process = (train_helpers.read_metrics(run[0]) for run in (straight_run_with_workers, straight_run))
+    assert [with_workers[s]["train/loss"] for s in (1, 2, 3, 4)] != [in_process[s]["train/loss"] for s in (1, 2, 3, 4)]
+    _sigterm_then_resume(straight_run_with_workers, str(tmp_path / "preempted"))
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(demo_root, tmp_path, monkeypatch):
