@@ -66,11 +66,12 @@ def policy_row(policy: str, crop: tuple[int, int], frames: int, depth: int, dtyp
     h, w = crop
     lines = (saved_residuals(depth, 4, (1, h, w, 3), dtype, policy)
              + saved_residuals(depth, 3, (frames - 1, h // 4, w // 4, 3), dtype, policy))
+    arguments = [line for line in lines if "from the argument" in line]
     activations = [line for line in lines if "from the argument" not in line]
     largest = max(activations, key=residual_bytes, default="")
     return dict(policy=policy, crop=list(crop), dtype=dtype, residuals=len(lines), activations=len(activations),
-                argument_mib=sum(residual_bytes(x) for x in lines if x not in activations) / MIB,
-                activation_mib=sum(residual_bytes(x) for x in activations) / MIB,
+                argument_mib=sum(map(residual_bytes, arguments)) / MIB,
+                activation_mib=sum(map(residual_bytes, activations)) / MIB,
                 largest_activation=largest.split(" from ")[0])
 
 
