@@ -14,22 +14,22 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax.linen.dtypes import promote_dtype
 
-from hdvila_jax.models.layers import Dtype
+from hdvila_jax.models.layers import Dtype, window_views
 
 IM2COL_MAX_CELLS = 24  # largest output map (rows x columns) a kxk convolution is run as im2col on CPU
 
 
-def _output_size(size: int, stride: int) -> int:
+def output_size(size: int, stride: int) -> int:
+    """Output length of a "same"-padded convolution with ``stride`` over ``size``."""
     return -(-size // stride)
 
 
 def im2col_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     """The convolution as one matmul over the k*k shifted, strided views of the padded input."""
     k, pad = kernel.shape[0], kernel.shape[0] // 2
-    ho, wo = _output_size(x.shape[1], stride), _output_size(x.shape[2], stride)
+    ho, wo = output_size(x.shape[1], stride), output_size(x.shape[2], stride)
     x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    views = [x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
-             for i in range(k) for j in range(k)]
+    views = window_views(x, k, stride, ho, wo)
     return matmul_nhwc(jnp.concatenate(views, axis=-1), kernel.reshape(-1, kernel.shape[-1]))
 
 
@@ -51,7 +51,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
     if uses_cpu_lowering():
         if k == 1:
             return matmul_nhwc(x[:, ::stride, ::stride], kernel[0, 0])
-        if _output_size(x.shape[1], stride) * _output_size(x.shape[2], stride) <= IM2COL_MAX_CELLS:
+        if output_size(x.shape[1], stride) * output_size(x.shape[2], stride) <= IM2COL_MAX_CELLS:
             return im2col_conv(x, kernel, stride)
     pad = k // 2
     return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),

@@ -56,12 +56,17 @@ def max_pool(x: jax.Array, window: int, stride: int, pad: int = 0) -> jax.Array:
     _, h, w, _ = x.shape
     ho, wo = (h + 2 * pad - window) // stride + 1, (w + 2 * pad - window) // stride + 1
     x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-jnp.inf)
-    out = None
-    for i in range(window):
-        for j in range(window):
-            view = x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
-            out = view if out is None else jnp.where(view > out, view, out)
+    out, *rest = window_views(x, window, stride, ho, wo)
+    for view in rest:
+        out = jnp.where(view > out, view, out)
     return out
+
+
+def window_views(x: jax.Array, window: int, stride: int, out_h: int, out_w: int) -> list[jax.Array]:
+    """The ``window * window`` strided views ``[N, out_h, out_w, C]`` of a padded ``x [N, H, W, C]``
+    in row-major window order: view ``(i, j)`` holds ``x[:, i + stride * r, j + stride * c]``."""
+    return [x[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride]
+            for i in range(window) for j in range(window)]
 
 
 def split_heads(x: jax.Array, num_heads: int) -> jax.Array:

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from hdvila_jax.models.conv import Conv
+from hdvila_jax.models.conv import Conv, output_size
 from hdvila_jax.models.layers import Dtype, max_pool, remat_block
 
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -52,7 +52,7 @@ def conv_bn(x: jax.Array, features: int, kernel: int, stride: int, dtype: Dtype,
     multiplier, shift = FrozenBatchNorm(features, param_dtype, name=bn_name)()
     conv = Conv(features, kernel, stride, conv_init, dtype, param_dtype, name=conv_name)
     n, h, w, cin = x.shape
-    if n * -(-h // stride) * -(-w // stride) >= kernel * kernel * cin:
+    if n * output_size(h, stride) * output_size(w, stride) >= kernel * kernel * cin:
         y = conv(x, multiplier)
         return y + shift.astype(y.dtype)
     y = conv(x)
