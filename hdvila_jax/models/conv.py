@@ -1,6 +1,6 @@
 """NHWC convolutions ("same" padding ``k // 2``, HWIO kernels), lowered for speed on XLA:CPU.
 
-XLA:CPU runs a convolution fast only in its canonical NHWC/HWIO form (Eigen, multi-threaded);
+XLA:CPU runs a convolution fast only in its canonical NHWC/HWIO form (YNNPACK in jaxlib 0.10);
 on maps smaller than the kernel window (the 2x3 and 4x6 maps of small crops) its algebraic
 simplifier swaps the operands and the result falls back to a naive loop, 30-70x slower, in the
 forward pass and in the input gradient. So on CPU: a 1x1 convolution is a matmul, and a kxk
