@@ -63,6 +63,13 @@ def _checked_length(header: bytes) -> int | None:
     return struct.unpack("<Q", header[:8])[0]
 
 
+def _intact(offsets: list[int], problem: CorruptRecord | None) -> list[int]:
+    """``offsets`` of a whole file, or the :class:`CorruptRecordError` of the ``problem`` that cut it short."""
+    if problem is not None:
+        raise CorruptRecordError(problem.describe())
+    return offsets
+
+
 def sidecar_path(path: str) -> str:
     """Path of the JSON sidecar written beside a shard."""
     return path + ".json"
@@ -93,10 +100,7 @@ def _scan(path: str) -> tuple[list[int], CorruptRecord | None]:
 
 def scan_record_offsets(path: str) -> list[int]:
     """Offsets of every record in a TFRecord file, found by walking its length headers."""
-    offsets, problem = _scan(path)
-    if problem is not None:
-        raise CorruptRecordError(problem.describe())
-    return offsets
+    return _intact(*_scan(path))
 
 
 def _index(path: str) -> tuple[list[int], CorruptRecord | None]:
@@ -116,10 +120,7 @@ def _index(path: str) -> tuple[list[int], CorruptRecord | None]:
 
 def record_offsets(path: str) -> list[int]:
     """Record offsets of a TFRecord file, from its sidecar if present, else by scanning."""
-    offsets, problem = _index(path)
-    if problem is not None:
-        raise CorruptRecordError(problem.describe())
-    return offsets
+    return _intact(*_index(path))
 
 
 class TFRecordDataSource(grain.sources.RandomAccessDataSource):
