@@ -31,7 +31,7 @@ def device_memory_bytes() -> int | None:
 def fits(config) -> tuple[bool, float]:
     """(whether the compiled step fits, its peak GiB per device)."""
     built = build_step(config)
-    analysis = built.step.lower(built.abstract_state(), built.abstract_batch()).compile().memory_analysis()
+    analysis = built.lower().compile().memory_analysis()
     peak = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes - analysis.alias_size_in_bytes
             + analysis.temp_size_in_bytes)
     limit = device_memory_bytes()

@@ -56,7 +56,7 @@ def compiled_memory(config, scheduler: str) -> dict:
     """Per-device bytes of the compiled train step of ``config`` under XLA:CPU's ``scheduler``."""
     from benchmarks.step_builder import build_step
     built = build_step(config)
-    lowered = built.step.lower(built.abstract_state(), built.abstract_batch())
+    lowered = built.lower()
     compiled = lowered.compile(compiler_options=dict(xla_cpu_scheduler_type=SCHEDULERS[scheduler]))
     m = compiled.memory_analysis()
     row = dict(arguments=m.argument_size_in_bytes, outputs=m.output_size_in_bytes, aliased=m.alias_size_in_bytes,

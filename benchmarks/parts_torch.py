@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import parts as P
+from benchmarks.torch_port import symmetric_info_nce
 from tests.torch_reference.model import HDVILA
 
 
@@ -51,9 +52,7 @@ def _contrastive(temperature: float):
     def loss(m: HDVILA, text_pooled, video_pooled):
         t = F.normalize(m.transformer.t_proj(text_pooled), dim=-1)
         v = F.normalize(m.transformer.v_proj(video_pooled), dim=-1)
-        logits = t @ v.T / temperature
-        labels = torch.arange(logits.shape[0])
-        return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+        return symmetric_info_nce(t, v, temperature)
     return loss
 
 

@@ -61,7 +61,7 @@ def worker(config_name: str, devices: int, batch_size: int, mode: str, out_path:
     config.mesh.data, config.mesh.fsdp = (devices, 1) if mode == "dp" else (1, devices)
     config.fsdp_min_size = 1
     built = build_step(config)
-    compiled = built.step.lower(built.abstract_state(), built.abstract_batch()).compile()
+    compiled = built.lower().compile()
     state = built.init_state()
     before = traverse_util.flatten_dict(jax.device_get(state["params"]), sep="/")
     state, metrics = compiled(state, built.random_batch(seed=3))

@@ -64,6 +64,10 @@ class BuiltStep:
                 out[name] = rng.integers(5, vocab, shape).astype(np.int32)
         return sharding.global_batch(out, self.mesh)
 
+    def lower(self) -> jax.stages.Lowered:
+        """The step lowered for this config's abstract state and batch (compile it with any options)."""
+        return self.step.lower(self.abstract_state(), self.abstract_batch())
+
     def init_state(self) -> dict:
         """A random, sharded step-0 train state."""
         variables = train_state.init_variables_sharded(self.config, self.model_cfg, self.mesh)

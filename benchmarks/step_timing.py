@@ -26,7 +26,7 @@ def measure(config, dtype: str, steps: int, warmup: int) -> dict:
     config.model.dtype = dtype
     built = build_step(config)
     start = time.perf_counter()
-    compiled = built.step.lower(built.abstract_state(), built.abstract_batch()).compile()
+    compiled = built.lower().compile()
     compile_s = time.perf_counter() - start
     state, batch = built.init_state(), built.random_batch()
     times = []

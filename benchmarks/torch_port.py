@@ -62,6 +62,14 @@ def torch_batch(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return out
 
 
+def symmetric_info_nce(text: torch.Tensor, video: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The original's stage-1 loss on normalised features ``[B, D]``: the mean of the text-to-video
+    and video-to-text cross entropies of ``text @ video.T / temperature``."""
+    logits = text @ video.T / temperature
+    labels = torch.arange(logits.shape[0])
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
 def _trained_in_stage2(name: str, first_cross_layer: int) -> bool:
     if name.startswith(BERT_LAYERS):
         return int(name[len(BERT_LAYERS):].split(".")[0]) >= first_cross_layer
@@ -96,9 +104,7 @@ class TorchTrainStep:
         out = self.model(**batch)
         if self.stage == 2:
             return out["mlm_loss"]
-        logits = out["text_features"] @ out["vis_features"].T / self.temperature
-        labels = torch.arange(logits.shape[0])
-        return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+        return symmetric_info_nce(out["text_features"], out["vis_features"], self.temperature)
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> float:
         self.optimizer.zero_grad(set_to_none=True)

@@ -43,7 +43,7 @@ def compare(stage: int, steps: int, warmup: int, quick: bool, threads: int, vari
     options) and of the original for ``stage`` on ``threads`` threads, all timed in one run."""
     config = tiny_setting(stage, quick)
     built = build_step(config)
-    lowered = built.step.lower(built.abstract_state(), built.abstract_batch())
+    lowered = built.lower()
     compiled, compile_s = {}, {}
     for name in variants:
         start = time.perf_counter()

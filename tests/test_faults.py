@@ -1,6 +1,5 @@
 """Faults while training: damaged records in a shard, a damaged latest checkpoint, an interrupted save, a full disk."""
 import glob
-import json
 import logging
 import os
 import shutil
@@ -105,8 +104,7 @@ def test_training_skips_a_damaged_shard_and_counts_it_in_metrics(demo_root, tmp_
     readable_steps = (16 - len(offsets)) // 4  # one epoch of the readable records, batch 4
     config = _config(str(root), total_steps=readable_steps + 1, log_every_steps=1)
     trainer.train_and_evaluate(config, workdir)
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f]
+    rows = [row for _, row in sorted(train_helpers.read_metrics(workdir).items())]
     skipped = [r["train/data_skipped_records"] for r in rows if "train/data_skipped_records" in r]
     # A skip is counted with the example after it: once the second epoch has begun, every damaged
     # record of the first has come up and been skipped; the second epoch's may have begun to.
