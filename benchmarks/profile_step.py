@@ -25,6 +25,7 @@ from benchmarks.reporting import report
 from benchmarks.settings import tiny_setting
 from benchmarks.step_builder import build_step
 from benchmarks.torch_port import build_model, set_threads
+from hdvila_jax.huge_page_malloc import reexec_with_huge_page_malloc
 
 _REPS = flags.DEFINE_integer("reps", 5, "Timed calls of each part and side.")
 _WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed calls first.")
@@ -72,4 +73,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    reexec_with_huge_page_malloc()  # as the trainer runs: hdvila_jax/main.py
     app.run(main)

@@ -27,6 +27,7 @@ from benchmarks.reporting import report
 from benchmarks.settings import XLA_CPU_VARIANTS, tiny_setting
 from benchmarks.step_builder import build_step
 from benchmarks.torch_port import TorchTrainStep, set_threads, torch_batch
+from hdvila_jax.huge_page_malloc import reexec_with_huge_page_malloc
 
 _STAGES = flags.DEFINE_list("stages", ["1", "2"], "Stages to compare.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps of each side.")
@@ -98,4 +99,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    reexec_with_huge_page_malloc()  # as the trainer runs: hdvila_jax/main.py
     app.run(main)
