@@ -1,4 +1,4 @@
-"""Shared plumbing of the benchmark scripts: workers on forced CPU devices, and output."""
+"""Shared plumbing of the benchmark scripts: worker processes (some on forced CPU devices), and output."""
 from __future__ import annotations
 
 import json
@@ -11,17 +11,24 @@ ROW_PREFIX = "ROW "
 
 
 def emit_row(row: dict) -> None:
-    """Print one result row for the parent process (see :func:`run_on_forced_devices`)."""
+    """Print one result row for the parent process (see :func:`run_worker`)."""
     print(ROW_PREFIX + json.dumps(row), flush=True)
+
+
+def run_worker(module: str, args: list[str], env: dict[str, str]) -> list[dict]:
+    """Run ``python -m module args`` with ``env`` added to this process's environment; the rows it
+    printed with :func:`emit_row`."""
+    result = subprocess.run([sys.executable, "-m", module, *args], env={**os.environ, **env}, capture_output=True,
+                            text=True)
+    if result.returncode:
+        raise RuntimeError(f"{module} worker {args} with {env} failed:\n{result.stderr[-4000:]}")
+    return [json.loads(line[len(ROW_PREFIX):]) for line in result.stdout.splitlines() if line.startswith(ROW_PREFIX)]
 
 
 def run_on_forced_devices(module: str, devices: int, args: list[str]) -> list[dict]:
     """Run ``python -m module --worker ... args`` with ``devices`` forced CPU devices; its rows."""
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, "-m", module, *args], env=env, capture_output=True, text=True)
-    if result.returncode:
-        raise RuntimeError(f"{module} worker on {devices} devices failed:\n{result.stderr[-4000:]}")
-    return [json.loads(line[len(ROW_PREFIX):]) for line in result.stdout.splitlines() if line.startswith(ROW_PREFIX)]
+    return run_worker(module, args, dict(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+                                         JAX_PLATFORMS="cpu"))
 
 
 def report(rows: list[dict], print_table: Callable[[list[dict]], None], json_path: str | None) -> None:

@@ -14,6 +14,7 @@ from benchmarks.scaling import collectives_of
 from benchmarks.settings import XLA_CPU_VARIANTS
 from configs import model as model_configs
 from configs import stage1
+from hdvila_jax import huge_page_malloc
 from hdvila_jax.models import HDVILA, conv, model_config_from_dict
 from hdvila_jax.models.variables import abstract_variables, example_batch
 from tests.model_helpers import small_config
@@ -104,6 +105,18 @@ def test_vs_reference_benchmark_quick(tmp_path):
         assert r["ratio"] == pytest.approx(r["ours_examples_per_s"] / r["original_examples_per_s"])
     for default, other in (rows[:2], rows[2:]):  # the same step under other kernels: the same loss
         assert other["ours_loss"] == pytest.approx(default["ours_loss"], rel=1e-4)
+
+
+@pytest.mark.skipif(not huge_page_malloc.takes_effect(), reason=huge_page_malloc.NEEDS)
+def test_page_faults_benchmark_quick(tmp_path):
+    small, huge = run_benchmark("page_faults", "--quick", tmp_path=tmp_path)
+    assert (small["malloc"], huge["malloc"]) == ("4 KiB pages", "huge pages")
+    assert (small["glibc_tunables"], huge["glibc_tunables"]) == ("glibc.malloc.hugetlb=0", "glibc.malloc.hugetlb=1")
+    assert small["temp_mib"] == huge["temp_mib"] > 64  # above what glibc keeps in a thread's heap
+    # Without huge pages every 4 KiB page of the temporaries faults in again on every step.
+    assert small["minor_faults_per_step"] > 0.9 * small["temp_mib"] * 256
+    assert huge["minor_faults_per_step"] < 0.1 * small["minor_faults_per_step"]
+    assert huge["kernel_cores"] < small["kernel_cores"]
 
 
 @pytest.mark.parametrize("variant", sorted(XLA_CPU_VARIANTS))
