@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from benchmarks.reporting import emit_row, report, run_on_forced_devices
+from benchmarks.reporting import emit_row, print_markdown_table, report, run_on_forced_devices
 
 _DEVICES = flags.DEFINE_list("devices", ["8", "64"], "Device counts (FSDP sizes).")
 _PER_DEVICE_BATCH = flags.DEFINE_integer("per_device_batch", 8, "Examples per device.")
@@ -77,14 +77,15 @@ def worker(devices: int, stages: list[int], remats: list[str], schedulers: list[
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| stage | devices (FSDP) | examples/device | remat | XLA:CPU scheduler | arguments GiB | outputs GiB | "
-          "aliased GiB | temporaries GiB | peak GiB | fits 16 / 40 / 80 GB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        fits = " / ".join("yes" if r["peak"] <= gb * 1e9 else "no" for gb in (16, 40, 80))
-        print(f"| {r['stage']} | {r['devices']} | {r['per_device_batch']} | {r['remat']} | {r['scheduler']} | "
-              f"{r['arguments'] / GIB:.2f} | {r['outputs'] / GIB:.2f} | {r['aliased'] / GIB:.2f} | "
-              f"{r['temporaries'] / GIB:.2f} | {r['peak'] / GIB:.2f} | {fits} |")
+    def fits(peak: int) -> str:
+        return " / ".join("yes" if peak <= gb * 1e9 else "no" for gb in (16, 40, 80))
+
+    print_markdown_table(
+        ["stage", "devices (FSDP)", "examples/device", "remat", "XLA:CPU scheduler", "arguments GiB", "outputs GiB",
+         "aliased GiB", "temporaries GiB", "peak GiB", "fits 16 / 40 / 80 GB"],
+        [[r["stage"], r["devices"], r["per_device_batch"], r["remat"], r["scheduler"],
+          *(f"{r[k] / GIB:.2f}" for k in ("arguments", "outputs", "aliased", "temporaries", "peak")), fits(r["peak"])]
+         for r in rows])
 
 
 def main(argv):

@@ -8,6 +8,7 @@ convolution costs two of them); in stage 2 the frozen stage-1 towers run forward
 """
 from __future__ import annotations
 
+from benchmarks.reporting import print_markdown_table
 from configs import model as model_configs
 from hdvila_jax.models import ModelConfig, model_config_from_dict
 from hdvila_jax.models.resnet import STAGE_BLOCKS
@@ -97,11 +98,11 @@ def train_flops(cfg: ModelConfig, stage: int, clips: int, text_len: int, visual_
 
 def main() -> None:
     cfg = model_config_from_dict(model_configs.get_config("paper").to_dict())
-    print("| stage | clips | text | forward TFLOP/example | train TFLOP/example |")
-    print("|---|---|---|---|---|")
-    for stage, tokens in ((1, None), (2, cfg.pixel_random_sampling_size)):
-        fwd, train = forward_flops(cfg, stage, 2, 50, tokens), train_flops(cfg, stage, 2, 50, tokens)
-        print(f"| {stage} | 2 | 50 | {fwd / 1e12:.3f} | {train / 1e12:.3f} |")
+    print_markdown_table(
+        ["stage", "clips", "text", "forward TFLOP/example", "train TFLOP/example"],
+        [[stage, 2, 50, f"{forward_flops(cfg, stage, 2, 50, tokens) / 1e12:.3f}",
+          f"{train_flops(cfg, stage, 2, 50, tokens) / 1e12:.3f}"]
+         for stage, tokens in ((1, None), (2, cfg.pixel_random_sampling_size))])
 
 
 if __name__ == "__main__":

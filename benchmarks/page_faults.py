@@ -20,7 +20,7 @@ import time
 import jax
 from absl import app, flags
 
-from benchmarks.reporting import emit_row, report, run_worker
+from benchmarks.reporting import emit_row, print_markdown_table, report, run_worker
 from benchmarks.settings import tiny_setting
 from benchmarks.step_builder import build_step
 from hdvila_jax.huge_page_malloc import THP_MODE_FILE, TUNABLE
@@ -59,12 +59,11 @@ def measure(stage: int, steps: int, quick: bool) -> dict:
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| stage | malloc | round | ms/step | CPU cores busy | of them kernel | minor page faults per step | "
-          "XLA temporaries MiB |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['stage']} | {r['malloc']} | {r['round']} | {r['step_ms']:.0f} | {r['cpu_cores']:.2f} | "
-              f"{r['kernel_cores']:.2f} | {r['minor_faults_per_step']:.0f} | {r['temp_mib']:.0f} |")
+    print_markdown_table(
+        ["stage", "malloc", "round", "ms/step", "CPU cores busy", "of them kernel", "minor page faults per step",
+         "XLA temporaries MiB"],
+        [[r["stage"], r["malloc"], r["round"], f"{r['step_ms']:.0f}", f"{r['cpu_cores']:.2f}",
+          f"{r['kernel_cores']:.2f}", f"{r['minor_faults_per_step']:.0f}", f"{r['temp_mib']:.0f}"] for r in rows])
 
 
 def main(argv):

@@ -21,7 +21,7 @@ from benchmarks import parts as P
 from benchmarks.interleave import time_interleaved
 from benchmarks.parts_jax import jax_parts
 from benchmarks.parts_torch import torch_parts
-from benchmarks.reporting import report
+from benchmarks.reporting import print_markdown_table, report
 from benchmarks.settings import tiny_setting
 from benchmarks.step_builder import build_step
 from benchmarks.torch_port import build_model, set_threads
@@ -52,17 +52,17 @@ def profile(quick: bool, reps: int, warmup: int, threads: int) -> list[dict]:
     return rows
 
 
-def _cells(ours: float, original: float) -> str:
-    return f"{ours:.1f} | {original:.1f} | {original / ours:.2f}x"
+def _cells(ours: float, original: float) -> list[str]:
+    return [f"{ours:.1f}", f"{original:.1f}", f"{original / ours:.2f}x"]
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| part | ours fwd ms | original fwd ms | ratio | ours fwd+bwd ms | original fwd+bwd ms | ratio |")
-    print("|---|---|---|---|---|---|---|")
     total = {k: sum(r[k] for r in rows) for k in rows[0] if k.endswith("_ms")}
-    for r in rows + [dict(part="**total**", **total)]:
-        print(f"| {r['part']} | {_cells(r['ours_forward_ms'], r['original_forward_ms'])} | "
-              f"{_cells(r['ours_forward_backward_ms'], r['original_forward_backward_ms'])} |")
+    print_markdown_table(
+        ["part", "ours fwd ms", "original fwd ms", "ratio", "ours fwd+bwd ms", "original fwd+bwd ms", "ratio"],
+        [[r["part"], *_cells(r["ours_forward_ms"], r["original_forward_ms"]),
+          *_cells(r["ours_forward_backward_ms"], r["original_forward_backward_ms"])]
+         for r in rows + [dict(part="**total**", **total)]])
 
 
 def main(argv):

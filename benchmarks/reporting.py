@@ -5,7 +5,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Callable
+from typing import Callable, Iterable, Sequence
 
 ROW_PREFIX = "ROW "
 
@@ -29,6 +29,14 @@ def run_on_forced_devices(module: str, devices: int, args: list[str]) -> list[di
     """Run ``python -m module --worker ... args`` with ``devices`` forced CPU devices; its rows."""
     return run_worker(module, args, dict(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                                          JAX_PLATFORMS="cpu"))
+
+
+def print_markdown_table(header: list[str], rows: Iterable[Sequence[object]]) -> None:
+    """Print a Markdown table: ``header``, then one line per row of formatted cells."""
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for cells in rows:
+        print("| " + " | ".join(str(c) for c in cells) + " |")
 
 
 def report(rows: list[dict], print_table: Callable[[list[dict]], None], json_path: str | None) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 from absl import app, flags
 from jax.ad_checkpoint import print_saved_residuals
 
-from benchmarks.reporting import report
+from benchmarks.reporting import print_markdown_table, report
 from configs import model as model_configs
 from hdvila_jax.models.resnet import ResNet
 
@@ -76,11 +76,10 @@ def policy_row(policy: str, crop: tuple[int, int], frames: int, depth: int, dtyp
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| remat policy | residuals | of them activations | activation MiB per clip | largest activation |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['policy']} | {r['residuals']} | {r['activations']} | {r['activation_mib']:.1f} | "
-              f"{r['largest_activation']} |")
+    print_markdown_table(
+        ["remat policy", "residuals", "of them activations", "activation MiB per clip", "largest activation"],
+        [[r["policy"], r["residuals"], r["activations"], f"{r['activation_mib']:.1f}", r["largest_activation"]]
+         for r in rows])
 
 
 def main(argv):

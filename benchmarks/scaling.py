@@ -21,7 +21,7 @@ import re
 import numpy as np
 from absl import app, flags
 
-from benchmarks.reporting import emit_row, report, run_on_forced_devices
+from benchmarks.reporting import emit_row, print_markdown_table, report, run_on_forced_devices
 
 _CONFIG = flags.DEFINE_enum("config", "stage1", ["stage1", "stage2"], "Trainer config (tiny variant).")
 _DEVICES = flags.DEFINE_list("devices", ["1", "2", "4", "8"], "Device counts.")
@@ -97,13 +97,15 @@ def scaling_rows(config_name: str, runs: list[tuple[str, int]], batch_size: int,
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| mode | devices | sharded params | loss | loss rel. diff | update rel. diff | collectives per step "
-          "(count, MiB per device) |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        coll = ", ".join(f"{op} {s['count']} ({s['bytes'] / 2**20:.2f})" for op, s in sorted(r["collectives"].items()))
-        print(f"| {r['mode']} | {r['devices']} | {r['sharded_params']} | {r['loss']:.6f} | {r['loss_rel_diff']:.1e} | "
-              f"{r['update_rel_diff']:.1e} | {coll or 'none'} |")
+    def collectives(r: dict) -> str:
+        return ", ".join(f"{op} {s['count']} ({s['bytes'] / 2**20:.2f})"
+                         for op, s in sorted(r["collectives"].items())) or "none"
+
+    print_markdown_table(
+        ["mode", "devices", "sharded params", "loss", "loss rel. diff", "update rel. diff",
+         "collectives per step (count, MiB per device)"],
+        [[r["mode"], r["devices"], r["sharded_params"], f"{r['loss']:.6f}", f"{r['loss_rel_diff']:.1e}",
+          f"{r['update_rel_diff']:.1e}", collectives(r)] for r in rows])
 
 
 def main(argv):

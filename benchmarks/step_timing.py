@@ -9,6 +9,7 @@ import jax
 
 from benchmarks.model_flops import train_flops
 from benchmarks.peaks import peak_flops
+from benchmarks.reporting import print_markdown_table
 from benchmarks.step_builder import build_step
 
 
@@ -53,12 +54,10 @@ def measure(config, dtype: str, steps: int, warmup: int) -> dict:
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| stage | dtype | devices | batch | compile s | step ms | examples/s | XLA GFLOP/step | "
-          "analytic GFLOP/step | TFLOP/s | peak TFLOP/s/dev | MFU |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
-        print(f"| {r['stage']} | {r['dtype']} | {r['devices']} | {r['batch_size']} | {r['compile_s']:.1f} | "
-              f"{r['step_ms']:.1f} | {r['examples_per_s']:.2f} | {r['xla_gflop_per_step']:.1f} | "
-              f"{r['analytic_gflop_per_step']:.1f} | {r['tflops_per_s']:.3f} | {r['peak_tflops_per_device']:.2f} "
-              f"({r['peak_source']}) | {mfu} |")
+    print_markdown_table(
+        ["stage", "dtype", "devices", "batch", "compile s", "step ms", "examples/s", "XLA GFLOP/step",
+         "analytic GFLOP/step", "TFLOP/s", "peak TFLOP/s/dev", "MFU"],
+        [[r["stage"], r["dtype"], r["devices"], r["batch_size"], f"{r['compile_s']:.1f}", f"{r['step_ms']:.1f}",
+          f"{r['examples_per_s']:.2f}", f"{r['xla_gflop_per_step']:.1f}", f"{r['analytic_gflop_per_step']:.1f}",
+          f"{r['tflops_per_s']:.3f}", f"{r['peak_tflops_per_device']:.2f} ({r['peak_source']})",
+          f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"] for r in rows])

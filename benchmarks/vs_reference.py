@@ -23,7 +23,7 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks.interleave import time_interleaved
-from benchmarks.reporting import report
+from benchmarks.reporting import print_markdown_table, report
 from benchmarks.settings import XLA_CPU_VARIANTS, tiny_setting
 from benchmarks.step_builder import build_step
 from benchmarks.torch_port import TorchTrainStep, set_threads, torch_batch
@@ -76,14 +76,12 @@ def compare(stage: int, steps: int, warmup: int, quick: bool, threads: int, vari
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| stage | XLA:CPU options | batch x clips | threads | ours ms/step | ours examples/s | original ms/step | "
-          "original examples/s | ours / original |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['stage']} | {r['xla_variant']} | {r['batch_size']} x {r['clips']} | {r['threads']} | "
-              f"{r['ours_step_ms']:.0f} | "
-              f"{r['ours_examples_per_s']:.2f} | {r['original_step_ms']:.0f} | {r['original_examples_per_s']:.2f} | "
-              f"{r['ratio']:.2f}x |")
+    print_markdown_table(
+        ["stage", "XLA:CPU options", "batch x clips", "threads", "ours ms/step", "ours examples/s", "original ms/step",
+         "original examples/s", "ours / original"],
+        [[r["stage"], r["xla_variant"], f"{r['batch_size']} x {r['clips']}", r["threads"], f"{r['ours_step_ms']:.0f}",
+          f"{r['ours_examples_per_s']:.2f}", f"{r['original_step_ms']:.0f}", f"{r['original_examples_per_s']:.2f}",
+          f"{r['ratio']:.2f}x"] for r in rows])
 
 
 def main(argv):
