@@ -2,10 +2,10 @@
 
 XLA:CPU allocates a step's temporaries as one buffer per execution (600 MiB for the README's
 stage-1 CPU setting) and frees it at the end; glibc hands a block that large straight back to the
-kernel, so the next step faults all of it in again, 4 KiB at a time: 157k page faults and a fifth
-of the step's CPU time in the kernel. glibc's ``glibc.malloc.hugetlb=1`` tunable makes malloc
-advise transparent huge pages for such blocks (2 MiB pages: about 500 times fewer faults, and
-fewer TLB misses). glibc reads ``GLIBC_TUNABLES`` only when a process starts, so an entry point
+kernel, so the next step faults all of it in again, 4 KiB at a time: 157k page faults and about
+15% of the step's CPU time in the kernel. glibc's ``glibc.malloc.hugetlb=1`` tunable makes malloc
+advise transparent huge pages for such blocks (2 MiB pages: 125 times fewer faults in that step,
+numbers in the README's Performance section). glibc reads ``GLIBC_TUNABLES`` only when a process starts, so an entry point
 calls :func:`reexec_with_huge_page_malloc` before its heavy imports and the process replaces
 itself once with the tunable set. ``HDVILA_HUGE_PAGE_MALLOC=0`` turns this off; a
 ``glibc.malloc.hugetlb`` setting already in ``GLIBC_TUNABLES`` is left as the user set it.
