@@ -13,7 +13,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from benchmarks.reporting import report
-from benchmarks.step_builder import build_step
+from benchmarks.step_builder import build_step, memory_per_device
 from benchmarks.step_timing import measure, print_table
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Trainer config file[:variant].")
@@ -31,9 +31,7 @@ def device_memory_bytes() -> int | None:
 def fits(config) -> tuple[bool, float]:
     """(whether the compiled step fits, its peak GiB per device)."""
     built = build_step(config)
-    analysis = built.lower().compile().memory_analysis()
-    peak = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes - analysis.alias_size_in_bytes
-            + analysis.temp_size_in_bytes)
+    peak = memory_per_device(built.lower().compile())["peak"]
     limit = device_memory_bytes()
     return (limit is None or peak <= MARGIN * limit), peak / 2**30
 

@@ -54,15 +54,10 @@ def trainer_config(stage: int, variant: str, devices: int, per_device_batch: int
 
 def compiled_memory(config, scheduler: str) -> dict:
     """Per-device bytes of the compiled train step of ``config`` under XLA:CPU's ``scheduler``."""
-    from benchmarks.step_builder import build_step
+    from benchmarks.step_builder import build_step, memory_per_device
     built = build_step(config)
     lowered = built.lower()
-    compiled = lowered.compile(compiler_options=dict(xla_cpu_scheduler_type=SCHEDULERS[scheduler]))
-    m = compiled.memory_analysis()
-    row = dict(arguments=m.argument_size_in_bytes, outputs=m.output_size_in_bytes, aliased=m.alias_size_in_bytes,
-               temporaries=m.temp_size_in_bytes)
-    row["peak"] = row["arguments"] + row["outputs"] - row["aliased"] + row["temporaries"]
-    return row
+    return memory_per_device(lowered.compile(compiler_options=dict(xla_cpu_scheduler_type=SCHEDULERS[scheduler])))
 
 
 def worker(devices: int, stages: list[int], remats: list[str], schedulers: list[str], per_device_batch: int,

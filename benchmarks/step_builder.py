@@ -19,6 +19,15 @@ from hdvila_jax.train.optimizer import Optimizer, make_optimizer
 from hdvila_jax.train.train_step import jit_train_step
 
 
+def memory_per_device(compiled: jax.stages.Compiled) -> dict[str, int]:
+    """Bytes per device from XLA's memory analysis of ``compiled``: arguments, outputs, aliased,
+    temporaries, and peak = arguments + outputs - aliased + temporaries."""
+    m = compiled.memory_analysis()
+    row = dict(arguments=m.argument_size_in_bytes, outputs=m.output_size_in_bytes, aliased=m.alias_size_in_bytes,
+               temporaries=m.temp_size_in_bytes)
+    return dict(row, peak=row["arguments"] + row["outputs"] - row["aliased"] + row["temporaries"])
+
+
 @dataclasses.dataclass
 class BuiltStep:
     """A jitted train step and what it takes."""
