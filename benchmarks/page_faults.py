@@ -23,7 +23,7 @@ from absl import app, flags
 from benchmarks.reporting import emit_row, print_markdown_table, report, run_worker
 from benchmarks.settings import tiny_setting
 from benchmarks.step_builder import build_step
-from hdvila_jax.huge_page_malloc import THP_MODE_FILE, TUNABLE
+from hdvila_jax.huge_page_malloc import THP_MODE_FILE, TUNABLE, kernel_thp_mode
 
 MALLOC_SETTINGS = {"4 KiB pages": f"{TUNABLE}=0", "huge pages": f"{TUNABLE}=1"}
 
@@ -72,8 +72,7 @@ def main(argv):
     if _WORKER_STAGE.value:
         emit_row(measure(_WORKER_STAGE.value, steps, _QUICK.value))
         return
-    with open(THP_MODE_FILE) as f:
-        print(f"transparent huge pages ({THP_MODE_FILE}): {f.read().strip()}")
+    print(f"transparent huge pages ({THP_MODE_FILE}): {kernel_thp_mode() or 'unknown'}")
     rows = []
     for stage in (["1"] if _QUICK.value else _STAGES.value):
         for round_ in range(1, rounds + 1):

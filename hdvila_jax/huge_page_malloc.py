@@ -35,14 +35,20 @@ def huge_page_environ(environ: Mapping[str, str]) -> dict[str, str] | None:
     return {**environ, "GLIBC_TUNABLES": ":".join([*tunables, f"{TUNABLE}=1"])}
 
 
+def kernel_thp_mode(mode_file: str = THP_MODE_FILE) -> str:
+    """The kernel's transparent-huge-page modes, the chosen one in brackets (``always [madvise] never``);
+    empty where the file cannot be read."""
+    try:
+        with open(mode_file) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def kernel_advises_huge_pages(mode_file: str = THP_MODE_FILE) -> bool:
     """Whether the kernel gives transparent huge pages only where a program asks (mode ``madvise``),
     the one mode in which the tunable changes anything."""
-    try:
-        with open(mode_file) as f:
-            return "[madvise]" in f.read()
-    except OSError:
-        return False
+    return "[madvise]" in kernel_thp_mode(mode_file)
 
 
 def glibc_has_tunable() -> bool:
