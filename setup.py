@@ -1,12 +1,15 @@
 """hdvila_jax: HD-VILA video-language pretraining in JAX/Flax."""
 from setuptools import find_packages, setup
 
+LINUX_X86_64 = 'platform_system == "Linux" and platform_machine == "x86_64"'
+
 setup(
     name="hdvila_jax",
     version="0.1.0",
     description="HD-VILA (CVPR 2022) high-resolution video-language pretraining in JAX/Flax",
     python_requires=">=3.10",
     packages=find_packages(include=["hdvila_jax", "hdvila_jax.*", "data_pipelines", "data_pipelines.*", "configs"]),
+    package_data={"hdvila_jax.kernels": ["*.cc"]},
     install_requires=[
         "jax>=0.4.35",
         "flax>=0.10",
@@ -26,6 +29,9 @@ setup(
         "pillow",
         "importlib_resources",  # tensorflow-datasets imports it without declaring it
         "google-crc32c",  # TFRecord CRC checks on every read (hdvila_jax/data/tfrecord_source.py)
+        # oneDNN's library and headers for the CPU convolutions of hdvila_jax/kernels (built on first use)
+        f"onednn-cpu-gomp==2023.2.0; {LINUX_X86_64}",
+        f"onednn-devel-cpu-gomp==2023.2.0; {LINUX_X86_64}",
     ],
     extras_require={
         "test": ["pytest", "torch==2.13.0"],

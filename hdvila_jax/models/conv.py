@@ -5,7 +5,9 @@ on maps smaller than the kernel window (the 2x3 and 4x6 maps of small crops) its
 simplifier swaps the operands and the result falls back to a naive loop, 30-70x slower, in the
 forward pass and in the input gradient. So on CPU: a 1x1 convolution is a matmul, and a kxk
 convolution with at most ``IM2COL_MAX_CELLS`` output cells is a matmul over its k*k shifted
-copies of the input (im2col). Other backends get ``lax.conv_general_dilated`` unchanged.
+copies of the input (im2col). Larger kxk convolutions run in oneDNN (``hdvila_jax.kernels``),
+which uses every core where YNNPACK uses one, on a single CPU device where it is built. Other
+backends get ``lax.conv_general_dilated`` unchanged.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax.linen.dtypes import promote_dtype
 
+from hdvila_jax.kernels import onednn_conv
 from hdvila_jax.models.layers import Dtype, window_views
 
 IM2COL_MAX_CELLS = 24  # largest output map (rows x columns) a kxk convolution is run as im2col on CPU
@@ -44,6 +47,15 @@ def uses_cpu_lowering() -> bool:
     return jax.default_backend() == "cpu"
 
 
+def uses_onednn(x: jax.Array, kernel: jax.Array) -> bool:
+    """Whether a CPU kxk convolution of ``x`` with ``kernel`` runs in oneDNN: an odd square kernel,
+    one dtype oneDNN takes, one device in all (a custom call is not partitioned: XLA would gather
+    a sharded batch onto every device), and the kernels built (``onednn_conv.available``)."""
+    kh, kw = kernel.shape[:2]
+    return (kh == kw and kh % 2 == 1 and x.dtype == kernel.dtype and x.dtype in onednn_conv.DTYPES
+            and jax.device_count() == 1 and onednn_conv.available())
+
+
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
     """``x [N, H, W, Cin]`` * ``kernel [k, k, Cin, Cout]``, padding ``k // 2``, stride ``s`` ->
     ``[N, ceil(H/s), ceil(W/s), Cout]``."""
@@ -53,6 +65,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
             return matmul_nhwc(x[:, ::stride, ::stride], kernel[0, 0])
         if output_size(x.shape[1], stride) * output_size(x.shape[2], stride) <= IM2COL_MAX_CELLS:
             return im2col_conv(x, kernel, stride)
+        if uses_onednn(x, kernel):
+            return onednn_conv.conv2d(x, kernel, stride)
     pad = k // 2
     return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))

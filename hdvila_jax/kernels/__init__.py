@@ -1,0 +1,1 @@
+"""Native CPU kernels called from XLA through its FFI (built from source on first use)."""

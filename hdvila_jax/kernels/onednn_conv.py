@@ -1,0 +1,128 @@
+"""oneDNN's 2-D convolution as a differentiable JAX op for XLA:CPU (FFI custom calls).
+
+jaxlib 0.10's XLA:CPU runs convolutions in YNNPACK, which uses one core for most ResNet 3x3
+shapes (README, Performance). oneDNN, the library PyTorch's CPU convolutions use, runs them on all
+cores: on this project's 2-core CPU the 8x32x48x64 -> 64 3x3 convolution takes 3.9 ms forward
+against YNNPACK's 8.9. ``onednn_conv.cc`` wraps oneDNN's forward, backward-data and
+backward-weights primitives as XLA FFI handlers; :func:`conv2d` calls them with a custom VJP.
+
+The library is compiled on first use (``hdvila_jax.kernels.build``, about 3 s) against the
+oneDNN of the ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` wheels (Linux x86-64, setup.py) and
+cached. :func:`available` says whether it could be built and loaded; where it cannot (no C++
+compiler, no oneDNN), it logs why once and callers keep XLA's own convolution.
+``HDVILA_ONEDNN_CONV=0`` turns it off.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import os
+import site
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+from absl import logging
+
+from hdvila_jax.kernels.build import BuildError, build_library
+
+SOURCE = Path(__file__).with_name("onednn_conv.cc")
+OPT_OUT = "HDVILA_ONEDNN_CONV"  # "0": never use oneDNN
+ROOT_ENV = "HDVILA_ONEDNN_ROOT"  # a oneDNN install (include/ and lib/) to use instead of the wheels'
+FORWARD, BACKWARD_DATA, BACKWARD_WEIGHTS = ("HdvilaOnednnConvForward", "HdvilaOnednnConvBackwardData",
+                                            "HdvilaOnednnConvBackwardWeights")
+DTYPES = (np.dtype(np.float32), np.dtype(jax.numpy.bfloat16))
+_turned_off = False  # set inside turned_off()
+
+
+def onednn_root() -> Path | None:
+    """The first install prefix with oneDNN's C++ header and library: ``$HDVILA_ONEDNN_ROOT``, else
+    where pip puts the wheels' files (this environment's prefix, the base one, the user base)."""
+    candidates = [os.environ.get(ROOT_ENV), sys.prefix, sys.base_prefix, site.getuserbase()]
+    for root in filter(None, candidates):
+        root = Path(root)
+        if (root / "include/oneapi/dnnl/dnnl.hpp").is_file() and (root / "lib/libdnnl.so").exists():
+            return root
+    return None
+
+
+@functools.cache
+def unavailable_reason() -> str | None:
+    """None once the kernels are built, loaded and registered with XLA:CPU; else why not (logged once)."""
+    if os.environ.get(OPT_OUT, "1") == "0":
+        return f"turned off by {OPT_OUT}=0"
+    reason = _load()
+    if reason:
+        logging.warning("oneDNN convolutions unavailable, XLA's are used: %s", reason)
+    return reason
+
+
+def available() -> bool:
+    """Whether :func:`conv2d` can run (see :func:`unavailable_reason`) and is not turned off."""
+    return not _turned_off and unavailable_reason() is None
+
+
+@contextlib.contextmanager
+def turned_off():
+    """Inside, :func:`available` is False: what is traced there uses XLA's own convolutions
+    (``benchmarks.vs_reference --convs`` compares the two)."""
+    global _turned_off
+    previous, _turned_off = _turned_off, True
+    try:
+        yield
+    finally:
+        _turned_off = previous
+
+
+def _load() -> str | None:
+    root = onednn_root()
+    if root is None:
+        return (f"no oneDNN found (pip install onednn-cpu-gomp onednn-devel-cpu-gomp, or set {ROOT_ENV} "
+                "to a prefix with include/oneapi/dnnl/dnnl.hpp and lib/libdnnl.so)")
+    try:
+        library = ctypes.CDLL(str(build_library(SOURCE, [root / "include"], [root / "lib"], ["dnnl"])))
+    except (BuildError, OSError) as e:
+        return str(e)
+    for name in (FORWARD, BACKWARD_DATA, BACKWARD_WEIGHTS):
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)), platform="cpu")
+    return None
+
+
+def output_shape(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], stride: int) -> tuple[int, ...]:
+    """``[N, H', W', Cout]`` of a convolution with padding ``k // 2`` on each side."""
+    n, h, w, _ = x_shape
+    kh, kw, _, out = kernel_shape
+    return n, (h + 2 * (kh // 2) - kh) // stride + 1, (w + 2 * (kw // 2) - kw) // stride + 1, out
+
+
+def _call(target: str, shape: tuple[int, ...], a: jax.Array, b: jax.Array, stride: int, pad: int) -> jax.Array:
+    result = jax.ShapeDtypeStruct(shape, a.dtype)
+    return jax.ffi.ffi_call(target, result, vmap_method="sequential")(a, b, stride=np.int64(stride),
+                                                                      pad=np.int64(pad))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """``x [N, H, W, Cin]`` * ``kernel [k, k, Cin, Cout]`` (odd ``k``), padding ``k // 2``, ``stride``,
+    in oneDNN; the same result as ``lax.conv_general_dilated`` with NHWC/HWIO dimension numbers.
+    CPU only; raises RuntimeError where the kernels are not :func:`available`."""
+    if not available():
+        raise RuntimeError(f"oneDNN convolutions unavailable: {unavailable_reason()}")
+    return _call(FORWARD, output_shape(x.shape, kernel.shape, stride), x, kernel, stride, kernel.shape[0] // 2)
+
+
+def _conv2d_forward(x, kernel, stride):
+    return conv2d(x, kernel, stride), (x, kernel)
+
+
+def _conv2d_backward(stride, residuals, dy):
+    x, kernel = residuals
+    pad = kernel.shape[0] // 2
+    dx = _call(BACKWARD_DATA, x.shape, dy, kernel, stride, pad)
+    dkernel = _call(BACKWARD_WEIGHTS, kernel.shape, x, dy, stride, pad)
+    return dx, dkernel
+
+
+conv2d.defvjp(_conv2d_forward, _conv2d_backward)
