@@ -7,12 +7,18 @@ import time
 from typing import Callable
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 1) -> dict[str, float]:
+def time_interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 1,
+                     untimed_per_turn: int = 0) -> dict[str, float]:
     """Median seconds per call of each of ``fns`` (each must block until its work is done) over
-    ``reps`` rounds, after ``warmup`` untimed rounds; a round calls every function once, in order."""
+    ``reps`` rounds, after ``warmup`` untimed rounds; a round calls every function once, in order,
+    each first ``untimed_per_turn`` more times untimed: the first call after another function's can
+    pay for what that one left behind (e.g. the kernel compacting memory for huge pages after
+    another process's step)."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for i in range(warmup + reps):
         for name, fn in fns.items():
+            for _ in range(untimed_per_turn):
+                fn()
             start = time.perf_counter()
             fn()
             if i >= warmup:

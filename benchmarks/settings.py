@@ -9,6 +9,8 @@ for CI.
 """
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from configs import stage1, stage2
@@ -51,3 +53,14 @@ XLA_CPU_VARIANTS: dict[str, dict[str, str]] = {
     "ynn_dot_reduce": _ynn_types("INDIVIDUAL_DOT", "REDUCE"),
     "ynn_graphs": _ynn_types("INDIVIDUAL_DOT", "REDUCE", "ELTWISE"),
 }
+
+
+def pin_cpus(threads: int = 0) -> int:
+    """Pin this process (and the workers it starts) to its first ``threads`` CPUs (0: all it may
+    use), which is the number of threads XLA:CPU then runs on: call it before JAX's first
+    computation. Returns the number of CPUs."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if threads:
+        cpus = cpus[:threads]
+        os.sched_setaffinity(0, cpus)
+    return len(cpus)

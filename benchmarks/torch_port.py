@@ -8,13 +8,12 @@ sampling (benchmarks.settings turns ours off).
 """
 from __future__ import annotations
 
-import os
-
 import ml_collections
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks.settings import pin_cpus
 from hdvila_jax.convert.reference_config import SHARED_FIELDS
 from hdvila_jax.models import ModelConfig
 from tests.torch_reference.model import HDVILA, make_config
@@ -29,13 +28,10 @@ def set_threads(threads: int = 0) -> int:
     """Pin this process to its first ``threads`` CPUs (0: all it may use), which is the number of
     threads XLA:CPU then runs on (call it before JAX's first computation), and give PyTorch as many
     threads, with denormals flushed to zero as XLA:CPU does. Returns the number of threads."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if threads:
-        cpus = cpus[:threads]
-        os.sched_setaffinity(0, cpus)
-    torch.set_num_threads(len(cpus))
+    count = pin_cpus(threads)
+    torch.set_num_threads(count)
     torch.set_flush_denormal(True)
-    return len(cpus)
+    return count
 
 
 def reference_config(cfg: ModelConfig) -> dict:

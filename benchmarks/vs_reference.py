@@ -3,31 +3,40 @@
     python -m benchmarks.vs_reference [--stages=1,2] [--steps=10] [--warmup=2] [--threads=N] [--json=out.json]
     python -m benchmarks.vs_reference --quick      # CI-sized: the plain tiny config, 2 steps
     python -m benchmarks.vs_reference --xla_variants=default,ynn_graphs   # ours under XLA:CPU options
+    python -m benchmarks.vs_reference --convs=onednn,xla    # ours with oneDNN's / XLA's convolutions
 
 Ours is the trainer's jitted step as ``benchmarks.train_step`` builds it; the original's is
 forward, backward, gradient clipping and AdamW of our PyTorch port (``benchmarks.torch_port``)
-with as many threads as XLA:CPU. Stage 2 trains the cross-modal layers and heads only, the
-frozen towers run forward only on both sides. Both run the same shapes
-(``benchmarks.settings``: the issue-10 tiny setting, float32) and the same random batch,
-alternately, so load from other jobs hits both alike. ratio = ours examples/s / original's.
-``--xla_variants`` compiles our step once per named set of XLA:CPU compile options
-(``benchmarks.settings.XLA_CPU_VARIANTS``); all of them and the original alternate in one run,
-one row per variant.
+with as many threads as XLA:CPU, in a worker process (``benchmarks.torch_process`` says why).
+Stage 2 trains the cross-modal layers and heads only, the frozen towers run forward only on both
+sides. Both run the same shapes (``benchmarks.settings``: the issue-10 tiny setting, float32) and
+the same random batch, one step of each in turn, so load from other jobs hits both alike.
+ratio = ours examples/s / original's. ``--xla_variants`` compiles our step once per named set of XLA:CPU compile options
+(``benchmarks.settings.XLA_CPU_VARIANTS``) and ``--convs`` traces it once per convolution path
+(``hdvila_jax.kernels.onednn_conv``); all of them and the original alternate in one run, one row
+each.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import jax
-import numpy as np
 from absl import app, flags
 
 from benchmarks.interleave import time_interleaved
 from benchmarks.reporting import print_markdown_table, report
-from benchmarks.settings import XLA_CPU_VARIANTS, tiny_setting
+from benchmarks.settings import XLA_CPU_VARIANTS, pin_cpus, tiny_setting
 from benchmarks.step_builder import build_step
-from benchmarks.torch_port import TorchTrainStep, set_threads, torch_batch
+from benchmarks.torch_process import OriginalProcess
 from hdvila_jax.huge_page_malloc import reexec_with_huge_page_malloc
+from hdvila_jax.kernels import onednn_conv
+
+# Untimed steps of each side before its timed one in each round. Timed back to back, our stage-1
+# step right after the original's took 1179 ms, against 1009 ms after a pause and 1035 ms alone;
+# we take it to be the kernel finding fresh huge pages after the original's process churned
+# through memory (README, Performance). Neither side pays it when it runs alone.
+UNTIMED_PER_TURN = 1
 
 _STAGES = flags.DEFINE_list("stages", ["1", "2"], "Stages to compare.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps of each side.")
@@ -36,63 +45,76 @@ _QUICK = flags.DEFINE_bool("quick", False, "CI-sized: the plain tiny config, 2 t
 _THREADS = flags.DEFINE_integer("threads", 0, "Run on this many CPUs, both sides (0: all this process may use).")
 _VARIANTS = flags.DEFINE_list("xla_variants", ["default"],
                               f"Compile options of our step, from {sorted(XLA_CPU_VARIANTS)}.")
+_CONVS = flags.DEFINE_list("convs", ["onednn"], "Our CPU convolutions: onednn (the default), xla (XLA's own).")
 _JSON = flags.DEFINE_string("json", None, "Write the rows as JSON to this file.")
 
 
-def compare(stage: int, steps: int, warmup: int, quick: bool, threads: int, variants: list[str]) -> list[dict]:
-    """One row per variant: step time and examples/s of ours (compiled with the variant's XLA:CPU
-    options) and of the original for ``stage`` on ``threads`` threads, all timed in one run."""
+def lower(built, conv: str) -> jax.stages.Lowered:
+    """Our step lowered with ``conv`` convolutions on CPU: "onednn" (the default path of
+    ``hdvila_jax.models.conv``) or "xla" (XLA's own, ``onednn_conv.turned_off``)."""
+    with contextlib.nullcontext() if conv == "onednn" else onednn_conv.turned_off():
+        return built.lower()
+
+
+def compare(stage: int, steps: int, warmup: int, quick: bool, threads: int, variants: list[str],
+            convs: list[str]) -> list[dict]:
+    """One row per (convolution path, XLA:CPU variant): step time and examples/s of ours and of the
+    original for ``stage`` on ``threads`` threads, all timed in one run."""
     config = tiny_setting(stage, quick)
     built = build_step(config)
-    lowered = built.lower()
+    keys = [(conv, variant) for conv in convs for variant in variants]
     compiled, compile_s = {}, {}
-    for name in variants:
-        start = time.perf_counter()
-        compiled[name] = lowered.compile(compiler_options=XLA_CPU_VARIANTS[name] or None)
-        compile_s[name] = time.perf_counter() - start
+    for conv in convs:
+        lowered = lower(built, conv)
+        for variant in variants:
+            start = time.perf_counter()
+            compiled[conv, variant] = lowered.compile(compiler_options=XLA_CPU_VARIANTS[variant] or None)
+            compile_s[conv, variant] = time.perf_counter() - start
     batch = built.random_batch()
-    states = {name: built.init_state() for name in variants}
-    original = TorchTrainStep(config, built.model_cfg)
-    original_batch = torch_batch({k: np.asarray(v) for k, v in batch.items()})
+    states = {key: built.init_state() for key in keys}
     losses = {}
 
-    def ours(name: str):
+    def ours(key):
         def step():
-            states[name], metrics = compiled[name](states[name], batch)
-            losses[name] = float(metrics["loss"])
+            states[key], metrics = compiled[key](states[key], batch)
+            losses[key] = float(metrics["loss"])
         return step
 
-    def theirs():
-        losses["original"] = original(original_batch)
+    with OriginalProcess(stage, quick) as original:
+        def theirs():
+            losses["original"] = original.step()
 
-    seconds = time_interleaved({**{name: ours(name) for name in variants}, "original": theirs}, steps, warmup)
+        seconds = time_interleaved({**{key: ours(key) for key in keys}, "original": theirs}, steps, warmup,
+                                   untimed_per_turn=UNTIMED_PER_TURN)
     b = config.batch_size
-    return [dict(stage=stage, xla_variant=name, batch_size=b, clips=config.data.train_n_clips, threads=threads,
-                 device_kind=jax.devices()[0].device_kind, compile_s=compile_s[name],
-                 ours_step_ms=1e3 * seconds[name], ours_examples_per_s=b / seconds[name],
+    return [dict(stage=stage, convs=conv, xla_variant=variant, batch_size=b, clips=config.data.train_n_clips,
+                 threads=threads, device_kind=jax.devices()[0].device_kind, compile_s=compile_s[conv, variant],
+                 ours_step_ms=1e3 * seconds[conv, variant], ours_examples_per_s=b / seconds[conv, variant],
                  original_step_ms=1e3 * seconds["original"], original_examples_per_s=b / seconds["original"],
-                 ratio=seconds["original"] / seconds[name], ours_loss=losses[name],
-                 original_loss=losses["original"]) for name in variants]
+                 ratio=seconds["original"] / seconds[conv, variant], ours_loss=losses[conv, variant],
+                 original_loss=losses["original"]) for conv, variant in keys]
 
 
 def print_table(rows: list[dict]) -> None:
     print_markdown_table(
-        ["stage", "XLA:CPU options", "batch x clips", "threads", "ours ms/step", "ours examples/s", "original ms/step",
+        ["stage", "convolutions", "XLA:CPU options", "batch x clips", "threads", "ours ms/step", "ours examples/s", "original ms/step",
          "original examples/s", "ours / original"],
-        [[r["stage"], r["xla_variant"], f"{r['batch_size']} x {r['clips']}", r["threads"], f"{r['ours_step_ms']:.0f}",
+        [[r["stage"], r["convs"], r["xla_variant"], f"{r['batch_size']} x {r['clips']}", r["threads"], f"{r['ours_step_ms']:.0f}",
           f"{r['ours_examples_per_s']:.2f}", f"{r['original_step_ms']:.0f}", f"{r['original_examples_per_s']:.2f}",
           f"{r['ratio']:.2f}x"] for r in rows])
 
 
 def main(argv):
     del argv
-    threads = set_threads(_THREADS.value)
+    threads = pin_cpus(_THREADS.value)
     steps, warmup = (2, 1) if _QUICK.value else (_STEPS.value, _WARMUP.value)
     unknown = sorted(set(_VARIANTS.value) - set(XLA_CPU_VARIANTS))
     if unknown:
         raise app.UsageError(f"--xla_variants: unknown {unknown}; known: {sorted(XLA_CPU_VARIANTS)}")
+    if set(_CONVS.value) - {"onednn", "xla"}:
+        raise app.UsageError(f"--convs: {_CONVS.value}; each must be onednn or xla")
     rows = [row for s in _STAGES.value
-            for row in compare(int(s), steps, warmup, _QUICK.value, threads, _VARIANTS.value)]
+            for row in compare(int(s), steps, warmup, _QUICK.value, threads, _VARIANTS.value, _CONVS.value)]
     report(rows, print_table, _JSON.value)
 
 

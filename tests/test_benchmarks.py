@@ -98,13 +98,17 @@ def test_profile_step_benchmark_quick(tmp_path):
 
 
 def test_vs_reference_benchmark_quick(tmp_path):
-    rows = run_benchmark("vs_reference", "--quick", "--xla_variants=default,no_ynn", tmp_path=tmp_path)
-    assert [(r["stage"], r["xla_variant"]) for r in rows] == [(1, "default"), (1, "no_ynn"), (2, "default"), (2, "no_ynn")]
+    rows = run_benchmark("vs_reference", "--quick", "--xla_variants=default,no_ynn", "--convs=onednn,xla",
+                         tmp_path=tmp_path)
+    assert [(r["stage"], r["convs"], r["xla_variant"]) for r in rows] == [
+        (stage, conv, variant) for stage in (1, 2) for conv in ("onednn", "xla") for variant in ("default", "no_ynn")]
     for r in rows:
         assert np.isfinite(r["ours_loss"]) and np.isfinite(r["original_loss"])
         assert r["ratio"] == pytest.approx(r["ours_examples_per_s"] / r["original_examples_per_s"])
-    for default, other in (rows[:2], rows[2:]):  # the same step under other kernels: the same loss
-        assert other["ours_loss"] == pytest.approx(default["ours_loss"], rel=1e-4)
+    for stage_rows in (rows[:4], rows[4:]):  # the same step under other kernels: the same loss
+        for other in stage_rows[1:]:
+            assert other["ours_loss"] == pytest.approx(stage_rows[0]["ours_loss"], rel=1e-4)
+        assert len({r["original_loss"] for r in stage_rows}) == 1  # one original per stage
 
 
 @pytest.mark.skipif(not huge_page_malloc.takes_effect(), reason=huge_page_malloc.NEEDS)
