@@ -12,8 +12,8 @@ def time_interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: in
     """Median seconds per call of each of ``fns`` (each must block until its work is done) over
     ``reps`` rounds, after ``warmup`` untimed rounds; a round calls every function once, in order,
     each first ``untimed_per_turn`` more times untimed: the first call after another function's can
-    pay for what that one left behind (e.g. the kernel compacting memory for huge pages after
-    another process's step)."""
+    pay for what that one left behind (``benchmarks.vs_reference``: fresh huge pages after another
+    process's step, we believe)."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for i in range(warmup + reps):
         for name, fn in fns.items():

@@ -5,6 +5,8 @@ shapes (README, Performance). oneDNN, the library PyTorch's CPU convolutions use
 cores: on this project's 2-core CPU the 8x32x48x64 -> 64 3x3 convolution takes 3.9 ms forward
 against YNNPACK's 8.9. ``onednn_conv.cc`` wraps oneDNN's forward, backward-data and
 backward-weights primitives as XLA FFI handlers; :func:`conv2d` calls them with a custom VJP.
+In a whole train step on that CPU the gain is much smaller: XLA already keeps both cores busy
+with independent work (README, Performance).
 
 The library is compiled on first use (``hdvila_jax.kernels.build``, about 3 s) against the
 oneDNN of the ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` wheels (Linux x86-64, setup.py) and
