@@ -7,6 +7,8 @@ import subprocess
 import sys
 from typing import Callable, Iterable, Sequence
 
+from hdvila_jax.kernels import onednn_conv
+
 ROW_PREFIX = "ROW "
 
 
@@ -26,9 +28,11 @@ def run_worker(module: str, args: list[str], env: dict[str, str]) -> list[dict]:
 
 
 def run_on_forced_devices(module: str, devices: int, args: list[str]) -> list[dict]:
-    """Run ``python -m module --worker ... args`` with ``devices`` forced CPU devices; its rows."""
-    return run_worker(module, args, dict(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-                                         JAX_PLATFORMS="cpu"))
+    """Run ``python -m module --worker ... args`` with ``devices`` forced CPU devices; its rows.
+    XLA's own convolutions in every worker: oneDNN's run on one device only (hdvila_jax.models.conv),
+    and runs on different device counts must differ in nothing else."""
+    return run_worker(module, args, {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+                                     "JAX_PLATFORMS": "cpu", onednn_conv.OPT_OUT: "0"})
 
 
 def print_markdown_table(header: list[str], rows: Iterable[Sequence[object]]) -> None:
