@@ -18,7 +18,6 @@ each.
 """
 from __future__ import annotations
 
-import contextlib
 import time
 
 import jax
@@ -45,14 +44,14 @@ _QUICK = flags.DEFINE_bool("quick", False, "CI-sized: the plain tiny config, 2 t
 _THREADS = flags.DEFINE_integer("threads", 0, "Run on this many CPUs, both sides (0: all this process may use).")
 _VARIANTS = flags.DEFINE_list("xla_variants", ["default"],
                               f"Compile options of our step, from {sorted(XLA_CPU_VARIANTS)}.")
-_CONVS = flags.DEFINE_list("convs", ["onednn"], "Our CPU convolutions: onednn (the default), xla (XLA's own).")
+_CONVS = flags.DEFINE_list("convs", ["xla"], "Our CPU convolutions: xla (XLA's own, the default), onednn.")
 _JSON = flags.DEFINE_string("json", None, "Write the rows as JSON to this file.")
 
 
 def lower(built, conv: str) -> jax.stages.Lowered:
-    """Our step lowered with ``conv`` convolutions on CPU: "onednn" (the default path of
-    ``hdvila_jax.models.conv``) or "xla" (XLA's own, ``onednn_conv.turned_off``)."""
-    with contextlib.nullcontext() if conv == "onednn" else onednn_conv.turned_off():
+    """Our step lowered with ``conv`` convolutions on CPU: "xla" (XLA's own, the default) or
+    "onednn" (``hdvila_jax.kernels``, opted in)."""
+    with onednn_conv.used(conv == "onednn"):
         return built.lower()
 
 

@@ -128,7 +128,7 @@ def test_page_faults_benchmark_quick(tmp_path):
 def test_xla_cpu_variants_are_accepted_and_decide_who_runs_the_convolutions(variant):
     x, k = jax.ShapeDtypeStruct((2, 16, 16, 64), np.float32), jax.ShapeDtypeStruct((3, 3, 64, 64), np.float32)
     block = jax.jit(lambda x, k: jax.nn.relu(conv.conv2d(jax.nn.relu(conv.conv2d(x, k)), k) + x))
-    with onednn_conv.turned_off():  # XLA's convolutions, which the variants are about
+    with onednn_conv.used(False):  # XLA's convolutions, which the variants are about
         hlo = block.lower(x, k).compile(compiler_options=XLA_CPU_VARIANTS[variant] or None).as_text()
     # jaxlib 0.10: YNNPACK takes each convolution by default; without it in the fusion types they go
     # back to Eigen; ynn_graphs fuses both with the elementwise work between them into one graph.

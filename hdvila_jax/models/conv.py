@@ -5,9 +5,9 @@ on maps smaller than the kernel window (the 2x3 and 4x6 maps of small crops) its
 simplifier swaps the operands and the result falls back to a naive loop, 30-70x slower, in the
 forward pass and in the input gradient. So on CPU: a 1x1 convolution is a matmul, and a kxk
 convolution with at most ``IM2COL_MAX_CELLS`` output cells is a matmul over its k*k shifted
-copies of the input (im2col). Larger kxk convolutions run in oneDNN (``hdvila_jax.kernels``),
-which uses every core where YNNPACK uses one, on a single CPU device where it is built. Other
-backends get ``lax.conv_general_dilated`` unchanged.
+copies of the input (im2col). Opted in (``HDVILA_ONEDNN_CONV=1``), larger kxk convolutions run in
+oneDNN (``hdvila_jax.kernels``), which uses every core where YNNPACK uses one, on a single CPU
+device. Other backends get ``lax.conv_general_dilated`` unchanged.
 """
 from __future__ import annotations
 
@@ -50,10 +50,10 @@ def uses_cpu_lowering() -> bool:
 def uses_onednn(x: jax.Array, kernel: jax.Array) -> bool:
     """Whether a CPU kxk convolution of ``x`` with ``kernel`` runs in oneDNN: an odd square kernel,
     one dtype oneDNN takes, one device in all (a custom call is not partitioned: XLA would gather
-    a sharded batch onto every device), and the kernels built (``onednn_conv.available``)."""
+    a sharded batch onto every device), and oneDNN opted in and built (``onednn_conv.in_use``)."""
     kh, kw = kernel.shape[:2]
     return (kh == kw and kh % 2 == 1 and x.dtype == kernel.dtype and x.dtype in onednn_conv.DTYPES
-            and jax.device_count() == 1 and onednn_conv.available())
+            and jax.device_count() == 1 and onednn_conv.in_use())
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
