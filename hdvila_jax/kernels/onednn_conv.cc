@@ -11,7 +11,6 @@
 #include <memory>
 #include <mutex>
 #include <string>
-#include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -118,8 +117,9 @@ void Run(const Key& key, void* image, void* weights, void* map) {
   const bool reorder = plan.weights != hwio.get_desc();
   memory weights_mem = reorder ? memory(plan.weights, Engine()) : hwio;
   if (reorder && pass != kBackwardWeights) dnnl::reorder(hwio, weights_mem).execute(stream, hwio, weights_mem);
-  std::vector<uint8_t> scratch(plan.scratchpad.get_size());
-  memory scratch_mem(plan.scratchpad, Engine(), scratch.data());
+  // Uninitialised: oneDNN writes its scratchpad before it reads it (a std::vector would zero it).
+  std::unique_ptr<uint8_t[]> scratch(new uint8_t[plan.scratchpad.get_size()]);
+  memory scratch_mem(plan.scratchpad, Engine(), scratch.get());
   const int image_arg = pass == kBackwardData ? DNNL_ARG_DIFF_SRC : DNNL_ARG_SRC;
   const int weights_arg = pass == kBackwardWeights ? DNNL_ARG_DIFF_WEIGHTS : DNNL_ARG_WEIGHTS;
   const int map_arg = pass == kForward ? DNNL_ARG_DST : DNNL_ARG_DIFF_DST;
