@@ -7,20 +7,36 @@ import time
 from typing import Callable
 
 
+def median_interleaved(timers: dict[str, Callable[[], float]], reps: int, warmup: int = 1,
+                       untimed_per_turn: int = 0) -> dict[str, float]:
+    """Median of what each of ``timers`` returns (each runs its work once and returns the seconds
+    it took) over ``reps`` rounds, after ``warmup`` untimed rounds; a round calls every timer once,
+    in order, each first ``untimed_per_turn`` more times untimed: the first call after another
+    timer's can pay for what that one left behind (``benchmarks.vs_reference``: fresh huge pages
+    after another process's step, we believe)."""
+    times: dict[str, list[float]] = {name: [] for name in timers}
+    for i in range(warmup + reps):
+        for name, timer in timers.items():
+            for _ in range(untimed_per_turn):
+                timer()
+            seconds = timer()
+            if i >= warmup:
+                times[name].append(seconds)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def wall_clock(fn: Callable[[], object]) -> Callable[[], float]:
+    """A timer for ``median_interleaved``: calls ``fn`` (which must block until its work is done)
+    and returns the seconds it took."""
+    def timer() -> float:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+    return timer
+
+
 def time_interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 1,
                      untimed_per_turn: int = 0) -> dict[str, float]:
-    """Median seconds per call of each of ``fns`` (each must block until its work is done) over
-    ``reps`` rounds, after ``warmup`` untimed rounds; a round calls every function once, in order,
-    each first ``untimed_per_turn`` more times untimed: the first call after another function's can
-    pay for what that one left behind (``benchmarks.vs_reference``: fresh huge pages after another
-    process's step, we believe)."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for i in range(warmup + reps):
-        for name, fn in fns.items():
-            for _ in range(untimed_per_turn):
-                fn()
-            start = time.perf_counter()
-            fn()
-            if i >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    """``median_interleaved`` of the wall-clock time of each of ``fns`` (each must block until its
+    work is done)."""
+    return median_interleaved({name: wall_clock(fn) for name, fn in fns.items()}, reps, warmup, untimed_per_turn)

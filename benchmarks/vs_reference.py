@@ -27,15 +27,9 @@ from benchmarks.interleave import time_interleaved
 from benchmarks.reporting import print_markdown_table, report
 from benchmarks.settings import XLA_CPU_VARIANTS, pin_cpus, tiny_setting
 from benchmarks.step_builder import build_step
-from benchmarks.torch_process import OriginalProcess
+from benchmarks.torch_process import UNTIMED_PER_TURN, step_process
 from hdvila_jax.huge_page_malloc import reexec_with_huge_page_malloc
 from hdvila_jax.kernels import onednn_conv
-
-# Untimed steps of each side before its timed one in each round. Timed back to back, our stage-1
-# step right after the original's took 1179 ms, against 1009 ms after a pause and 1035 ms alone;
-# we take it to be the kernel finding fresh huge pages after the original's process churned
-# through memory (README, Performance). Neither side pays it when it runs alone.
-UNTIMED_PER_TURN = 1
 
 _STAGES = flags.DEFINE_list("stages", ["1", "2"], "Stages to compare.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps of each side.")
@@ -79,9 +73,9 @@ def compare(stage: int, steps: int, warmup: int, quick: bool, threads: int, vari
             losses[key] = float(metrics["loss"])
         return step
 
-    with OriginalProcess(stage, quick) as original:
+    with step_process(stage, quick) as original:
         def theirs():
-            losses["original"] = original.step()
+            losses["original"] = original.request("step")
 
         seconds = time_interleaved({**{key: ours(key) for key in keys}, "original": theirs}, steps, warmup,
                                    untimed_per_turn=UNTIMED_PER_TURN)

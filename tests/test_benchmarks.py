@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from benchmarks.interleave import median_interleaved
 from benchmarks.model_flops import forward_flops, train_flops
 from benchmarks.parts import STAGE1_PARTS, STAGE2_PARTS
 from benchmarks.scaling import collectives_of
@@ -90,10 +91,24 @@ def test_memory_benchmark_quick(tmp_path):
         assert row["arguments"] < 0.5 * 3 * 4 * params
 
 
+def test_median_interleaved_alternates_and_skips_the_untimed_calls():
+    calls = []
+
+    def timer(name, values):
+        values = iter(values)
+        return lambda: calls.append(name) or next(values)
+    # Per round: one untimed call, then the timed one; the first round is warm-up.
+    medians = median_interleaved(dict(a=timer("a", [9, 9, 9, 1, 9, 3, 9, 2]), b=timer("b", [8, 8, 8, 5, 8, 7, 8, 4])),
+                                 reps=3, warmup=1, untimed_per_turn=1)
+    assert medians == dict(a=2, b=5)
+    assert calls == ["a", "a", "b", "b"] * 4
+
+
 def test_profile_step_benchmark_quick(tmp_path):
     rows = run_benchmark("profile_step", "--quick", tmp_path=tmp_path)
     assert [r["part"] for r in rows] == list(STAGE1_PARTS + STAGE2_PARTS)
     for r in rows:
+        assert r["convs"] == "xla"
         for side in ("ours", "original"):
             assert r[f"{side}_forward_ms"] > 0 and r[f"{side}_forward_backward_ms"] > 0
 
