@@ -11,8 +11,9 @@ forward pass of ours (the original's get them in its layouts); forward + backwar
 gradient of the part's parameters and float inputs for a fixed random cotangent. Dropout is
 off on both sides. The original runs in a worker process of its own (``benchmarks.torch_process``
 says why), which times each call itself. The four calls of a part alternate, so load from other
-jobs hits all alike, each after one untimed call of its own (``UNTIMED_PER_TURN``); times are
-medians. ratio = original time / ours (above 1: ours is faster). In stage 1 every
+jobs hits all alike, each after one untimed call of its own (``UNTIMED_PER_TURN``: the first
+call after the other process's can pay for what that one left behind, ``benchmarks.vs_reference``
+says more); times are medians. ratio = original time / ours (above 1: ours is faster). In stage 1 every
 part trains; in stage 2 the towers (the first five rows) run forward only.
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ from benchmarks.parts_jax import jax_parts
 from benchmarks.reporting import print_markdown_table, report
 from benchmarks.settings import pin_cpus, tiny_setting
 from benchmarks.step_builder import build_step
-from benchmarks.torch_process import UNTIMED_PER_TURN, parts_process
+from benchmarks.torch_process import parts_process
 from hdvila_jax.huge_page_malloc import reexec_with_huge_page_malloc
 from hdvila_jax.kernels import onednn_conv
 
@@ -40,6 +41,7 @@ _THREADS = flags.DEFINE_integer("threads", 0, "Run on this many CPUs, both sides
 _CONVS = flags.DEFINE_enum("convs", "xla", ["xla", "onednn"],
                            "Our CPU convolutions: xla (XLA's own, the default), onednn (opted in).")
 _JSON = flags.DEFINE_string("json", None, "Write the rows as JSON to this file.")
+UNTIMED_PER_TURN = 1
 
 
 def profile(quick: bool, reps: int, warmup: int, threads: int, convs: str) -> list[dict]:

@@ -28,11 +28,6 @@ import sys
 import tempfile
 import time
 
-# Untimed calls of each side before its timed one, when ours and the worker's alternate. Timed back
-# to back, our stage-1 step right after the original's took 1179 ms, against 1009 ms after a pause
-# and 1035 ms alone; we take it to be the kernel finding fresh huge pages after the other process
-# churned through memory (README, Performance). Neither side pays it when it runs alone.
-UNTIMED_PER_TURN = 1
 
 READY = "original ready"
 RESULT_PREFIX = "original result "

@@ -1,6 +1,7 @@
 """Our train step vs the original PyTorch HD-VILA's, on this CPU, in one run.
 
-    python -m benchmarks.vs_reference [--stages=1,2] [--steps=10] [--warmup=2] [--threads=N] [--json=out.json]
+    python -m benchmarks.vs_reference [--stages=1,2] [--steps=15] [--steps_per_turn=5] [--warmup=2] [--threads=N]
+        [--json=out.json]
     python -m benchmarks.vs_reference --quick      # CI-sized: the plain tiny config, 2 steps
     python -m benchmarks.vs_reference --xla_variants=default,ynn_graphs   # ours under XLA:CPU options
     python -m benchmarks.vs_reference --convs=onednn,xla    # ours with oneDNN's / XLA's convolutions
@@ -10,8 +11,9 @@ forward, backward, gradient clipping and AdamW of our PyTorch port (``benchmarks
 with as many threads as XLA:CPU, in a worker process (``benchmarks.torch_process`` says why).
 Stage 2 trains the cross-modal layers and heads only, the frozen towers run forward only on both
 sides. Both run the same shapes (``benchmarks.settings``: the issue-10 tiny setting, float32) and
-the same random batch, one step of each in turn, so load from other jobs hits both alike.
-ratio = ours examples/s / original's. ``--xla_variants`` compiles our step once per named set of XLA:CPU compile options
+the same random batch. The sides take turns, so that load from other jobs hits both alike: each
+turn is ``--warmup`` untimed steps, then ``--steps_per_turn`` timed ones, until each side has
+``--steps`` timed steps; times are medians. ratio = ours examples/s / original's. ``--xla_variants`` compiles our step once per named set of XLA:CPU compile options
 (``benchmarks.settings.XLA_CPU_VARIANTS``) and ``--convs`` traces it once per convolution path
 (``hdvila_jax.kernels.onednn_conv``); all of them and the original alternate in one run, one row
 each.
@@ -27,13 +29,18 @@ from benchmarks.interleave import time_interleaved
 from benchmarks.reporting import print_markdown_table, report
 from benchmarks.settings import XLA_CPU_VARIANTS, pin_cpus, tiny_setting
 from benchmarks.step_builder import build_step
-from benchmarks.torch_process import UNTIMED_PER_TURN, step_process
+from benchmarks.torch_process import step_process
 from hdvila_jax.huge_page_malloc import reexec_with_huge_page_malloc
 from hdvila_jax.kernels import onednn_conv
 
 _STAGES = flags.DEFINE_list("stages", ["1", "2"], "Stages to compare.")
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps of each side.")
-_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps of each side first.")
+_STEPS = flags.DEFINE_integer("steps", 15, "Timed steps of each side.")
+_STEPS_PER_TURN = flags.DEFINE_integer("steps_per_turn", 5, "Timed steps of a side in a row.")
+# The first step of a side after the other side's turn is slow: timed alone in turns of 15, our
+# stage-1 step's first took 1708-2135 ms and its next ones about 1000 ms; the original's first took
+# up to 1240 ms. We take it to be the kernel finding fresh huge pages after the other process
+# churned through memory (README, Performance). Neither side pays it when it runs alone.
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps at the start of each turn of each side.")
 _QUICK = flags.DEFINE_bool("quick", False, "CI-sized: the plain tiny config, 2 timed steps, 1 warm-up.")
 _THREADS = flags.DEFINE_integer("threads", 0, "Run on this many CPUs, both sides (0: all this process may use).")
 _VARIANTS = flags.DEFINE_list("xla_variants", ["default"],
@@ -49,8 +56,8 @@ def lower(built, conv: str) -> jax.stages.Lowered:
         return built.lower()
 
 
-def compare(stage: int, steps: int, warmup: int, quick: bool, threads: int, variants: list[str],
-            convs: list[str]) -> list[dict]:
+def compare(stage: int, steps: int, steps_per_turn: int, warmup: int, quick: bool, threads: int,
+            variants: list[str], convs: list[str]) -> list[dict]:
     """One row per (convolution path, XLA:CPU variant): step time and examples/s of ours and of the
     original for ``stage`` on ``threads`` threads, all timed in one run."""
     config = tiny_setting(stage, quick)
@@ -77,8 +84,9 @@ def compare(stage: int, steps: int, warmup: int, quick: bool, threads: int, vari
         def theirs():
             losses["original"] = original.request("step")
 
-        seconds = time_interleaved({**{key: ours(key) for key in keys}, "original": theirs}, steps, warmup,
-                                   untimed_per_turn=UNTIMED_PER_TURN)
+        per_turn = min(steps, steps_per_turn)
+        seconds = time_interleaved({**{key: ours(key) for key in keys}, "original": theirs}, -(-steps // per_turn),
+                                   warmup=0, untimed_per_turn=warmup, timed_per_turn=per_turn)
     b = config.batch_size
     return [dict(stage=stage, convs=conv, xla_variant=variant, batch_size=b, clips=config.data.train_n_clips,
                  threads=threads, device_kind=jax.devices()[0].device_kind, compile_s=compile_s[conv, variant],
@@ -101,13 +109,16 @@ def main(argv):
     del argv
     threads = pin_cpus(_THREADS.value)
     steps, warmup = (2, 1) if _QUICK.value else (_STEPS.value, _WARMUP.value)
+    if steps < 1 or _STEPS_PER_TURN.value < 1 or warmup < 0:
+        raise app.UsageError("--steps and --steps_per_turn must be at least 1, --warmup at least 0")
     unknown = sorted(set(_VARIANTS.value) - set(XLA_CPU_VARIANTS))
     if unknown:
         raise app.UsageError(f"--xla_variants: unknown {unknown}; known: {sorted(XLA_CPU_VARIANTS)}")
     if set(_CONVS.value) - {"onednn", "xla"}:
         raise app.UsageError(f"--convs: {_CONVS.value}; each must be onednn or xla")
     rows = [row for s in _STAGES.value
-            for row in compare(int(s), steps, warmup, _QUICK.value, threads, _VARIANTS.value, _CONVS.value)]
+            for row in compare(int(s), steps, _STEPS_PER_TURN.value, warmup, _QUICK.value, threads, _VARIANTS.value,
+                               _CONVS.value)]
     report(rows, print_table, _JSON.value)
 
 

@@ -102,6 +102,12 @@ def test_median_interleaved_alternates_and_skips_the_untimed_calls():
                                  reps=3, warmup=1, untimed_per_turn=1)
     assert medians == dict(a=2, b=5)
     assert calls == ["a", "a", "b", "b"] * 4
+    # Turns of one untimed and two timed calls, no warm-up round: the median of all timed calls.
+    calls.clear()
+    medians = median_interleaved(dict(a=timer("a", [9, 1, 2, 9, 3, 4]), b=timer("b", [9, 5, 6, 9, 7, 8])),
+                                 reps=2, warmup=0, untimed_per_turn=1, timed_per_turn=2)
+    assert medians == dict(a=2.5, b=6.5)
+    assert calls == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
 
 
 def test_profile_step_benchmark_quick(tmp_path):
