@@ -54,8 +54,9 @@ def profile(quick: bool, reps: int, warmup: int, threads: int, convs: str) -> li
     with onednn_conv.used(convs == "onednn"), tempfile.TemporaryDirectory() as tmp:
         ours, acts = jax_parts(built.model_cfg, batch, tiny_setting(1, quick).temperature,
                                P.STAGE1_PARTS + P.STAGE2_PARTS)
-        np.savez(os.path.join(tmp, "acts.npz"), **acts)
-        with parts_process(os.path.join(tmp, "acts.npz"), quick) as original:
+        acts_file = os.path.join(tmp, "acts.npz")
+        np.savez(acts_file, **acts)
+        with parts_process(acts_file, quick) as original:
             for part in ours:
                 def theirs(kind, name=part.name):
                     return lambda: original.request([name, kind])

@@ -129,9 +129,9 @@ if __name__ == "__main__":
 
     set_threads()
     mode, first, quick = sys.argv[1:]
-    if mode not in ("step", "parts"):
-        raise SystemExit(f"benchmarks.torch_process: mode {mode!r}; step or parts")
     if mode == "step":
         _serve_step(int(first), bool(int(quick)))
-    else:
+    elif mode == "parts":
         _serve_parts(first, bool(int(quick)))
+    else:
+        raise SystemExit(f"benchmarks.torch_process: mode {mode!r}; step or parts")
