@@ -9,7 +9,7 @@ setup(
     description="HD-VILA (CVPR 2022) high-resolution video-language pretraining in JAX/Flax",
     python_requires=">=3.10",
     packages=find_packages(include=["hdvila_jax", "hdvila_jax.*", "data_pipelines", "data_pipelines.*", "configs"]),
-    package_data={"hdvila_jax.kernels": ["*.cc"]},
+    package_data={"hdvila_jax": ["*.cc"], "hdvila_jax.kernels": ["*.cc"]},
     install_requires=[
         "jax>=0.4.35",
         "flax>=0.10",

@@ -50,6 +50,11 @@ class OriginalProcess:
         self._stderr.seek(0)
         raise RuntimeError(f"the original's worker exited ({self._process.wait()}):\n{self._stderr.read()[-4000:]}")
 
+    @property
+    def pid(self) -> int:
+        """The worker's process id."""
+        return self._process.pid
+
     def request(self, command: object) -> object:
         """Send one request to the worker and return its JSON answer."""
         self._process.stdin.write(json.dumps(command) + "\n")

@@ -9,6 +9,8 @@ numbers in the README's Performance section). glibc reads ``GLIBC_TUNABLES`` onl
 calls :func:`reexec_with_huge_page_malloc` before its heavy imports and the process replaces
 itself once with the tunable set. ``HDVILA_HUGE_PAGE_MALLOC=0`` turns this off; a
 ``glibc.malloc.hugetlb`` setting already in ``GLIBC_TUNABLES`` is left as the user set it.
+The same restart preloads :mod:`hdvila_jax.block_cache`, which keeps such blocks mapped from one
+step to the next, so that the kernel need not zero their pages again.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import os
 import platform
 import sys
 from typing import Mapping
+
+from hdvila_jax import block_cache
 
 TUNABLE = "glibc.malloc.hugetlb"
 OPT_OUT = "HDVILA_HUGE_PAGE_MALLOC"
@@ -65,10 +69,13 @@ def takes_effect() -> bool:
 
 
 def reexec_with_huge_page_malloc() -> None:
-    """Replace this process with the same command under ``glibc.malloc.hugetlb=1``, where that takes
-    effect and is not set yet (see the module docstring); otherwise return at once."""
-    environ = huge_page_environ(os.environ)
-    if environ is None or not takes_effect():
+    """Replace this process with the same command under ``glibc.malloc.hugetlb=1`` and with
+    :mod:`hdvila_jax.block_cache` preloaded, where either takes effect and is not set yet (see the
+    module docstring); otherwise return at once."""
+    huge_pages = huge_page_environ(os.environ) if takes_effect() else None
+    preloaded = block_cache.preload_environ(huge_pages or os.environ)
+    environ = preloaded or huge_pages
+    if environ is None:
         return
     sys.stdout.flush()
     sys.stderr.flush()

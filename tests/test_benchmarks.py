@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from benchmarks import perf_report
 from benchmarks.interleave import median_interleaved
 from benchmarks.model_flops import forward_flops, train_flops
 from benchmarks.parts import STAGE1_PARTS, STAGE2_PARTS
@@ -110,6 +111,31 @@ def test_median_interleaved_alternates_and_skips_the_untimed_calls():
     assert calls == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
 
 
+def test_perf_report_rows_are_grouped_by_library():
+    sep = perf_report.SEPARATOR
+    report = "\n".join([
+        "# Samples: 1K of event 'cpu-clock:ppp'",
+        f"#      Samples{sep}Shared Object{sep}Symbol",
+        f" 600  {sep}libjax_common.so {sep}[.] ynn::dot_fp32_5x64x1_1x16x1_avx512",
+        f" 150  {sep}libjax_common.so {sep}[.] Eigen::internal::gemm_pack<float, long>::operator()(float*) const",
+        f" 120  {sep}[JIT] tid 4678   {sep}[.] 0x00007fa84f95a1bc",
+        f" 80   {sep}[JIT] tid 4679   {sep}[.] 0x00007fa84f95a3ca",
+        f" 40   {sep}[kernel.kallsyms]{sep}[k] clear_page_erms",
+        f" 10   {sep}libc.so.6        {sep}[.] __memmove_avx512_unaligned_erms",
+        "",
+    ])
+    rows = perf_report.parse_report(report)
+    assert rows[1] == (150, "libjax_common.so", "Eigen::internal::gemm_pack::operator")
+    assert rows[2] == (120, "[JIT]", perf_report.UNNAMED)
+    table = perf_report.by_library(rows, steps=2, top=2)
+    assert [r["library"] for r in table] == ["libjax_common.so", "[JIT]", "other"]
+    assert [r["share"] for r in table] == pytest.approx([0.75, 0.2, 0.05])
+    # samples / FREQUENCY seconds of CPU time over 2 steps
+    assert table[0]["cpu_ms_per_step"] == pytest.approx(1e3 * 750 / perf_report.FREQUENCY / 2)
+    assert (table[0]["top_function"], table[0]["top_function_share"]) == ("ynn::dot_fp32_5x64x1_1x16x1_avx512", 0.6)
+    assert table[2]["cpu_ms_per_step"] == pytest.approx(1e3 * 50 / perf_report.FREQUENCY / 2)
+
+
 def test_profile_step_benchmark_quick(tmp_path):
     rows = run_benchmark("profile_step", "--quick", tmp_path=tmp_path)
     assert [r["part"] for r in rows] == list(STAGE1_PARTS + STAGE2_PARTS)
@@ -135,14 +161,18 @@ def test_vs_reference_benchmark_quick(tmp_path):
 
 @pytest.mark.skipif(not huge_page_malloc.takes_effect(), reason=huge_page_malloc.NEEDS)
 def test_page_faults_benchmark_quick(tmp_path):
-    small, huge = run_benchmark("page_faults", "--quick", tmp_path=tmp_path)
-    assert (small["malloc"], huge["malloc"]) == ("4 KiB pages", "huge pages")
+    small, huge, cached = run_benchmark("page_faults", "--quick", tmp_path=tmp_path)
+    assert [r["malloc"] for r in (small, huge, cached)] == ["4 KiB pages", "huge pages", "huge pages + block cache"]
     assert (small["glibc_tunables"], huge["glibc_tunables"]) == ("glibc.malloc.hugetlb=0", "glibc.malloc.hugetlb=1")
-    assert small["temp_mib"] == huge["temp_mib"] > 64  # above what glibc keeps in a thread's heap
+    assert (small["preloaded"], huge["preloaded"]) == ("", "") and cached["preloaded"].startswith("block_cache-")
+    assert small["temp_mib"] == huge["temp_mib"] == cached["temp_mib"] > 64  # above what glibc keeps in a thread's heap
     # Without huge pages every 4 KiB page of the temporaries faults in again on every step.
     assert small["minor_faults_per_step"] > 0.9 * small["temp_mib"] * 256
     assert huge["minor_faults_per_step"] < 0.1 * small["minor_faults_per_step"]
     assert huge["kernel_cores"] < small["kernel_cores"]
+    # The block cache keeps the temporaries mapped (tests/test_block_cache.py measures it alone); over
+    # 2 steps the rest of the process's faults vary too much between runs to order it against huge pages.
+    assert cached["minor_faults_per_step"] < 0.1 * small["minor_faults_per_step"]
 
 
 @pytest.mark.parametrize("variant", sorted(XLA_CPU_VARIANTS))
