@@ -23,7 +23,8 @@ namespace {
 
 constexpr size_t kMinBytes = size_t{64} << 20;  // smallest block kept
 constexpr size_t kPageBytes = size_t{2} << 20;  // blocks are whole 2 MiB (huge) pages
-constexpr int kSlots = 16;                      // most blocks kept at once
+constexpr int kSlots = 16;                      // most blocks mapped at once
+constexpr size_t kMaxFreeBytes = size_t{8} << 30;  // most bytes kept mapped while free
 
 // `start` is read without the lock by free() and friends: a block in use keeps its start, and no
 // block can start where glibc has a live allocation, so a pointer matches a slot only if it is ours.
@@ -34,6 +35,7 @@ struct Block {
 };
 
 Block blocks[kSlots];
+size_t free_bytes = 0;  // in blocks not in use
 pthread_mutex_t mutex = PTHREAD_MUTEX_INITIALIZER;
 
 struct Lock {
@@ -54,6 +56,7 @@ void* take(size_t size) {
     if (b.start.load() && !b.in_use && b.bytes >= size && (!best || b.bytes < best->bytes)) best = &b;
   if (best) {
     best->in_use = true;
+    free_bytes -= best->bytes;
     return best->start;
   }
   Block* slot = nullptr;
@@ -62,6 +65,7 @@ void* take(size_t size) {
   if (!slot)
     for (Block& b : blocks)
       if (!b.in_use) {
+        free_bytes -= b.bytes;
         munmap(b.start.exchange(nullptr), b.bytes);
         slot = &b;
         break;
@@ -84,11 +88,18 @@ Block* find(void* ptr) {
   return nullptr;
 }
 
+// Keeps the block of `ptr` for the next request, or unmaps it when that would keep more than
+// kMaxFreeBytes mapped; false when glibc allocated `ptr`.
 bool give_back(void* ptr) {
   Block* b = find(ptr);
   if (!b) return false;
   Lock lock;
-  b->in_use = false;
+  if (free_bytes + b->bytes > kMaxFreeBytes) {
+    munmap(b->start.exchange(nullptr), b->bytes);
+  } else {
+    b->in_use = false;
+    free_bytes += b->bytes;
+  }
   return true;
 }
 

@@ -6,9 +6,9 @@ XLA:CPU allocates each execution's temporaries as one block (600 MiB for the REA
 setting) and frees it when the execution ends. glibc hands a block that large back to the kernel,
 which must zero fresh pages for it on the next step: 9-11% of our stage-1 step's CPU samples were
 the kernel's ``clear_page_erms`` (``benchmarks.cpu_samples``). The preloaded library keeps every
-freed block of at least 64 MiB mapped (up to 16 blocks) and serves the next large request from
-the smallest that fits, so a training loop maps its temporaries once. Everything smaller goes to
-glibc unchanged. The cost: the process keeps its largest blocks mapped after freeing them.
+freed block of at least 64 MiB mapped (up to 16 blocks and 8 GiB of free ones) and serves the
+next large request from the smallest that fits, so a training loop maps its temporaries once.
+Everything smaller goes to glibc unchanged. The cost: up to 8 GiB of freed memory stays mapped.
 
 The library is compiled on first use (about 1 s, cached beside the oneDNN kernels, see
 ``hdvila_jax.kernels.build``). Without a C++ compiler, or off glibc on Linux, nothing is preloaded

@@ -2,30 +2,19 @@
 everything else is glibc's, and the entry points' restart preloads it."""
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
 from hdvila_jax import block_cache
+from tests.malloc_probe import TEMPORARY_BYTES, run_python, temporary_faults
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIB = 2**20
 
 pytestmark = pytest.mark.skipif(not block_cache.supported(), reason="needs Linux with glibc")
 
 
-def _python(code: str, **env: str) -> str:
-    environ = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "GLIBC_TUNABLES", block_cache.OPT_OUT)}
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                            env={**environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu", **env}, timeout=300)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def test_large_blocks_are_reused_and_everything_else_is_glibcs():
-    out = _python("""
+def test_large_blocks_are_reused_up_to_a_bound_and_everything_else_is_glibcs():
+    out = run_python("""
         import ctypes, json
         libc = ctypes.CDLL(None)
         for name, res, args in [("malloc", ctypes.c_void_p, [ctypes.c_size_t]), ("free", None, [ctypes.c_void_p]),
@@ -45,9 +34,17 @@ def test_large_blocks_are_reused_and_everything_else_is_glibcs():
         rc = libc.posix_memalign(ctypes.byref(d), 4096, 80 * MIB)  # the 100 MiB block again
         bad = libc.posix_memalign(ctypes.byref(ctypes.c_void_p()), 3, 80 * MIB)
         small = libc.malloc(1000)
+        libc.free(c); libc.free(d)
+
+        def mapped(address):  # whether `address` lies in a mapping of this process
+            spans = [line.split()[0].split("-") for line in open("/proc/self/maps")]
+            return any(int(start, 16) <= address < int(end, 16) for start, end in spans)
+        big = 5 * 2**30  # never touched: only address space
+        e, f = libc.malloc(big), libc.malloc(big)
+        libc.free(e)  # kept: 5 GiB free
+        libc.free(f)  # would keep 10 GiB free, over the 8 GiB bound: unmapped
         print(json.dumps(dict(reused=a == b, usable=usable, moved=c != b, tail=list(tail), rc=rc, aligned=a == d.value,
-                              bad=bad, small_usable=libc.malloc_usable_size(small))))
-        libc.free(small); libc.free(c); libc.free(d)
+                              bad=bad, small_usable=libc.malloc_usable_size(small), kept=[mapped(e), mapped(f)])))
     """, LD_PRELOAD=os.fspath(block_cache.library()))
     facts = json.loads(out)
     assert facts["reused"] and facts["usable"] == 100 * MIB  # whole 2 MiB pages
@@ -55,6 +52,7 @@ def test_large_blocks_are_reused_and_everything_else_is_glibcs():
     assert facts["rc"] == 0 and facts["aligned"]
     assert facts["bad"] == 22  # EINVAL, as glibc's posix_memalign
     assert 1000 <= facts["small_usable"] < 4096  # glibc's
+    assert facts["kept"] == [True, False]
 
 
 def test_preload_environ_adds_the_library_once_and_honours_the_opt_out():
@@ -66,23 +64,10 @@ def test_preload_environ_adds_the_library_once_and_honours_the_opt_out():
 
 
 def test_entry_point_restart_preloads_it_and_xla_temporaries_stop_faulting():
-    probe = """
-        import json, os, resource, jax, jax.numpy as jnp
-        from hdvila_jax.huge_page_malloc import reexec_with_huge_page_malloc
-        reexec_with_huge_page_malloc()
-        x = jnp.ones((8192, 4096), jnp.float32)
-        f = jax.jit(lambda x: jnp.sin(x) @ jnp.cos(x[:4096, :64]))  # keeps sin(x), 128 MiB, as a temporary
-        jax.block_until_ready(f(x))
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(3):
-            jax.block_until_ready(f(x))
-        faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3
-        print(json.dumps([os.environ.get("LD_PRELOAD", ""), faults]))
-    """
     off = dict(HDVILA_HUGE_PAGE_MALLOC="0", HDVILA_BLOCK_CACHE="0")
-    preload_off, faults_off = json.loads(_python(probe, **off))
-    preload_on, faults_on = json.loads(_python(probe, HDVILA_HUGE_PAGE_MALLOC="0"))
+    preload_off, faults_off = temporary_faults(**off)
+    preload_on, faults_on = temporary_faults(HDVILA_HUGE_PAGE_MALLOC="0")
     assert preload_off == "" and preload_on == os.fspath(block_cache.library())
-    assert faults_off > 128 * MIB / 4096 * 0.9  # each 4 KiB page of the temporary faults in on every call
+    assert faults_off > TEMPORARY_BYTES / 4096 * 0.9  # each 4 KiB page of the temporary faults in on every call
     # What still faults is glibc's: the 2 MiB output, 512 pages, is below the cache's 64 MiB.
     assert faults_on < 0.03 * faults_off, (faults_on, faults_off)
