@@ -53,18 +53,18 @@ def by_library(rows: Iterable[tuple[int, str, str]], steps: int, top: int) -> li
     per_library: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for samples, library, function in rows:
         per_library[library][function] += samples
-    total = sum(sum(functions.values()) for functions in per_library.values())
-    ranked = sorted(per_library.items(), key=lambda item: -sum(item[1].values()))
-    out = []
-    for library, functions in ranked[:top]:
-        function, samples = functions.most_common(1)[0]
-        out.append(dict(library=library, share=sum(functions.values()) / total,
-                        cpu_ms_per_step=1e3 * sum(functions.values()) / FREQUENCY / steps,
-                        top_function=function, top_function_share=samples / total))
-    rest = sum(sum(functions.values()) for _, functions in ranked[top:])
+    totals = {library: sum(functions.values()) for library, functions in per_library.items()}
+    total = sum(totals.values())
+    ranked = sorted(totals, key=totals.get, reverse=True)
+
+    def row(library: str, samples: int, function: str = "", function_samples: int = 0) -> dict:
+        return dict(library=library, share=samples / total, cpu_ms_per_step=1e3 * samples / FREQUENCY / steps,
+                    top_function=function, top_function_share=function_samples / total)
+
+    out = [row(library, totals[library], *per_library[library].most_common(1)[0]) for library in ranked[:top]]
+    rest = sum(totals[library] for library in ranked[top:])
     if rest:
-        out.append(dict(library="other", share=rest / total, cpu_ms_per_step=1e3 * rest / FREQUENCY / steps,
-                        top_function="", top_function_share=0.0))
+        out.append(row("other", rest))
     return out
 
 
