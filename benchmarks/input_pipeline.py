@@ -28,7 +28,6 @@ import numpy as np
 
 from data_pipelines import build_tfrecords
 from data_pipelines.synthetic_videos import COLOURS, DIRECTIONS, SHAPES, MovingShape, write_moving_shape_video
-from hdvila_jax.huge_page_malloc import reexec_with_huge_page_malloc
 
 NUM_FRM, RATE, N_CLIPS = 7, 12, 2
 
@@ -184,5 +183,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    reexec_with_huge_page_malloc()  # as the trainer runs: hdvila_jax/main.py
     main()

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from typing import Callable, Iterable, Sequence
 
-from hdvila_jax.kernels import onednn_conv
+from hdvila_jax.models.conv import ONEDNN_OPT_IN
 
 ROW_PREFIX = "ROW "
 
@@ -32,7 +32,7 @@ def run_on_forced_devices(module: str, devices: int, args: list[str]) -> list[di
     XLA's own convolutions in every worker: oneDNN's run on one device only (hdvila_jax.models.conv),
     and runs on different device counts must differ in nothing else."""
     return run_worker(module, args, {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-                                     "JAX_PLATFORMS": "cpu", onednn_conv.OPT_IN: "0"})
+                                     "JAX_PLATFORMS": "cpu", ONEDNN_OPT_IN: "0"})
 
 
 def print_markdown_table(header: list[str], rows: Iterable[Sequence[object]]) -> None:

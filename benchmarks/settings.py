@@ -34,27 +34,6 @@ def tiny_setting(stage: int, quick: bool = False) -> ml_collections.ConfigDict:
     return config
 
 
-_YNN = "xla_cpu_experimental_ynn_fusion_type"
-
-
-def _ynn_types(*types: str) -> dict[str, str]:
-    return {_YNN: ",".join(f"LIBRARY_FUSION_TYPE_{t}" for t in types)}
-
-
-# XLA:CPU compile options our step can be compiled with in ``benchmarks.vs_reference --xla_variants``.
-# jaxlib 0.10's XLA:CPU hands matmuls and convolutions to YNNPACK ("ynn_fusion"s) by default;
-# setting the fusion types replaces that choice: an empty list leaves everything to XLA's own
-# emitters and Eigen; INDIVIDUAL_DOT / REDUCE let YNNPACK take single matmuls / reductions (the
-# convolutions go back to Eigen); ELTWISE lets it fuse matmuls, convolutions and the elementwise
-# work around them into larger YNNPACK graphs.
-XLA_CPU_VARIANTS: dict[str, dict[str, str]] = {
-    "default": {},
-    "no_ynn": {_YNN: ""},
-    "ynn_dot_reduce": _ynn_types("INDIVIDUAL_DOT", "REDUCE"),
-    "ynn_graphs": _ynn_types("INDIVIDUAL_DOT", "REDUCE", "ELTWISE"),
-}
-
-
 def pin_cpus(threads: int = 0) -> int:
     """Pin this process (and the workers it starts) to its first ``threads`` CPUs (0: all it may
     use), which is the number of threads XLA:CPU then runs on: call it before JAX's first

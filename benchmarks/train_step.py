@@ -16,7 +16,6 @@ from ml_collections import config_flags
 
 from benchmarks.reporting import report
 from benchmarks.step_timing import measure, print_table
-from hdvila_jax.huge_page_malloc import reexec_with_huge_page_malloc
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Trainer config file[:variant].")
 _DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes to measure.")
@@ -35,5 +34,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    reexec_with_huge_page_malloc()  # as the trainer runs: hdvila_jax/main.py
     app.run(main)

@@ -4,19 +4,10 @@
     python -m hdvila_jax.main --config=configs/stage1.py --workdir=DIR --config.batch_size=256
     python -m hdvila_jax.main --config=configs/stage1.py:demo --workdir=DIR --mode=eval
 
-Several hosts: pass --coordinator_address/--num_processes/--process_id (or set
-JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) on every host.
-
-On Linux the process first restarts itself once with glibc malloc on transparent huge pages
-(``hdvila_jax.huge_page_malloc``: 99% fewer page faults, CPU steps 1-19% faster; ``HDVILA_HUGE_PAGE_MALLOC=0``
-turns it off) and with ``hdvila_jax.block_cache`` preloaded, which keeps XLA:CPU's per-step
-temporaries mapped (stage-1 CPU steps about 5% faster; ``HDVILA_BLOCK_CACHE=0`` turns it off).
+Several hosts: the same command on each. On a TPU VM slice and under SLURM or Open MPI jax
+finds the processes itself; elsewhere pass --coordinator_address/--num_processes/--process_id
+(or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) on every host.
 """
-from hdvila_jax.huge_page_malloc import reexec_with_huge_page_malloc
-
-if __name__ == "__main__":  # before jax and TensorFlow load: glibc reads its tunables only at process start
-    reexec_with_huge_page_malloc()
-
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags

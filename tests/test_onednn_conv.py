@@ -96,13 +96,13 @@ def test_kernel_rejects_inconsistent_shapes():
 def test_models_conv_takes_onednn_where_it_applies():
     x, w = random_pair((2, 16, 24, 8), (3, 3, 8, 8))
     jaxpr = lambda *a: str(jax.make_jaxpr(lambda x, w: conv.conv2d(x, w))(*a))
-    with mock.patch.dict("os.environ", {onednn_conv.OPT_IN: ""}):
+    with mock.patch.dict("os.environ", {conv.ONEDNN_OPT_IN: ""}):
         assert onednn_conv.FORWARD not in jaxpr(x, w)  # opt-in: XLA's by default
-    with mock.patch.dict("os.environ", {onednn_conv.OPT_IN: "1"}):
+    with mock.patch.dict("os.environ", {conv.ONEDNN_OPT_IN: "1"}):
         assert onednn_conv.FORWARD in jaxpr(x, w)
-        with onednn_conv.used(False):
+        with conv.onednn_used(False):
             assert onednn_conv.FORWARD not in jaxpr(x, w)
-    with onednn_conv.used(True):
+    with conv.onednn_used(True):
         assert onednn_conv.FORWARD in jaxpr(x, w)
         assert onednn_conv.FORWARD not in jaxpr(x[:, :4, :6], w)  # 24 output cells: im2col
         assert onednn_conv.FORWARD not in jaxpr(x, w[:1, :1])  # 1x1: a matmul

@@ -9,11 +9,12 @@ In a whole train step on that CPU the gain is much smaller: XLA already keeps bo
 with independent work (README, Performance).
 
 The library is compiled on first use (``hdvila_jax.kernels.build``, about 3 s) against the
-oneDNN of the ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` wheels (Linux x86-64, setup.py) and
-cached. :func:`available` says whether it could be built and loaded; where it cannot (no C++
+oneDNN of the ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` wheels (``pip install -e ".[onednn]"``,
+Linux x86-64) and cached. :func:`available` says whether it could be built and loaded; where it cannot (no C++
 compiler, no oneDNN), it logs why once and callers keep XLA's own convolution.
 
-Opt-in: ``HDVILA_ONEDNN_CONV=1`` (or :func:`used`) makes ``hdvila_jax.models.conv`` take it. It
+Opt-in: ``HDVILA_ONEDNN_CONV=1`` (or ``hdvila_jax.models.conv.onednn_used``) makes
+``hdvila_jax.models.conv`` import and take it. It
 is not the default because, in float32, it changes rounding enough to move two of our
 tolerance-bound tests past their bounds (a gradient norm of one reference fixture by 0.13% against
 a 0.1% bound, and gradient accumulation against one big batch) and the step gain did not pay for
@@ -21,7 +22,6 @@ that here (README, Performance).
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import os
@@ -36,12 +36,10 @@ from absl import logging
 from hdvila_jax.kernels.build import BuildError, build_library
 
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
-OPT_IN = "HDVILA_ONEDNN_CONV"  # "1": models.conv uses oneDNN where it applies
 ROOT_ENV = "HDVILA_ONEDNN_ROOT"  # a oneDNN install (include/ and lib/) to use instead of the wheels'
 FORWARD, BACKWARD_DATA, BACKWARD_WEIGHTS = ("HdvilaOnednnConvForward", "HdvilaOnednnConvBackwardData",
                                             "HdvilaOnednnConvBackwardWeights")
 DTYPES = (np.dtype(np.float32), np.dtype(jax.numpy.bfloat16))
-_override: bool | None = None  # set inside used()
 
 
 def onednn_root() -> Path | None:
@@ -67,25 +65,6 @@ def unavailable_reason() -> str | None:
 def available() -> bool:
     """Whether :func:`conv2d` can run (see :func:`unavailable_reason`)."""
     return unavailable_reason() is None
-
-
-def in_use() -> bool:
-    """Whether ``hdvila_jax.models.conv`` should take :func:`conv2d`: opted in
-    (``HDVILA_ONEDNN_CONV=1`` or inside ``used(True)``) and :func:`available`."""
-    chosen = os.environ.get(OPT_IN) == "1" if _override is None else _override
-    return chosen and available()
-
-
-@contextlib.contextmanager
-def used(enabled: bool):
-    """Inside, :func:`in_use` follows ``enabled`` instead of ``HDVILA_ONEDNN_CONV``: what is traced
-    there takes oneDNN's or XLA's convolutions (``benchmarks.vs_reference --convs``)."""
-    global _override
-    previous, _override = _override, enabled
-    try:
-        yield
-    finally:
-        _override = previous
 
 
 def _load() -> str | None:

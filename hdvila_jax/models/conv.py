@@ -5,18 +5,25 @@ on maps smaller than the kernel window (the 2x3 and 4x6 maps of small crops) its
 simplifier swaps the operands and the result falls back to a naive loop, 30-70x slower, in the
 forward pass and in the input gradient. So on CPU: a 1x1 convolution is a matmul, and a kxk
 convolution with at most ``IM2COL_MAX_CELLS`` output cells is a matmul over its k*k shifted
-copies of the input (im2col). Opted in (``HDVILA_ONEDNN_CONV=1``), larger kxk convolutions run in
-oneDNN (``hdvila_jax.kernels``), which uses every core where YNNPACK uses one, on a single CPU
-device. Other backends get ``lax.conv_general_dilated`` unchanged.
+copies of the input (im2col). Opted in (``HDVILA_ONEDNN_CONV=1`` and the ``[onednn]`` extra),
+larger kxk convolutions run in oneDNN (``hdvila_jax.kernels``), which uses every core where
+YNNPACK uses one, on a single CPU device. Other platforms get ``lax.conv_general_dilated`` unchanged.
+
+The platform is the one the step is compiled for (:func:`lowering_platform`, set by whoever
+traces the model for a mesh), not the default backend: a TPU step compiled ahead of time on a
+CPU host gets TPU convolutions.
 """
 from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 from flax.linen.dtypes import promote_dtype
 
-from hdvila_jax.kernels import onednn_conv
 from hdvila_jax.models.layers import Dtype, window_views
 
 IM2COL_MAX_CELLS = 24  # largest output map (rows x columns) a kxk convolution is run as im2col on CPU
@@ -42,18 +49,62 @@ def matmul_nhwc(x: jax.Array, w: jax.Array) -> jax.Array:
     return (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
 
 
+_target_platform: str | None = None  # set inside lowering_platform()
+ONEDNN_OPT_IN = "HDVILA_ONEDNN_CONV"  # "1": CPU kxk convolutions in oneDNN (hdvila_jax.kernels, [onednn] extra)
+_onednn_override: bool | None = None  # set inside onednn_used()
+
+
+@contextlib.contextmanager
+def lowering_platform(platform: str) -> Iterator[None]:
+    """Inside, :func:`conv2d` lowers for ``platform`` ("cpu", "tpu", "gpu"; a ``Device.platform``):
+    wrap the tracing of a step that will run on devices of that platform."""
+    global _target_platform
+    previous, _target_platform = _target_platform, platform
+    try:
+        yield
+    finally:
+        _target_platform = previous
+
+
+def target_platform() -> str:
+    """The platform convolutions are lowered for: the innermost :func:`lowering_platform`, else
+    the default backend."""
+    return _target_platform or jax.default_backend()
+
+
 def uses_cpu_lowering() -> bool:
-    """Whether :func:`conv2d` takes the XLA:CPU forms: the default backend is the CPU."""
-    return jax.default_backend() == "cpu"
+    """Whether :func:`conv2d` takes the XLA:CPU forms: the step is compiled for CPU devices."""
+    return target_platform() == "cpu"
+
+
+@contextlib.contextmanager
+def onednn_used(enabled: bool) -> Iterator[None]:
+    """Inside, :func:`onednn_opted_in` is ``enabled`` whatever ``HDVILA_ONEDNN_CONV`` says: what is traced
+    there takes oneDNN's or XLA's CPU convolutions (``benchmarks.vs_reference --convs``)."""
+    global _onednn_override
+    previous, _onednn_override = _onednn_override, enabled
+    try:
+        yield
+    finally:
+        _onednn_override = previous
+
+
+def onednn_opted_in() -> bool:
+    """``HDVILA_ONEDNN_CONV=1``, or inside ``onednn_used(True)``."""
+    return os.environ.get(ONEDNN_OPT_IN) == "1" if _onednn_override is None else _onednn_override
 
 
 def uses_onednn(x: jax.Array, kernel: jax.Array) -> bool:
-    """Whether a CPU kxk convolution of ``x`` with ``kernel`` runs in oneDNN: an odd square kernel,
-    one dtype oneDNN takes, one device in all (a custom call is not partitioned: XLA would gather
-    a sharded batch onto every device), and oneDNN opted in and built (``onednn_conv.in_use``)."""
+    """Whether a CPU kxk convolution of ``x`` with ``kernel`` runs in oneDNN: opted in, an odd square
+    kernel, one dtype oneDNN takes, one device in all (a custom call is not partitioned: XLA would
+    gather a sharded batch onto every device), and the kernels built (``onednn_conv.available``; a
+    missing compiler or oneDNN is a warning, and XLA's convolution is kept). The kernels module is
+    imported only when opted in."""
     kh, kw = kernel.shape[:2]
-    return (kh == kw and kh % 2 == 1 and x.dtype == kernel.dtype and x.dtype in onednn_conv.DTYPES
-            and jax.device_count() == 1 and onednn_conv.in_use())
+    if not (onednn_opted_in() and kh == kw and kh % 2 == 1 and x.dtype == kernel.dtype and jax.device_count() == 1):
+        return False
+    from hdvila_jax.kernels import onednn_conv
+    return x.dtype in onednn_conv.DTYPES and onednn_conv.available()
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
@@ -66,6 +117,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
         if output_size(x.shape[1], stride) * output_size(x.shape[2], stride) <= IM2COL_MAX_CELLS:
             return im2col_conv(x, kernel, stride)
         if uses_onednn(x, kernel):
+            from hdvila_jax.kernels import onednn_conv
             return onednn_conv.conv2d(x, kernel, stride)
     pad = k // 2
     return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
