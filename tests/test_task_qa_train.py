@@ -10,12 +10,12 @@ import pytest
 from flax import traverse_util
 
 from configs import qa as qa_configs
-from hdvila_jax import variables_io
+from hdvila_jax import sharding, variables_io
 from hdvila_jax.models import model_config_from_dict
 from hdvila_jax.models.variables import init_variables
 from hdvila_jax.tasks import get_task
 from hdvila_jax.tasks.qa_eval import Question, prediction_rows, qa_metrics
-from hdvila_jax.train import sharding, train_state, trainer
+from hdvila_jax.train import train_state, trainer
 from hdvila_jax.train.config_checks import TrainConfigError, check_config
 from hdvila_jax.train.optimizer import make_optimizer
 from hdvila_jax.train.recipe import resolve_qa_outputs

@@ -14,7 +14,7 @@ import json, jax, numpy as np
 from flax import traverse_util
 from tests.test_train_step import build
 from tests.train_helpers import synthetic_batch, tiny_config
-from hdvila_jax.train import sharding
+from hdvila_jax import sharding
 
 def run(mesh_axes, devices):
     # eps=1 makes Adam's update linear in small gradients (see test_train_step.OVERRIDES).

@@ -3,9 +3,10 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from hdvila_jax import sharding
 from hdvila_jax.models import HDVILA
 from hdvila_jax.models.variables import abstract_variables
-from hdvila_jax.train import sharding, train_state
+from hdvila_jax.train import train_state
 from hdvila_jax.train.config_checks import check_config
 from hdvila_jax.train.optimizer import make_optimizer
 from hdvila_jax.train.train_step import make_train_step

@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 
 from configs import stage1, stage2
+from hdvila_jax import sharding
 from hdvila_jax.models import ConfigError
 from hdvila_jax.models.variables import abstract_variables
-from hdvila_jax.train import evaluation, optimizer, sharding
+from hdvila_jax.train import evaluation, optimizer
 from hdvila_jax.train.config_checks import TrainConfigError, check_config
 
 PATHS = ["text/encoder/layer_0/query/kernel", "text/encoder/layer_0/query/bias", "video/cnn_hr/conv1/kernel",

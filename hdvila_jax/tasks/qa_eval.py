@@ -18,15 +18,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from hdvila_jax import sharding
 from hdvila_jax.data.answers import load_ans2label
 from hdvila_jax.data.pipeline import list_files
 from hdvila_jax.data.records import parse_clip_record
 from hdvila_jax.data.tfrecord_source import TFRecordDataSource
 from hdvila_jax.models import HDVILA
+from hdvila_jax.sharding import gather_to_host
 from hdvila_jax.tasks import Task
 from hdvila_jax.tasks.qa import IMAGE_KEYS, aggregate_logits, qa_accuracy, qa_inputs
-from hdvila_jax.train import sharding
-from hdvila_jax.train.evaluation import gather_to_host
 
 LABEL_KEYS = {"open": "qa_label", "multiple_choice": "mc_answer"}
 TEXT_KEYS = {"open": ("text_input_ids", "text_input_mask"),

@@ -13,11 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from hdvila_jax import sharding
 from hdvila_jax.losses import contrastive_loss
 from hdvila_jax.models import HDVILA
+from hdvila_jax.sharding import gather_to_host
 from hdvila_jax.tasks import RETRIEVAL_DIRECTION_WEIGHT
-from hdvila_jax.train import sharding
-from hdvila_jax.train.evaluation import gather_to_host
 
 MC_KEYS = ("img_middle", "img_other", "mc_text_input_ids", "mc_text_input_mask", "mc_answer", "valid")
 

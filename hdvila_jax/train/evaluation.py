@@ -10,11 +10,11 @@ from typing import Any, Callable, Iterable, Mapping
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from hdvila_jax import sharding
 from hdvila_jax.models import HDVILA
-from hdvila_jax.train import sharding
+from hdvila_jax.sharding import gather_to_host
 
 RECALL_AT = (1, 5, 10, 50)
 ENCODER_KEYS = ("img_middle", "img_other", "text_input_ids", "text_input_mask")
@@ -44,11 +44,6 @@ def make_encode_fn(model: HDVILA) -> Callable[[Any, Mapping[str, jax.Array]], tu
         out = model.apply(variables, {k: batch[k] for k in ENCODER_KEYS}, stage=1, deterministic=True)
         return out["text_features"], out["video_features"]
     return jax.jit(encode)
-
-
-def gather_to_host(x: jax.Array) -> np.ndarray:
-    """A (sharded, possibly multi-process) array as one numpy array on every process."""
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def evaluate_retrieval(encode: Callable, variables: Any, batches: Iterable[Mapping[str, np.ndarray]],

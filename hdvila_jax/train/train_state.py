@@ -15,9 +15,9 @@ import ml_collections
 from flax import traverse_util
 from jax.sharding import Mesh, PartitionSpec as P
 
+from hdvila_jax import sharding
 from hdvila_jax.models import ModelConfig
 from hdvila_jax.models import variables as model_variables
-from hdvila_jax.train import sharding
 from hdvila_jax.train.optimizer import Optimizer
 
 State = dict[str, Any]
