@@ -1,4 +1,4 @@
-"""The original HD-VILA (our PyTorch port in ``tests/torch_reference``) set up like one of our
+"""The original HD-VILA (our PyTorch port in ``reference/``) set up like one of our
 trainer configs, for the side-by-side CPU benchmarks: the same shapes, the same number of
 threads as XLA:CPU, and its train step (forward, backward, gradient clipping, AdamW).
 
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from benchmarks.settings import pin_cpus
 from hdvila_jax.convert.reference_config import SHARED_FIELDS
 from hdvila_jax.models import ModelConfig
-from tests.torch_reference.model import HDVILA, make_config
+from reference.model import HDVILA, make_config
 
 # Parameters of the original that stage 2 trains (the cross-modal half of BERT and the heads);
 # the rest is the frozen stage-1 model, as ``config.optimizer.frozen`` of configs/stage2.py.

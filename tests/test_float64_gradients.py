@@ -78,7 +78,7 @@ def compare_float64(folder: pathlib.Path) -> dict:
     from hdvila_jax.tasks.retrieval import retrieval_loss
     from tests.reference_fixtures import (MODEL_INPUTS, grad_norms_by_torch_name, load_fixture, loss_spec,
                                           ours_in_reference_layout, rebuild_state_dict)
-    from tests.torch_reference.make_fixture import _load, run_reference
+    from reference.make_fixture import _load, run_reference
 
     assert jax.config.jax_enable_x64, "run with jax_enable_x64"
     meta, cfg, inputs, _, ref32 = load_fixture(folder)
@@ -145,7 +145,7 @@ def cases_root(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_float64_outputs_and_gradient_norms_match_torch_port(name, cases_root):
-    from tests.torch_reference.make_fixture import make_fixture
+    from reference.make_fixture import make_fixture
 
     folder = make_fixture(cases_root / name, check_roundoff=False, **CASES[name])
     r = run_float64_subprocess(folder)

@@ -1,6 +1,6 @@
 """Parity on fixtures beyond the shared ones, made here by the PyTorch port of the original model.
 
-``tests/torch_reference`` re-implements the original HD-VILA forward pass (same module tree, state_dict keys
+``reference/`` (the top-level package) re-implements the original HD-VILA forward pass (same module tree, state_dict keys
 and computations); ``test_torch_port_reproduces_shared_fixtures`` shows it reproduces the shared fixtures.
 Each variant (other seeds, frame sizes incl. the native 640x1024 grid, batch sizes, clip counts, score
 aggregations, ResNet depths, bert_mean) is written to a temporary folder and checked by the very checks of
@@ -18,7 +18,7 @@ pytest.importorskip("torch")
 
 from tests.reference_fixtures import (DEFAULT_ROOT, DEFAULT_TASK_ROOT, check_gradient_norms, check_outputs,  # noqa: E402
                                      fixture_dirs, task_name)
-from tests.torch_reference.make_fixture import (TASK_STAGE, fixture_roundoff, make_fixture,  # noqa: E402
+from reference.make_fixture import (TASK_STAGE, fixture_roundoff, make_fixture,  # noqa: E402
                                                 reproduce_fixture)
 
 # The port runs the original's computation op for op: it must match the shared fixtures to round-off.

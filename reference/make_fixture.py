@@ -1,11 +1,11 @@
 """Parity fixtures (``../shared/fixtures`` format) made by the PyTorch port of the original HD-VILA.
 
-    python -m tests.torch_reference.make_fixture --out DIR --stage 2 --hw 128 192 --batch 2 --clips 2 \
+    python -m reference.make_fixture --out DIR --stage 2 --hw 128 192 --batch 2 --clips 2 \
         --seq 12 --resnet-depth 18 --score-agg mean --bert-mean 0 --seed 3
-    python -m tests.torch_reference.make_fixture --out DIR --task retrieval --frames 11 --batch 4 --clips 3
-    python -m tests.torch_reference.make_fixture --out DIR --task qa --score-agg mean --answers 11 --clips 3
-    python -m tests.torch_reference.make_fixture --out DIR --task mc --score-agg lse --answers 5
-    python -m tests.torch_reference.make_fixture --check ../shared/fixtures/stage1_tiny   # port vs a fixture
+    python -m reference.make_fixture --out DIR --task retrieval --frames 11 --batch 4 --clips 3
+    python -m reference.make_fixture --out DIR --task qa --score-agg mean --answers 11 --clips 3
+    python -m reference.make_fixture --out DIR --task mc --score-agg lse --answers 5
+    python -m reference.make_fixture --check ../shared/fixtures/stage1_tiny   # port vs a fixture
 
 ``--task`` writes a downstream task fixture (``../shared/fixtures/tasks`` format, no ResNet stage maps):
 ``retrieval`` (stage 1, the retrieval loss at temperature 0.08, the MSRVTT multiple-choice inputs and outputs);
@@ -30,10 +30,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tests.torch_reference.model import (HDVILA, HDVILAForMultipleChoice, HDVILAForPreTraining,
+from reference.model import (HDVILA, HDVILAForMultipleChoice, HDVILAForPreTraining,
                                          HDVILAForSequenceClassification, make_config, make_qa_config, recording)
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_RECIPE = pathlib.Path(os.environ.get("HDVILA_FIXTURE_RECIPE",
                                             REPO.parent / "shared" / "fixtures" / "recipe.py"))
 STAGE1_TEMPERATURE = 0.05
@@ -328,7 +328,7 @@ def make_fixture(out: os.PathLike, *, stage: int | None = None, hw=(128, 192), b
                 n_state_dict=len(named_shapes), n_params=sum(p.numel() for p in model.parameters()),
                 grads=dict(loss=grads["loss"], n_with_grad=len(grads["l2_and_sum"]),
                            params_without_grad=grads["params_without_grad"]),
-                source="PyTorch port of the original HD-VILA model (tests/torch_reference), eval mode "
+                source="PyTorch port of the original HD-VILA model (reference), eval mode "
                        "(no dropout, no drop-path, no token sampling), weights from weights.json")
     if task_meta:
         meta["task"] = task_meta

@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn import CrossEntropyLoss
 
-from tests.torch_reference.bert import (BertEmbeddings, BertEncoder, BertPooler, BertPreTrainingHeads,
+from reference.bert import (BertEmbeddings, BertEncoder, BertPooler, BertPreTrainingHeads,
                                         extended_attention_mask)
-from tests.torch_reference.resnet import ResNet
-from tests.torch_reference.taps import recording, tap  # noqa: F401  (recording re-exported)
-from tests.torch_reference.timesformer import TimeSformer
+from reference.resnet import ResNet
+from reference.taps import recording, tap  # noqa: F401  (recording re-exported)
+from reference.timesformer import TimeSformer
 
 # The reference's BertConfig (transformers 3.x defaults) plus HD-VILA's additions, as its fixtures record it.
 BASE_CONFIG = dict(

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.torch_reference.taps import tap
+from reference.taps import tap
 
 ACT2FN = {"gelu": F.gelu, "relu": F.relu}  # transformers 3.x `gelu` is the exact (erf) F.gelu
 
