@@ -39,7 +39,7 @@ from data_pipelines import frame_folders
 from data_pipelines.annotations import BadInput, ClipSpec, read_clip_annotations, read_hdvila100m_annotations
 from data_pipelines.answer_vocab import build_ans2label, write_ans2label
 from data_pipelines.clip_encoder import GEOMETRIES, BuildOptions, ClipResult, encode_clip, encode_clips, frame_source
-from data_pipelines.clip_plan import MIDDLE_LAYOUTS
+from hdvila_jax.video.clip_plan import MIDDLE_LAYOUTS
 from data_pipelines.downstream_annotations import read_msrvtt_mc_annotations, read_retrieval_annotations
 from data_pipelines.qa_annotations import OPEN_ENDED_FORMATS, QA_FORMATS, READERS, select_answers
 from data_pipelines.shard_writer import ShardWriter, read_sidecar, shard_finished, shard_path, shard_ranges

@@ -18,13 +18,13 @@ import os
 from typing import Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from data_pipelines import frame_folders
 from data_pipelines.annotations import BadInput, ClipSpec
-from data_pipelines.clip_plan import MIDDLE_LAYOUTS, ClipPlan, ClipTooShortError, plan_clip
+from hdvila_jax.video.clip_plan import MIDDLE_LAYOUTS, ClipPlan, ClipTooShortError, plan_clip
 from data_pipelines.geometry import msrvtt_lr_frame, tgif_lr_frame, upsampled_hr_frame
-from data_pipelines.video_decode import VideoError, decode_frames, decode_rgb_frames, probe_video
+from hdvila_jax.video.clips import encode_jpeg
+from hdvila_jax.video.decode import VideoError, decode_frames, decode_rgb_frames, probe_video
 from hdvila_jax.data.records import ClipRecord, serialize_clip_record
 
 GEOMETRIES = ("resize", "msrvtt", "frames", "tgif")
@@ -88,10 +88,6 @@ class _FrameError(Exception):
     """The video cannot give the clip's frames; the message is the skip reason."""
 
 
-def _jpeg(image: np.ndarray, quality: int) -> bytes:
-    return tf.io.encode_jpeg(image, quality=quality).numpy()
-
-
 def _frame_count(options: BuildOptions, spec: ClipSpec) -> tuple[int, float, tuple[str, ...]]:
     """(frames, fps, warnings) of the clip's source; fps is 0 for frame folders (unknown)."""
     if options.geometry == "frames":
@@ -138,8 +134,8 @@ def _encode_frames(options: BuildOptions, spec: ClipSpec) -> _EncodedFrames:
     except VideoError as e:
         raise _FrameError(f"{e} ({spec.video_path})") from e
     return _EncodedFrames(num_frames=num_frames, fps=fps, plan=plan,
-                          hr_jpeg=[_jpeg(hr[int(i)], options.jpeg_quality) for i in plan.middle_frames],
-                          lr_jpeg=[_jpeg(lr[int(i)], options.jpeg_quality) for i in plan.lr_frames],
+                          hr_jpeg=[encode_jpeg(hr[int(i)], options.jpeg_quality) for i in plan.middle_frames],
+                          lr_jpeg=[encode_jpeg(lr[int(i)], options.jpeg_quality) for i in plan.lr_frames],
                           warnings=warnings + load_warnings)
 
 

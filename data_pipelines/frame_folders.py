@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from data_pipelines.annotations import BadInput, ClipSpec
 from data_pipelines.geometry import bilinear_resize
-from data_pipelines.video_decode import VideoError
+from hdvila_jax.video.decode import VideoError
 
 LR_DIR, HR_DIR = "video_frames_lr", "video_frames"
 

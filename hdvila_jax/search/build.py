@@ -91,16 +91,23 @@ def thumbnail_jpeg(record: ClipRecord) -> bytes:
     return out.getvalue()
 
 
-def read_metadata(pattern: str, progress: bool = True) -> tuple[list[str], list[str], list[bytes]]:
-    """Clip ids, first captions and JPEG thumbnails of every record, in record order."""
+def record_span(record: ClipRecord) -> tuple[str, float, float | None]:
+    """(video id, start, end seconds) of a record's clip: its whole source (end unknown without fps)."""
+    return record.video_id, 0.0, (record.num_frames / record.fps if record.fps > 0 else None)
+
+
+def read_metadata(pattern: str, progress: bool = True
+                  ) -> tuple[list[str], list[str], list[bytes], list[tuple[str, float, float | None]]]:
+    """Clip ids, first captions, JPEG thumbnails and spans of every record, in record order."""
     source = TFRecordDataSource(pipeline.list_files(pattern, "val_files"))
-    ids, captions, thumbnails = [], [], []
+    ids, captions, thumbnails, spans = [], [], [], []
     for i in tqdm(range(len(source)), desc="thumbnails", unit="video", disable=not progress):
         record = parse_clip_record(source[i])
         ids.append(record.clip_id)
         captions.append(record.texts[0])
         thumbnails.append(thumbnail_jpeg(record))
-    return ids, captions, thumbnails
+        spans.append(record_span(record))
+    return ids, captions, thumbnails, spans
 
 
 def build_index(config: ml_collections.ConfigDict, checkpoint: str, records: str, out: str,
@@ -117,11 +124,11 @@ def build_index(config: ml_collections.ConfigDict, checkpoint: str, records: str
                           "(the batch shards of config.mesh and the process count)")
     variables, origin = restore.restore_variables(config, model_cfg, mesh, checkpoint)
     embeddings = encode_records(HDVILA(model_cfg), variables, config, mesh, batch_size, progress)
-    manifest = dict(checkpoint=os.path.abspath(checkpoint), restored_from=origin,
+    manifest = dict(source="records", checkpoint=os.path.abspath(checkpoint), restored_from=origin,
                     records=os.path.abspath(records), count=len(embeddings), dim=int(embeddings.shape[1]),
                     config=config.to_dict())
     if jax.process_index() == 0:
-        ids, captions, thumbnails = read_metadata(config.data.val_files, progress)
-        manifest = save_index(out, embeddings, ids, captions, thumbnails, manifest)
+        ids, captions, thumbnails, spans = read_metadata(config.data.val_files, progress)
+        manifest = save_index(out, embeddings, ids, captions, thumbnails, manifest, spans)
     multihost_utils.sync_global_devices("search index written")
     return manifest

@@ -5,7 +5,9 @@ An index directory holds
     manifest.json           format version, count, embedding dim, checkpoint, records,
                             the trainer config incl. its model config (to rebuild the text tower)
     embeddings.npy          float32 [N, D], L2-normalised video embeddings
-    videos.jsonl            one {"id": clip_id, "caption": first caption} per row
+    videos.jsonl            one {"id", "caption", "path", "start", "end"} per row: the clip id, its
+                            first caption ("" for video files), the video it comes from and the
+                            time range in seconds it covers (null when unknown)
     thumbnails.bin          the JPEG thumbnails of all rows, concatenated
     thumbnail_offsets.npy   int64 [N + 1]: row i is thumbnails.bin[offsets[i]:offsets[i + 1]]
 
@@ -44,6 +46,7 @@ class Index:
     captions: list[str]
     thumbnail_bytes: np.ndarray
     thumbnail_offsets: np.ndarray
+    spans: list[tuple[str, float | None, float | None]] = dataclasses.field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -53,10 +56,16 @@ class Index:
         start, end = self.thumbnail_offsets[row], self.thumbnail_offsets[row + 1]
         return self.thumbnail_bytes[start:end].tobytes()
 
+    def span(self, row: int) -> tuple[str, float | None, float | None]:
+        """(video path, start, end seconds) of ``row``; an index without them gives (id, None, None)."""
+        return self.spans[row] if self.spans else (self.ids[row], None, None)
+
 
 def save_index(path: str, embeddings: np.ndarray, ids: Sequence[str], captions: Sequence[str],
-               thumbnails: Sequence[bytes], manifest: dict[str, Any]) -> dict[str, Any]:
-    """Write an index directory (created if needed, its index files replaced); return the full manifest."""
+               thumbnails: Sequence[bytes], manifest: dict[str, Any],
+               spans: Sequence[tuple[str, float | None, float | None]] | None = None) -> dict[str, Any]:
+    """Write an index directory (created if needed, its index files replaced); return the full manifest.
+    ``spans``: (video path, start, end seconds) of each row (default: the id, times unknown)."""
     embeddings = np.asarray(embeddings, np.float32)
     if embeddings.ndim != 2:
         raise SearchError(f"index {path}: embeddings must be [N, D], got shape {embeddings.shape}")
@@ -64,12 +73,15 @@ def save_index(path: str, embeddings: np.ndarray, ids: Sequence[str], captions: 
     if not len(ids) == len(captions) == len(thumbnails) == count:
         raise SearchError(f"index {path}: {count} embeddings but {len(ids)} ids, {len(captions)} captions, "
                           f"{len(thumbnails)} thumbnails")
+    spans = list(spans) if spans is not None else [(i, None, None) for i in ids]
+    if len(spans) != count:
+        raise SearchError(f"index {path}: {count} embeddings but {len(spans)} time spans")
     os.makedirs(path, exist_ok=True)
     manifest = dict(manifest, format_version=FORMAT_VERSION, count=count, dim=int(embeddings.shape[1]))
     np.save(os.path.join(path, EMBEDDINGS), embeddings)
     with open(os.path.join(path, VIDEOS), "w", encoding="utf-8") as f:
-        for video_id, caption in zip(ids, captions):
-            f.write(json.dumps({"id": video_id, "caption": caption}) + "\n")
+        for video_id, caption, (video, start, end) in zip(ids, captions, spans):
+            f.write(json.dumps({"id": video_id, "caption": caption, "path": video, "start": start, "end": end}) + "\n")
     with open(os.path.join(path, THUMBNAILS), "wb") as f:
         for jpeg in thumbnails:
             f.write(jpeg)
@@ -106,4 +118,5 @@ def load_index(path: str) -> Index:
     if offsets[-1] != len(thumbnails):
         raise SearchError(f"--index={path!r}: {THUMBNAILS} has {len(thumbnails)} bytes, offsets say {offsets[-1]}")
     return Index(path=path, manifest=manifest, embeddings=embeddings, ids=[v["id"] for v in videos],
-                 captions=[v["caption"] for v in videos], thumbnail_bytes=thumbnails, thumbnail_offsets=offsets)
+                 captions=[v["caption"] for v in videos], thumbnail_bytes=thumbnails, thumbnail_offsets=offsets,
+                 spans=[(v.get("path", v["id"]), v.get("start"), v.get("end")) for v in videos])

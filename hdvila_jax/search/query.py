@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from hdvila_jax.data.text import ThreadLocalTokenizer
-from hdvila_jax.models import HDVILA, model_config_from_dict
+from hdvila_jax.encoder import Encoder
+from hdvila_jax.models import model_config_from_dict
 from hdvila_jax.search import restore
 from hdvila_jax.search.index import Index, SearchError
 from hdvila_jax.train import sharding
@@ -28,13 +28,28 @@ QUERY_MESH = dict(data=-1, fsdp=1)
 
 @dataclasses.dataclass(frozen=True)
 class Hit:
-    """One ranked video: 1-based ``rank``, index ``row``, clip ``id``, ``score`` and ``caption``."""
+    """One ranked clip: 1-based ``rank``, index ``row``, clip ``id``, ``score``, ``caption``, and the
+    video ``path`` with the ``start``/``end`` seconds it covers (None when the index does not know)."""
 
     rank: int
     row: int
     id: str
     score: float
     caption: str
+    path: str = ""
+    start: float | None = None
+    end: float | None = None
+
+    def to_json(self) -> dict:
+        """``{"path", "start", "end", "score", "rank"}`` (and the clip ``id``)."""
+        return dict(path=self.path, start=self.start, end=self.end, score=self.score, rank=self.rank, id=self.id)
+
+    @property
+    def time_range(self) -> str:
+        """``"12.0-25.4 s"``, or "" without times."""
+        if self.start is None:
+            return ""
+        return f"{self.start:.1f}-{self.end:.1f} s" if self.end is not None else f"from {self.start:.1f} s"
 
 
 @functools.partial(jax.jit, static_argnums=2)
@@ -58,36 +73,24 @@ def top_k(embeddings: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarr
 def search(index: Index, query_embeddings: np.ndarray, top: int) -> list[list[Hit]]:
     """The ``top`` best videos of ``index`` for each row of ``query_embeddings`` ``[Q, D]``."""
     scores, rows = top_k(index.embeddings, query_embeddings, top)
-    return [[Hit(rank=r + 1, row=int(row), id=index.ids[row], score=float(score), caption=index.captions[row])
+    return [[Hit(rank=r + 1, row=int(row), id=index.ids[row], score=float(score), caption=index.captions[row],
+                 path=index.span(int(row))[0], start=index.span(int(row))[1], end=index.span(int(row))[2])
              for r, (row, score) in enumerate(zip(query_rows, query_scores))]
             for query_rows, query_scores in zip(rows, scores)]
 
 
-class TextEncoder:
-    """The text tower of the model an index was built with: ``encoder(texts) -> [Q, D]``."""
-
-    def __init__(self, config: ml_collections.ConfigDict, checkpoint: str):
-        model_cfg = model_config_from_dict(config.model.to_dict())
-        mesh = sharding.make_mesh(QUERY_MESH)
-        self.variables, self.origin = restore.restore_variables(config, model_cfg, mesh, checkpoint)
-        self.tokenizer = ThreadLocalTokenizer(config.data.vocab_file)
-        self.max_len = config.data.max_txt_len
-        model = HDVILA(model_cfg)
-        self._encode = jax.jit(lambda variables, ids, mask: model.apply(
-            variables, ids, mask, method=HDVILA.encode_text)[1])
-
-    @classmethod
-    def for_index(cls, index: Index, checkpoint: str | None = None) -> "TextEncoder":
-        """The encoder of ``index``'s config and checkpoint (or ``checkpoint`` instead)."""
-        return cls(ml_collections.ConfigDict(index.manifest["config"]), checkpoint or index.manifest["checkpoint"])
-
-    def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        if not texts:
-            raise SearchError("no query text given")
-        ids, mask = zip(*(self.tokenizer.encode(text, self.max_len) for text in texts))
-        return np.asarray(self._encode(self.variables, np.stack(ids), np.stack(mask)))
+def text_encoder(index: Index, checkpoint: str | None = None) -> Encoder:
+    """The text tower of the model ``index`` was built with (or restored from ``checkpoint`` instead),
+    its variables replicated on every device."""
+    config = ml_collections.ConfigDict(index.manifest["config"])
+    model_cfg = model_config_from_dict(config.model.to_dict())
+    mesh = sharding.make_mesh(QUERY_MESH)
+    variables, origin = restore.restore_variables(config, model_cfg, mesh, checkpoint or index.manifest["checkpoint"])
+    return Encoder(config, variables, mesh, origin=origin)
 
 
 def search_text(index: Index, texts: Sequence[str], top: int, checkpoint: str | None = None) -> list[list[Hit]]:
     """The ``top`` best videos of ``index`` for each query text."""
-    return search(index, TextEncoder.for_index(index, checkpoint)(texts), top)
+    if not texts:
+        raise SearchError("no query text given")
+    return search(index, text_encoder(index, checkpoint).encode_texts(texts), top)

@@ -1,8 +1,9 @@
 """A PNG of search results: per query a title row, then one cell per hit (thumbnail, rank,
-id, score and caption)."""
+id or video file name, score, time range and caption)."""
 from __future__ import annotations
 
 import io
+import os
 from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
@@ -57,7 +58,8 @@ def _draw_cell(canvas: Image.Image, draw: ImageDraw.ImageDraw, x: int, y: int, h
     image.thumbnail((THUMB_W, THUMB_H))
     canvas.paste(image, (left + (THUMB_W - image.width) // 2, y + (THUMB_H - image.height) // 2))
     text_y = y + THUMB_H + 6
-    lines = [(f"#{hit.rank}  {hit.id}", INK), (f"score {hit.score:.3f}", MUTED)]
+    name = os.path.basename(hit.path) if hit.start is not None else hit.id
+    lines = [(f"#{hit.rank}  {name}", INK), (f"score {hit.score:.3f}  {hit.time_range}".rstrip(), MUTED)]
     lines += [(line, INK) for line in _wrap(hit.caption, font, CELL_W - 4, TEXT_LINES - 2)]
     for i, (line, colour) in enumerate(lines):
         draw.text((x + 2, text_y + i * LINE_H), _fit(line, font, CELL_W - 4), fill=colour, font=font)

@@ -1,0 +1,311 @@
+"""Embedding your own texts and video files with a trained HD-VILA model.
+
+    from hdvila_jax import Encoder
+    encoder = Encoder.from_checkpoint("runs/demo_stage1/checkpoints")   # config.json of the run
+    texts = encoder.encode_texts(["a red circle moves left"])           # [1, D], L2-normalised
+    videos = encoder.encode_videos(["a.mp4", "b.mov"], clip_seconds=10)
+    videos[0].embeddings, videos[0].starts, videos[0].ends              # [clips, D], seconds
+
+A video (or each ``clip_seconds`` window of it) is read exactly as ``data_pipelines.build_tfrecords
+--geometry resize`` stores a clip and as evaluation reads its record back (``hdvila_jax.video.clips``):
+the same frames, resize, JPEG round trip, even spread of ``data.inference_n_clips`` clips and centre
+crop, so its embedding is the one retrieval evaluation computes for that clip's record. Batches are
+padded to a fixed size that splits over the mesh of the local devices (variables sharded as the
+trainer's evaluation shards them); compute runs in the config's ``model.dtype``.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from hdvila_jax import config_files
+from hdvila_jax.data.records import ClipRecord
+from hdvila_jax.data.text import ThreadLocalTokenizer
+from hdvila_jax.models import HDVILA, ModelConfig, model_config_from_dict
+from hdvila_jax.train import checkpointing, sharding, train_state
+from hdvila_jax.video.clips import FrameOptions, clip_pixels, clip_windows, frames_clip, read_clip
+from hdvila_jax.video.decode import VideoError, probe_video
+
+RUN_CONFIG = "config.json"
+Video = str | np.ndarray  # a file path, or decoded uint8 RGB frames [T, H, W, 3]
+
+
+class EncoderError(ValueError):
+    """Bad input to the Encoder: the message names the file, argument or config key."""
+
+
+@dataclasses.dataclass
+class EncodedVideo:
+    """The clips of one input: ``embeddings[i]`` covers ``[starts[i], ends[i])`` seconds of ``source``.
+    ``error`` says why a skipped input has no clips; ``skipped`` lists windows that failed."""
+
+    source: str
+    embeddings: np.ndarray  # float32 [clips, D]
+    starts: np.ndarray  # float64 [clips]
+    ends: np.ndarray  # float64 [clips]
+    duration: float = 0.0
+    error: str | None = None
+    skipped: list[tuple[float, float, str]] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class VideoClips:
+    """What reading one input gave: its clip records and windows (or why it has none)."""
+
+    source: str
+    records: list[ClipRecord]
+    windows: list[tuple[float, float]]
+    duration: float = 0.0
+    error: str | None = None
+    skipped: list[tuple[float, float, str]] = dataclasses.field(default_factory=list)
+
+
+def find_run_config(checkpoint: str) -> str | None:
+    """The ``config.json`` of the run a checkpoint belongs to, looked for in the checkpoint path and
+    up to three folders above it (a run dir, its ``checkpoints/``, a step dir, its ``variables``)."""
+    path = os.path.abspath(checkpoint)
+    for _ in range(4):
+        if os.path.isfile(os.path.join(path, RUN_CONFIG)):
+            return os.path.join(path, RUN_CONFIG)
+        path = os.path.dirname(path)
+    return None
+
+
+def resolve_config(config: ml_collections.ConfigDict | str | None, checkpoint: str) -> ml_collections.ConfigDict:
+    """``config`` (a ConfigDict, copied), a config file spec (``"configs/stage1.py:demo"``, a .json)
+    or, when None, the run config found next to ``checkpoint``."""
+    if isinstance(config, ml_collections.ConfigDict):
+        return config.copy_and_resolve_references()
+    if config:
+        try:
+            return config_files.load_config(config)
+        except config_files.ConfigFileError as e:
+            raise EncoderError(f"config={config!r}: {e}") from e
+    found = find_run_config(checkpoint)
+    if found is None:
+        raise EncoderError(f"no {RUN_CONFIG} at or above checkpoint {checkpoint!r} (converted weights have none): "
+                           "pass config=, e.g. 'configs/stage1.py:demo'")
+    return config_files.load_config(found)
+
+
+def restore_stage1_variables(config: ml_collections.ConfigDict, model_cfg: ModelConfig, mesh: jax.sharding.Mesh,
+                             checkpoint: str, flag: str = "checkpoint") -> tuple[dict, str]:
+    """``{'params', 'batch_stats'}`` of the stage-1 dual encoder from ``checkpoint`` (a run's
+    checkpoints dir, a step dir or converted variables, of stage 1 or 2: the stage-1 part is taken)
+    in their shardings over ``mesh``, and the directory they came from. Errors name ``--flag``."""
+    if not checkpoint:
+        raise EncoderError(f"--{flag} is empty: pass a checkpoints dir, a step dir or converted variables")
+    if not os.path.isdir(checkpoint):
+        raise EncoderError(f"--{flag}={checkpoint!r} does not exist")
+    target = train_state.sharded_variable_shapes(config, model_cfg, mesh, stage=1)
+    try:
+        variables, origin, _ = checkpointing.restore_variables_subset(checkpoint, target, flag)
+    except checkpointing.CheckpointError as err:
+        raise EncoderError(f"--{str(err)[len('config.'):]}") from err
+    return variables, origin
+
+
+def _resolve_vocab(config: ml_collections.ConfigDict, config_path: str | None) -> str:
+    """``config.data.vocab_file`` as given, else relative to the run directory of ``config_path``."""
+    vocab = config.data.vocab_file
+    if os.path.exists(vocab) or not config_path or os.path.isabs(vocab):
+        return vocab
+    beside = os.path.join(os.path.dirname(config_path), vocab)
+    return beside if os.path.exists(beside) else vocab
+
+
+class Encoder:
+    """Text and video embeddings ``[N, D]`` (L2-normalised) of a trained model's stage-1 towers."""
+
+    def __init__(self, config: ml_collections.ConfigDict, variables: dict, mesh: jax.sharding.Mesh,
+                 frame_options: FrameOptions | None = None, batch_size: int | None = None, origin: str = "",
+                 workers: int | None = None):
+        self.config = config
+        self.model_cfg = model_config_from_dict(config.model.to_dict())
+        self.mesh = mesh
+        self.variables = variables
+        self.origin = origin
+        self.crop_hw = tuple(int(s) for s in config.data.crop_size)
+        self.n_clips = int(config.data.inference_n_clips)
+        self.frame_options = (frame_options or FrameOptions.for_crop(self.crop_hw, int(config.data.num_frm))).validate()
+        if self.frame_options.num_frm != config.data.num_frm:
+            raise EncoderError(f"frame options num_frm={self.frame_options.num_frm} differs from config.data.num_frm="
+                               f"{config.data.num_frm}")
+        shards = sharding.data_parallel_size(mesh)
+        batch_size = int(config.get("eval_batch_size", shards) if batch_size is None else batch_size)
+        self.batch_size = max(shards, -(-batch_size // shards) * shards)  # rounded up to split over the mesh
+        self.workers = workers or min(4, os.cpu_count() or 1)
+        self.tokenizer = ThreadLocalTokenizer(config.data.vocab_file)
+        model = HDVILA(self.model_cfg)
+        self._encode_text = jax.jit(lambda v, ids, mask: model.apply(v, ids, mask, method=HDVILA.encode_text)[1])
+        self._encode_video = jax.jit(lambda v, middle, other: model.apply(v, middle, other,
+                                                                          method=HDVILA.encode_video)[1])
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str, config: ml_collections.ConfigDict | str | None = None, *,
+                        frame_options: FrameOptions | str | dict | None = None, batch_size: int | None = None,
+                        workers: int | None = None, mesh: dict | None = None) -> "Encoder":
+        """The model of ``config`` (a ConfigDict, ``"configs/stage1.py:variant"``, a config.json; default:
+        the run's config.json beside ``checkpoint``) restored from ``checkpoint`` (a run's checkpoints
+        dir, a step dir or converted variables) onto the local devices. ``frame_options``: how clips are
+        stored (a FrameOptions, the ``<split>_build.json`` of records to match, or a dict of fields
+        changed from the default: frames with the paper's margins around ``data.crop_size``). ``mesh``: axes sizes (default ``config.mesh``)."""
+        config_path = None if config is not None else find_run_config(checkpoint)
+        config = resolve_config(config, checkpoint)
+        for key in ("model", "data", "mesh"):
+            if key not in config:
+                raise EncoderError(f"the config lacks '{key}': pass a trainer config (configs/*.py[:variant])")
+        config.data.vocab_file = os.path.abspath(_resolve_vocab(config, config_path))
+        if isinstance(frame_options, str):
+            try:
+                frame_options = FrameOptions.from_build_json(frame_options)
+            except (OSError, ValueError) as e:
+                raise EncoderError(f"frame_options={frame_options!r}: {e}") from e
+        if isinstance(frame_options, dict):
+            try:
+                frame_options = FrameOptions.for_crop(tuple(config.data.crop_size), int(config.data.num_frm),
+                                                      **frame_options)
+            except (TypeError, ValueError) as e:
+                raise EncoderError(f"frame_options={frame_options!r}: {e}") from e
+        model_cfg = model_config_from_dict(config.model.to_dict())
+        device_mesh = sharding.make_mesh(mesh or config.mesh, devices=jax.local_devices())
+        variables, origin = restore_stage1_variables(config, model_cfg, device_mesh, checkpoint)
+        return cls(config, variables, device_mesh, frame_options, batch_size, origin, workers)
+
+    @property
+    def dim(self) -> int:
+        """Width D of the embeddings."""
+        return int(self.model_cfg.hidden_size)
+
+    def _batches(self, arrays: Sequence[np.ndarray], count: int) -> Iterator[tuple[int, list[jax.Array]]]:
+        """(real rows, global arrays) of each fixed-size batch of ``arrays``' first ``count`` rows, zero-padded."""
+        for start in range(0, count, self.batch_size):
+            real = min(self.batch_size, count - start)
+            padded = []
+            for array in arrays:
+                chunk = np.asarray(array[start:start + real])
+                if real < self.batch_size:
+                    pad = np.zeros((self.batch_size - real, *chunk.shape[1:]), chunk.dtype)
+                    chunk = np.concatenate([chunk, pad])
+                padded.append(chunk)
+            yield real, list(sharding.global_batch(dict(enumerate(padded)), self.mesh).values())
+
+    def encode_texts(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        """Normalised text embeddings float32 ``[len(texts), D]`` (``data.max_txt_len`` tokens)."""
+        texts = list(texts)
+        if any(not isinstance(t, str) for t in texts):
+            raise EncoderError("encode_texts takes a list of strings")
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        ids, mask = (np.stack(x) for x in zip(*(self.tokenizer.encode(t, self.config.data.max_txt_len)
+                                                for t in texts)))
+        out = []
+        batches = self._batches([ids, mask], len(texts))
+        for real, (ids_b, mask_b) in tqdm(batches, total=-(-len(texts) // self.batch_size), desc="texts",
+                                          unit="batch", disable=not progress):
+            out.append(np.asarray(self._encode_text(self.variables, ids_b, mask_b), np.float32)[:real])
+        return np.concatenate(out)
+
+    def embed_records(self, records: Sequence[ClipRecord]) -> np.ndarray:
+        """Normalised video embeddings ``[len(records), D]`` of in-memory (or parsed) clip records, each
+        cropped and spread like evaluation reads it."""
+        if not records:
+            return np.zeros((0, self.dim), np.float32)
+        pixels = [clip_pixels(record, self.crop_hw) for record in records]
+        middle, other = np.stack([p[0] for p in pixels]), np.stack([p[1] for p in pixels])
+        out = []
+        for real, (middle_b, other_b) in self._batches([middle, other], len(records)):
+            out.append(np.asarray(self._encode_video(self.variables, middle_b, other_b), np.float32)[:real])
+        return np.concatenate(out)
+
+    def read_video(self, video: Video, clip_seconds: float | None = None, stride_seconds: float | None = None,
+                   fps: float = 0.0, name: str | None = None) -> VideoClips:
+        """The clip records of one input (its error instead when it cannot be read). A file is cut into
+        ``clip_seconds`` windows every ``stride_seconds`` (``hdvila_jax.video.clips.clip_windows``; None:
+        the whole file is one clip); decoded frames are one clip, ``fps`` only dates it."""
+        if isinstance(video, np.ndarray):
+            source = name or "array"
+            try:
+                record = frames_clip(video, self.frame_options, self.n_clips, source, fps)
+            except VideoError as e:
+                return VideoClips(source, [], [], error=str(e))
+            end = len(video) / fps if fps else 0.0
+            return VideoClips(source, [record], [(0.0, end)], duration=end)
+        source = str(video)
+        try:
+            info = probe_video(source)
+        except VideoError as e:
+            return VideoClips(source, [], [], error=str(e))
+        records, windows, skipped = [], [], []
+        whole = clip_seconds is None
+        for start, end in clip_windows(info.start_time, info.end_time, clip_seconds, stride_seconds):
+            try:
+                records.append(read_clip(source, None if whole else (start, end), self.frame_options, self.n_clips))
+                windows.append((start, end))
+            except VideoError as e:
+                skipped.append((start, end, str(e)))
+        duration = info.end_time - info.start_time
+        if not records:
+            reason = skipped[0][2] if skipped else "no clips"
+            return VideoClips(source, [], [], duration=duration, error=reason, skipped=skipped)
+        return VideoClips(source, records, windows, duration=duration, skipped=skipped)
+
+    def read_videos(self, videos: Iterable[Video], clip_seconds: float | None = None,
+                    stride_seconds: float | None = None, fps: float = 0.0) -> Iterator[VideoClips]:
+        """``read_video`` of each input in order, ``workers`` inputs decoded at a time in threads."""
+        read: Callable[[Video], VideoClips] = lambda v: self.read_video(v, clip_seconds, stride_seconds, fps)
+        videos = iter(videos)
+        with concurrent.futures.ThreadPoolExecutor(self.workers) as pool:
+            pending = [pool.submit(read, v) for v in _take(videos, 2 * self.workers)]
+            while pending:
+                done = pending.pop(0).result()
+                pending.extend(pool.submit(read, v) for v in _take(videos, 1))
+                yield done
+
+    def encode_videos(self, videos: Sequence[Video], clip_seconds: float | None = None,
+                      stride_seconds: float | None = None, fps: float = 0.0, skip_errors: bool = False,
+                      progress: bool = True) -> list[EncodedVideo]:
+        """One EncodedVideo per input (a file path or decoded frames ``[T, H, W, 3]`` with ``fps``): the
+        embeddings of its clips with their start and end seconds. A file that cannot be used (unreadable,
+        no video stream, too short for one clip) raises EncoderError naming it, or with
+        ``skip_errors`` comes back with no clips and ``error`` set."""
+        results: list[EncodedVideo] = []
+        pending: list[tuple[int, ClipRecord]] = []
+
+        def flush(limit: int) -> None:
+            while len(pending) >= limit and pending:
+                chunk = pending[:self.batch_size]
+                del pending[:self.batch_size]
+                for (row, _), embedding in zip(chunk, self.embed_records([r for _, r in chunk])):
+                    results[row].embeddings = np.concatenate([results[row].embeddings, embedding[None]])
+
+        videos = list(videos)
+        for clips in tqdm(self.read_videos(videos, clip_seconds, stride_seconds, fps), total=len(videos),
+                          desc="videos", unit="video", disable=not progress):
+            if clips.error is not None and not skip_errors:
+                raise EncoderError(f"{clips.source}: {clips.error}")
+            starts = np.asarray([w[0] for w in clips.windows], np.float64)
+            ends = np.asarray([w[1] for w in clips.windows], np.float64)
+            results.append(EncodedVideo(clips.source, np.zeros((0, self.dim), np.float32), starts, ends,
+                                        clips.duration, clips.error, clips.skipped))
+            pending.extend((len(results) - 1, record) for record in clips.records)
+            flush(self.batch_size)
+        flush(1)
+        return results
+
+
+def _take(iterator: Iterator, count: int) -> list:
+    """Up to ``count`` next items of ``iterator``."""
+    out = []
+    for item in iterator:
+        out.append(item)
+        if len(out) == count:
+            break
+    return out
