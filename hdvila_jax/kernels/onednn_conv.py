@@ -1,12 +1,12 @@
 """oneDNN's 2-D convolution as a differentiable JAX op for XLA:CPU (FFI custom calls).
 
 jaxlib 0.10's XLA:CPU runs convolutions in YNNPACK, which uses one core for most ResNet 3x3
-shapes (README, Performance). oneDNN, the library PyTorch's CPU convolutions use, runs them on all
+shapes (docs/performance.md). oneDNN, the library PyTorch's CPU convolutions use, runs them on all
 cores: on this project's 2-core CPU the 8x32x48x64 -> 64 3x3 convolution takes 3.9 ms forward
 against YNNPACK's 8.9. ``onednn_conv.cc`` wraps oneDNN's forward, backward-data and
 backward-weights primitives as XLA FFI handlers; :func:`conv2d` calls them with a custom VJP.
 In a whole train step on that CPU the gain is much smaller: XLA already keeps both cores busy
-with independent work (README, Performance).
+with independent work (docs/performance.md).
 
 The library is compiled on first use (``hdvila_jax.kernels.build``, about 3 s) against the
 oneDNN of the ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` wheels (``pip install -e ".[onednn]"``,
@@ -18,7 +18,7 @@ Opt-in: ``HDVILA_ONEDNN_CONV=1`` (or ``hdvila_jax.models.conv.onednn_used``) mak
 is not the default because, in float32, it changes rounding enough to move two of our
 tolerance-bound tests past their bounds (a gradient norm of one reference fixture by 0.13% against
 a 0.1% bound, and gradient accumulation against one big batch) and the step gain did not pay for
-that here (README, Performance).
+that here (docs/performance.md).
 """
 from __future__ import annotations
 
