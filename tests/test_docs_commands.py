@@ -1,6 +1,7 @@
-"""Every ``python -m MODULE ...`` command in a code block of README.md and docs/*.md names a module
-that exists and flags that it defines (read from its ``--helpfull`` / ``--help`` output), and every
-``--config.a.b=...`` override names a field of the config file and variant the command loads."""
+"""README.md and docs/*.md say only what works today: every ``python -m MODULE ...`` command in their
+code blocks names a module that exists and flags that it defines (read from its ``--helpfull`` /
+``--help`` output), every ``--config.a.b=...`` override names a field of the config file and variant
+the command loads, and every relative link leads to a file."""
 from __future__ import annotations
 
 import concurrent.futures
@@ -173,3 +174,10 @@ def test_the_parser_reads_continuations_chains_and_comments():
     argparse = "options:\n  -o OUT, --output OUT  where\n  --check FIXTURE [FIXTURE ...]\n"
     assert defines(absl, "json") and defines(absl, "workdir") and not defines(absl, "example")
     assert defines(argparse, "output") and defines(argparse, "check") and not defines(argparse, "out")
+
+
+def test_every_relative_link_of_the_docs_points_to_a_file():
+    broken = [f"{path.relative_to(REPO)}: {match.group(1)}"
+              for path in DOCS for match in re.finditer(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text())
+              if "://" not in match.group(1) and not (path.parent / match.group(1)).exists()]
+    assert not broken, "links to missing files:\n" + "\n".join(broken)
