@@ -13,7 +13,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from benchmarks.reporting import report
-from benchmarks.step_builder import build_step, memory_per_device
+from hdvila_jax.train.step_builder import build_step, memory_per_device
 from benchmarks.step_timing import measure, print_table
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Trainer config file[:variant].")

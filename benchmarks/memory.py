@@ -54,7 +54,7 @@ def trainer_config(stage: int, variant: str, devices: int, per_device_batch: int
 
 def compiled_memory(config, scheduler: str) -> dict:
     """Per-device bytes of the compiled train step of ``config`` under XLA:CPU's ``scheduler``."""
-    from benchmarks.step_builder import build_step, memory_per_device
+    from hdvila_jax.train.step_builder import build_step, memory_per_device
     built = build_step(config)
     lowered = built.lower()
     return memory_per_device(lowered.compile(compiler_options=dict(xla_cpu_scheduler_type=SCHEDULERS[scheduler])))

@@ -54,7 +54,7 @@ def collectives_of(hlo_text: str) -> dict[str, dict[str, int]]:
 def worker(config_name: str, devices: int, batch_size: int, mode: str, out_path: str) -> None:
     import jax
     from flax import traverse_util
-    from benchmarks.step_builder import build_step
+    from hdvila_jax.train.step_builder import build_step
     from configs import stage1, stage2
     config = (stage1 if config_name == "stage1" else stage2).get_config("tiny")
     config.batch_size = batch_size

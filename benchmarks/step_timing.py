@@ -10,7 +10,7 @@ import jax
 from benchmarks.model_flops import train_flops
 from benchmarks.peaks import peak_flops
 from benchmarks.reporting import print_markdown_table
-from benchmarks.step_builder import build_step
+from hdvila_jax.train.step_builder import build_step
 
 
 def xla_flops(compiled) -> float | None:

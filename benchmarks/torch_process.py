@@ -78,7 +78,7 @@ def _serve_step(stage: int, quick: bool) -> None:
     import numpy as np
 
     from benchmarks.settings import tiny_setting
-    from benchmarks.step_builder import build_step
+    from hdvila_jax.train.step_builder import build_step
     from benchmarks.torch_port import TorchTrainStep, torch_batch
 
     config = tiny_setting(stage, quick)

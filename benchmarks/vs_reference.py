@@ -26,7 +26,7 @@ from absl import app, flags
 from benchmarks.interleave import time_interleaved
 from benchmarks.reporting import print_markdown_table, report
 from benchmarks.settings import pin_cpus, tiny_setting
-from benchmarks.step_builder import build_step
+from hdvila_jax.train.step_builder import build_step
 from benchmarks.torch_process import step_process
 from hdvila_jax.models import conv as conv_lowering
 

@@ -12,7 +12,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from hdvila_jax import multihost
+from hdvila_jax import demo, multihost
 from hdvila_jax.train import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Trainer config file[:variant].", lock_config=True)
@@ -23,13 +23,18 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
-    multihost.initialize_from_flags()
-    logging.info("process %d/%d, %d local / %d global devices", jax.process_index(), jax.process_count(),
+    how = multihost.initialize_from_flags()
+    logging.info("process %d/%d (%s), %d local / %d global devices", jax.process_index(), jax.process_count(), how,
                  jax.local_device_count(), jax.device_count())
+    config = _CONFIG.value
+    trainer.check_config(config)  # a bad config fails before any data is made or anything compiles
+    demo.prepare_demo_data(config)
     if _MODE.value == "train":
-        trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        demo.prepare_demo_init(config, config_flags.get_config_filename(flags.FLAGS["config"]),
+                               trainer.train_and_evaluate)
+        trainer.train_and_evaluate(config, _WORKDIR.value)
     else:
-        trainer.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+        trainer.evaluate_checkpoint(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":

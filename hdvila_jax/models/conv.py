@@ -16,8 +16,9 @@ CPU host gets TPU convolutions.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-from typing import Iterator
+from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -64,6 +65,15 @@ def lowering_platform(platform: str) -> Iterator[None]:
         yield
     finally:
         _target_platform = previous
+
+
+def traced_for(platform: str, fn: Callable) -> Callable:
+    """``fn`` whose tracing (under ``jax.jit``) lowers convolutions for ``platform``."""
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+        with lowering_platform(platform):
+            return fn(*args, **kwargs)
+    return traced
 
 
 def target_platform() -> str:

@@ -1,9 +1,15 @@
-"""The trainer's sharded train step for benchmarks: built from a trainer config exactly as
-``hdvila_jax.train.trainer`` builds it, with abstract (shape-only) or random inputs."""
+"""The sharded train step of a config, built once for the trainer, the AOT compiler
+(``hdvila_jax.aot``) and the benchmarks: mesh, optimizer, state shardings, the jitted donating
+step, and the step's abstract (shape-only) inputs.
+
+The devices may be real (the trainer) or a TPU topology's (``jax.experimental.topologies``, for
+compiling ahead of time on any host); the model is traced for their platform (convolution
+lowering, ``hdvila_jax.models.conv.lowering_platform``).
+"""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -12,11 +18,15 @@ import numpy as np
 from jax.sharding import Mesh
 
 from hdvila_jax.models import HDVILA, ModelConfig
-from hdvila_jax.models.variables import abstract_variables
+from hdvila_jax.tasks import get_task
 from hdvila_jax.train import sharding, train_state
-from hdvila_jax.train.config_checks import check_config
+from hdvila_jax.train.config_checks import TrainConfigError, check_config
 from hdvila_jax.train.optimizer import Optimizer, make_optimizer
+from hdvila_jax.train.train_state import abstract_variables
 from hdvila_jax.train.train_step import jit_train_step
+
+BatchShapes = dict[str, tuple[tuple[int, ...], Any]]
+MC_CHOICES = 5  # candidate answers of a multiple-choice QA question (TGIF Action / Transition)
 
 
 def memory_per_device(compiled: jax.stages.Compiled) -> dict[str, int]:
@@ -26,6 +36,38 @@ def memory_per_device(compiled: jax.stages.Compiled) -> dict[str, int]:
     row = dict(arguments=m.argument_size_in_bytes, outputs=m.output_size_in_bytes, aliased=m.alias_size_in_bytes,
                temporaries=m.temp_size_in_bytes)
     return dict(row, peak=row["arguments"] + row["outputs"] - row["aliased"] + row["temporaries"])
+
+
+def check_batch_sizes(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
+    """Every (micro-)batch must split evenly over the batch shards and processes."""
+    shards = sharding.data_parallel_size(mesh)
+    micro = config.batch_size // config.grad_accum_steps
+    if micro % shards:
+        raise TrainConfigError(f"config.batch_size {config.batch_size} / grad_accum_steps {config.grad_accum_steps} "
+                               f"= {micro} does not split over {shards} batch shards (config.mesh)")
+    if config.eval_batch_size % shards:
+        raise TrainConfigError(f"config.eval_batch_size {config.eval_batch_size} does not split over {shards} "
+                               "batch shards (config.mesh)")
+
+
+def train_batch_shapes(config: ml_collections.ConfigDict, model_cfg: ModelConfig) -> BatchShapes:
+    """The global train batch of ``config``'s task, ``name -> (shape, dtype)``, as the input
+    pipeline makes it (stage 2 adds MLM labels; open QA an answer label; multiple-choice QA the
+    candidate answers ``[B, C, L]`` and the index of the right one)."""
+    b, clips, (h, w), length = config.batch_size, config.data.train_n_clips, model_cfg.crop_size, config.data.max_txt_len
+    shapes = dict(img_middle=((b, clips, h, w, 3), jnp.uint8),
+                  img_other=((b, clips, model_cfg.num_frames - 1, h // 4, w // 4, 3), jnp.uint8),
+                  text_input_ids=((b, length), jnp.int32), text_input_mask=((b, length), jnp.int32))
+    task = get_task(config)
+    if task.objective == "mlm":
+        shapes["mlm_labels"] = ((b, length), jnp.int32)
+    if task.objective == "qa" and task.qa_type == "multiple_choice":
+        choices = MC_CHOICES
+        shapes.update(mc_text_input_ids=((b, choices, length), jnp.int32),
+                      mc_text_input_mask=((b, choices, length), jnp.int32), mc_answer=((b,), jnp.int32))
+    elif task.objective == "qa":
+        shapes["qa_label"] = ((b,), jnp.int32)
+    return shapes
 
 
 @dataclasses.dataclass
@@ -39,19 +81,17 @@ class BuiltStep:
     specs: dict
     step: Callable
 
+    @property
+    def platform(self) -> str:
+        """The platform of the mesh's devices ("cpu", "gpu", "tpu")."""
+        return self.mesh.devices.flat[0].platform
+
     def abstract_state(self) -> dict:
         return train_state.abstract_state(self.config, self.model_cfg, self.mesh, self.optimizer, self.specs)
 
-    def batch_shapes(self) -> dict[str, tuple[tuple[int, ...], Any]]:
+    def batch_shapes(self) -> BatchShapes:
         """Global batch ``name -> (shape, dtype)`` of the config."""
-        c, m = self.config, self.model_cfg
-        b, clips, (h, w), length = c.batch_size, c.data.train_n_clips, m.crop_size, c.data.max_txt_len
-        shapes = dict(img_middle=((b, clips, h, w, 3), jnp.uint8),
-                      img_other=((b, clips, m.num_frames - 1, h // 4, w // 4, 3), jnp.uint8),
-                      text_input_ids=((b, length), jnp.int32), text_input_mask=((b, length), jnp.int32))
-        if c.stage == 2:
-            shapes["mlm_labels"] = ((b, length), jnp.int32)
-        return shapes
+        return train_batch_shapes(self.config, self.model_cfg)
 
     def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
         batch_sharding = sharding.batch_sharding(self.mesh)
@@ -65,10 +105,12 @@ class BuiltStep:
         for name, (shape, dtype) in self.batch_shapes().items():
             if dtype == jnp.uint8:
                 out[name] = rng.integers(0, 256, shape, dtype=np.uint8)
-            elif name == "text_input_mask":
+            elif name.endswith("input_mask"):
                 out[name] = np.ones(shape, np.int32)
             elif name == "mlm_labels":
                 out[name] = np.where(rng.random(shape) < 0.15, rng.integers(5, vocab, shape), -100).astype(np.int32)
+            elif name in ("qa_label", "mc_answer"):
+                out[name] = np.zeros(shape, np.int32)
             else:
                 out[name] = rng.integers(5, vocab, shape).astype(np.int32)
         return sharding.global_batch(out, self.mesh)
@@ -83,10 +125,12 @@ class BuiltStep:
         return train_state.new_train_state(self.config, variables, self.mesh, self.specs, self.optimizer)
 
 
-def build_step(config: ml_collections.ConfigDict, devices=None) -> BuiltStep:
-    """Check ``config``, build its mesh, optimizer and the jitted, sharded, donating train step."""
+def build_step(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> BuiltStep:
+    """Check ``config``, build its mesh over ``devices`` (default: all), optimizer, state shardings
+    and the jitted, sharded, donating train step, traced for the devices' platform."""
     model_cfg = check_config(config)
     mesh = sharding.make_mesh(config.mesh, devices)
+    check_batch_sizes(config, mesh)
     optimizer = make_optimizer(config.optimizer, abstract_variables(model_cfg, config.stage)["params"],
                                config.total_steps)
     specs = train_state.state_specs(config, model_cfg, mesh, optimizer)

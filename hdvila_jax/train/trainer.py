@@ -9,8 +9,6 @@ optimizer) -> pretrained initialisation (converted BERT/ResNet weights; for stag
 """
 from __future__ import annotations
 
-import glob
-import importlib
 import json
 import os
 import signal
@@ -37,8 +35,8 @@ from hdvila_jax.train.recipe import resolve_epochs, resolve_qa_outputs
 from hdvila_jax.train.train_state import abstract_variables
 from hdvila_jax.train.config_checks import TrainConfigError, check_config
 from hdvila_jax.train.metrics_writer import MetricsWriter, Progress
-from hdvila_jax.train.optimizer import Optimizer, flat_paths, make_optimizer
-from hdvila_jax.train.train_step import jit_train_step
+from hdvila_jax.train.optimizer import Optimizer, flat_paths
+from hdvila_jax.train.step_builder import build_step, check_batch_sizes
 
 State = dict[str, Any]
 
@@ -47,68 +45,56 @@ class NonFiniteLossError(RuntimeError):
     """Training hit a non-finite loss or gradient; no checkpoint of that state was written."""
 
 
-class PreemptionFlag:
-    """Set by SIGTERM while installed; all processes agree on it before acting."""
+class Preemption:
+    """Whether to save and stop now, asked after every step at no cost to the step loop. One process:
+    a SIGTERM flag (installed while this object lives). Several: jax's preemption sync point, which
+    the coordination service agrees on in the background (its own SIGTERM handler), so all
+    processes stop after the same step without a collective per step."""
 
     def __init__(self):
         self.received = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._previous = None
+        if jax.process_count() == 1:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
         logging.warning("SIGTERM received: saving a checkpoint and stopping")
         self.received = True
 
-    def agreed(self) -> bool:
+    def reached(self, step: int) -> bool:
+        """Whether all processes agree to save ``step`` and stop."""
         if jax.process_count() == 1:
             return self.received
-        return bool(multihost_utils.process_allgather(np.int32(self.received)).max())
+        return multihost_utils.reached_preemption_sync_point(step)
 
     def uninstall(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
-def prepare_demo_data(config: ml_collections.ConfigDict) -> None:
-    """Write the demo records with ``data_pipelines.make_demo`` when the config asks and they are missing."""
-    if not config.demo_data_dir or glob.glob(config.data.train_files):
-        return
-    if jax.process_index() == 0:
-        from data_pipelines import make_demo
-        logging.info("demo data missing: generating it in %s", config.demo_data_dir)
-        make_demo.main(["--output", config.demo_data_dir, "--workers", str(os.cpu_count() or 1)])
-    multihost_utils.sync_global_devices("demo data ready")
+class PendingMetrics:
+    """The train metrics of the steps since the last host sync, kept on the device: fetched only
+    at log, eval and checkpoint steps (:meth:`fetch`), so the host dispatches step after step
+    while the devices run them."""
 
+    def __init__(self):
+        self._steps: list[tuple[int, dict]] = []
 
-def prepare_demo_init(config: ml_collections.ConfigDict) -> None:
-    """Train ``config.init.demo_config`` ("module:variant" of configs/) into the run directory of
-    ``config.init.restore`` (or ``init.stage1_checkpoint``) when that holds no checkpoint yet (the
-    downstream demos and the stage-2 demo start from the demo pretraining runs, made on the fly
-    as the stage-1 demo makes its data)."""
-    source = config.init.restore or config.init.stage1_checkpoint
-    if not config.init.demo_config or not source:
-        return
-    if os.path.isdir(source):
-        existing = checkpointing.Checkpointer(source, keep=1, read_only=True)
-        latest = existing.latest_step()
-        existing.close()
-        if latest is not None:
-            return
-    module, _, variant = config.init.demo_config.partition(":")
-    demo = importlib.import_module(f"configs.{module}").get_config(variant)
-    workdir = os.path.dirname(os.path.abspath(source))
-    logging.info("%s has no checkpoint: training configs/%s.py:%s into %s first", source, module, variant, workdir)
-    train_and_evaluate(demo, workdir)
+    def add(self, step: int, metrics: dict) -> None:
+        self._steps.append((step, metrics))
 
-
-def check_batch_sizes(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
-    """Every (micro-)batch must split evenly over the batch shards and processes."""
-    shards = sharding.data_parallel_size(mesh)
-    micro = config.batch_size // config.grad_accum_steps
-    if micro % shards:
-        raise TrainConfigError(f"config.batch_size {config.batch_size} / grad_accum_steps {config.grad_accum_steps} "
-                               f"= {micro} does not split over {shards} batch shards (config.mesh)")
-    if config.eval_batch_size % shards:
-        raise TrainConfigError(f"config.eval_batch_size {config.eval_batch_size} does not split over {shards} "
-                               "batch shards (config.mesh)")
+    def fetch(self, latest_good: int | None) -> dict[str, float]:
+        """The host values of the newest step's metrics; raises :class:`NonFiniteLossError` naming the
+        first pending step whose loss or gradient was not finite (that step left the state unchanged,
+        and nothing after it is saved)."""
+        fetched = jax.device_get(self._steps)
+        self._steps = []
+        for step, metrics in fetched:
+            if not metrics["finite"]:
+                raise NonFiniteLossError(
+                    f"step {step}: loss {metrics['loss']} / gradient norm {metrics['grad_norm']} is not finite; "
+                    f"stopping without saving (latest good checkpoint: step {latest_good})")
+        return {k: float(v) for k, v in fetched[-1][1].items() if k != "finite"}
 
 
 def _place(tree: Any, target: Any) -> Any:
@@ -268,10 +254,6 @@ def _variables(state: State) -> dict:
     return {"params": state["params"], "batch_stats": state["batch_stats"]}
 
 
-def _host_metrics(metrics: dict) -> dict[str, float]:
-    return {k: float(v) for k, v in jax.device_get(metrics).items()}
-
-
 def _skip_metrics(local_counts: np.ndarray) -> dict[str, float]:
     """Damaged records / shards skipped so far by all processes' readers (``skip_corrupt``)."""
     if jax.process_count() > 1:
@@ -280,34 +262,30 @@ def _skip_metrics(local_counts: np.ndarray) -> dict[str, float]:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Train ``config`` in ``workdir`` (resuming when it holds checkpoints); return the last eval metrics."""
+    """Train ``config`` in ``workdir`` (resuming when it holds checkpoints); return the last eval metrics.
+
+    Between log, eval and checkpoint steps the loop only fetches batches and dispatches steps: the
+    metrics stay on the device (:class:`PendingMetrics`) and preemption costs no collective."""
     check_config(config)
     task = get_task(config)
-    mesh = sharding.make_mesh(config.mesh)
-    check_batch_sizes(config, mesh)
     os.makedirs(workdir, exist_ok=True)
-    prepare_demo_data(config)
-    prepare_demo_init(config)
     config = resolve_epochs(resolve_qa_outputs(config))
-    model_cfg = check_config(config)
+    built = build_step(config)
+    mesh, model_cfg = built.mesh, built.model_cfg
     write_config(config, workdir)
 
-    model = HDVILA(model_cfg)
-    optimizer = make_optimizer(config.optimizer, abstract_variables(model_cfg, config.stage)["params"],
-                               config.total_steps)
-    specs = train_state.state_specs(config, model_cfg, mesh, optimizer)
     train_iter = pipeline.make_train_iterator(config, jax.process_index(), jax.process_count())
     checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
     writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
     best = BestCheckpoint(workdir, config.best_metric) if config.best_metric else None
-    preemption = PreemptionFlag()
+    preemption = Preemption()
     try:
-        state, origin = initial_state(config, model_cfg, mesh, optimizer, specs, checkpointer, train_iter, task)
+        state, origin = initial_state(config, model_cfg, mesh, built.optimizer, built.specs, checkpointer,
+                                      train_iter, task)
         step = int(jax.device_get(state["step"]))
         logging.info("task %s, stage %d: starting at step %d of %d from %s; mesh %s", task.name, config.stage, step,
                      config.total_steps, origin, dict(mesh.shape))
-        train_step = jit_train_step(config, model, optimizer, mesh, specs)
-        evaluate = Evaluator(config, model, workdir)
+        evaluate = Evaluator(config, HDVILA(model_cfg), workdir)
 
         def run_eval(at_step: int) -> dict[str, float]:
             metrics = evaluate(_variables(state), mesh, at_step)
@@ -323,26 +301,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             eval_metrics = run_eval(0)
         progress = Progress(config.total_steps, config.batch_size)
         skipped = np.zeros(len(SKIP_COUNT_KEYS), np.int64)  # this run's, this process's
+        pending = PendingMetrics()
         while step < config.total_steps:
             local = next(train_iter)
             skipped += pop_skip_counts(local)
-            batch = sharding.global_batch(local, mesh)
-            state, metrics = train_step(state, batch)
-            metrics = _host_metrics(metrics)
+            state, metrics = built.step(state, sharding.global_batch(local, mesh))
             step += 1
-            if not metrics.pop("finite"):
-                raise NonFiniteLossError(
-                    f"step {step}: loss {metrics['loss']} / gradient norm {metrics['grad_norm']} is not finite; "
-                    f"stopping without saving (latest good checkpoint: step {checkpointer.latest_step()})")
-            if step % config.log_every_steps == 0 or step == config.total_steps:
+            pending.add(step, metrics)
+            last = step == config.total_steps
+            log = step % config.log_every_steps == 0 or last
+            run_eval_now = step % config.eval_every_steps == 0 or last
+            preempted = preemption.reached(step)
+            save = step % config.ckpt_every_steps == 0 or last or preempted
+            if not (log or run_eval_now or save):
+                continue  # no host sync: the next batch is prepared while the devices run this step
+            metrics = pending.fetch(latest_good=checkpointer.latest_step())
+            if log:
                 metrics.update(progress.update(step))
                 metrics.update(_skip_metrics(skipped))
                 writer.write(step, {f"train/{k}": v for k, v in metrics.items()})
                 progress.log(step, metrics)
-            if step % config.eval_every_steps == 0 or step == config.total_steps:
+            if run_eval_now:
                 eval_metrics = run_eval(step)
-            preempted = preemption.agreed()
-            if step % config.ckpt_every_steps == 0 or step == config.total_steps or preempted:
+            if save:
                 checkpointer.save(step, state, train_iter)
             if preempted:
                 logging.warning("preempted: checkpoint of step %d written, exiting", step)
@@ -363,7 +344,6 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     check_config(config)
     mesh = sharding.make_mesh(config.mesh)
     check_batch_sizes(config, mesh)
-    prepare_demo_data(config)
     config = resolve_qa_outputs(config)
     model_cfg = check_config(config)
     own = os.path.join(workdir, "checkpoints")

@@ -1,0 +1,62 @@
+"""Bootstrapping the bundled demos: their records, and the pretraining runs the downstream demos
+start from. Called by the entry point before the trainer; the trainer knows nothing of demos."""
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+from typing import Callable
+
+import jax
+import ml_collections
+from absl import logging
+from jax.experimental import multihost_utils
+
+from hdvila_jax import config_files
+from hdvila_jax.train import checkpointing
+
+MAKE_DEMO = "data_pipelines.make_demo"  # the command (python -m) that writes the demo records
+
+
+def prepare_demo_data(config: ml_collections.ConfigDict) -> None:
+    """Write the demo records (``python -m data_pipelines.make_demo``) when ``config.demo_data_dir``
+    is set and ``config.data.train_files`` matches nothing; process 0 writes, all wait for it."""
+    if not config.demo_data_dir or glob.glob(config.data.train_files):
+        return
+    if jax.process_index() == 0:
+        logging.info("demo data missing: generating it in %s", config.demo_data_dir)
+        command = [sys.executable, "-m", MAKE_DEMO, "--output", config.demo_data_dir,
+                   "--workers", str(os.cpu_count() or 1)]
+        subprocess.run(command, check=True)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("demo data ready")
+
+
+def has_checkpoint(directory: str) -> bool:
+    """Whether ``directory`` holds a checkpoint of a run."""
+    if not os.path.isdir(directory):
+        return False
+    existing = checkpointing.Checkpointer(directory, keep=1, read_only=True)
+    try:
+        return existing.latest_step() is not None
+    finally:
+        existing.close()
+
+
+def prepare_demo_init(config: ml_collections.ConfigDict, config_file: str,
+                      train: Callable[[ml_collections.ConfigDict, str], object]) -> None:
+    """Train ``config.init.demo_config`` ("module:variant", a config file beside ``config_file``)
+    with ``train(config, workdir)`` into the run directory of ``config.init.restore`` (or
+    ``init.stage1_checkpoint``) when that holds no checkpoint yet: the downstream demos and the
+    stage-2 demo start from the demo pretraining runs, made on the fly."""
+    source = config.init.restore or config.init.stage1_checkpoint
+    if not config.init.demo_config or not source or has_checkpoint(source):
+        return
+    spec = config_files.sibling_spec(config_file, config.init.demo_config)
+    demo = config_files.load_config(spec)
+    workdir = os.path.dirname(os.path.abspath(source))
+    logging.info("%s has no checkpoint: training %s into %s first", source, spec, workdir)
+    prepare_demo_data(demo)
+    prepare_demo_init(demo, spec.partition(":")[0], train)
+    train(demo, workdir)
