@@ -13,8 +13,13 @@ CPU demos on the bundled demo data, from the demo stage-1 and stage-2 runs (trai
     python -m hdvila_jax.main --config=configs/qa.py:demo --workdir=runs/demo_qa
     python -m hdvila_jax.main --config=configs/qa.py:demo_mc --workdir=runs/demo_qa_mc
 
+Fine-tune on your own questions (records of python -m data_pipelines.custom_dataset --task qa):
+    python -m hdvila_jax.main --config=configs/qa.py:custom --workdir=runs/custom_qa \
+        --config.init.restore=checkpoints/hdvila_stage2 [--config.data.train_files=...]
+
 Variants: msrvtt_qa, tgif_frame, tgif_action, tgif_transition (the original's recipes), demo
-(open-ended), demo_mc (multiple choice), tiny. batch_size is GLOBAL and counts every
+(open-ended), demo_mc (multiple choice), tiny, custom (your open-ended questions, MSRVTT-QA recipe),
+custom_mc (your multiple-choice questions, TGIF-Action recipe). batch_size is GLOBAL and counts every
 micro-batch: the original ran B examples per GPU x 4 accumulation steps on G GPUs and did not
 record G; we use G = 8, so batch_size = 8 x B x 4 split into grad_accum_steps = 4 micro-batches.
 The micro-batch losses are averaged (the original sums them: quirk 22).
@@ -163,9 +168,35 @@ def _tiny() -> ml_collections.ConfigDict:
     return config
 
 
+# Your own questions (python -m data_pipelines.custom_dataset --task qa --output data/custom_qa ...).
+CUSTOM_RECORDS = "data/custom_qa/records"
+
+
+def _custom(recipe: str) -> ml_collections.ConfigDict:
+    """Fine-tuning on QA records of data_pipelines.custom_dataset with the MSRVTT-QA recipe
+    (``custom``: open-ended, the answer vocabulary built from the training split) or the TGIF-Action
+    one (``custom_mc``: multiple choice). Record paths, sizes and the checkpoint come from flags:
+    --config.data.train_files=..., --config.data.val_files=..., --config.data.ans2label=...,
+    --config.batch_size=..., --config.epochs=..., --config.init.restore=..."""
+    config = _paper(recipe)
+    config.data.train_files = f"{CUSTOM_RECORDS}/train-*.tfrecord"
+    config.data.val_files = f"{CUSTOM_RECORDS}/val-*.tfrecord"
+    config.data.ans2label = f"{CUSTOM_RECORDS}/train_ans2label.json" if recipe == "msrvtt_qa" else ""
+    config.model.num_qa_outputs = 0 if recipe == "msrvtt_qa" else 1  # open-ended: the vocabulary's size
+    config.model.crop_size = config.data.crop_size = (640, 1024)  # records of --frame_size 720 1280
+    config.data.max_txt_len = 40
+    config.batch_size, config.grad_accum_steps, config.eval_batch_size = 32, 1, 32
+    config.epochs = 10.0
+    config.num_evals = 10
+    return config
+
+
 def get_config(variant: str = "msrvtt_qa") -> ml_collections.ConfigDict:
-    """QA config of ``variant``: msrvtt_qa, tgif_frame, tgif_action, tgif_transition, demo, demo_mc or tiny."""
+    """QA config of ``variant``: msrvtt_qa, tgif_frame, tgif_action, tgif_transition, demo, demo_mc, tiny,
+    custom (your open-ended questions) or custom_mc (your multiple-choice questions)."""
     variant = variant or "msrvtt_qa"
+    if variant in ("custom", "custom_mc"):
+        return _custom("msrvtt_qa" if variant == "custom" else "tgif_action")
     if variant in RECIPES:
         return _paper(variant)
     if variant == "demo":
@@ -175,4 +206,4 @@ def get_config(variant: str = "msrvtt_qa") -> ml_collections.ConfigDict:
     if variant == "tiny":
         return _tiny()
     raise ValueError(f"unknown qa variant {variant!r}; use msrvtt_qa, tgif_frame, tgif_action, tgif_transition, "
-                     "demo, demo_mc or tiny")
+                     "demo, demo_mc, tiny, custom or custom_mc")

@@ -10,7 +10,12 @@ Evaluate any checkpoint (e.g. the best one a run kept) on the test split, or on 
 CPU demo on the bundled demo data, from the demo stage-1 run (trained first if missing):
     python -m hdvila_jax.main --config=configs/retrieval.py:demo --workdir=runs/demo_retrieval
 
-Variants: msrvtt, didemo, lsmdc, actnet (the original's recipes), msrvtt_mc (eval only), demo, tiny.
+Fine-tune on your own captions (records of python -m data_pipelines.custom_dataset, docs/own_videos.md):
+    python -m hdvila_jax.main --config=configs/retrieval.py:custom --workdir=runs/custom \
+        --config.init.restore=checkpoints/hdvila_stage2 [--config.data.train_files=... --config.epochs=...]
+
+Variants: msrvtt, didemo, lsmdc, actnet (the original's recipes), msrvtt_mc (eval only), demo, tiny,
+custom (your records, MSRVTT recipe), custom_tiny (your records, tiny model).
 Each recipe is the original's JSON config (SPEC_DOWNSTREAM 3.3). batch_size is GLOBAL: the
 original ran B examples per GPU on G GPUs and did not record G; we use G = 8.
 """
@@ -127,9 +132,37 @@ def _tiny() -> ml_collections.ConfigDict:
     return config
 
 
+# Your own data (python -m data_pipelines.custom_dataset --output data/custom ...).
+CUSTOM_RECORDS = "data/custom/records"
+
+
+def _custom(size: str) -> ml_collections.ConfigDict:
+    """Fine-tuning on records of data_pipelines.custom_dataset: the MSRVTT recipe (``custom``, the
+    paper model, 7 frames, 2/4 clips) or the tiny model (``custom_tiny``, CPU). Record paths, sizes
+    and the checkpoint come from flags: --config.data.train_files=..., --config.data.val_files=...,
+    --config.batch_size=..., --config.epochs=..., --config.init.restore=..."""
+    config = _paper("msrvtt") if size == "paper" else _tiny()
+    config.data.train_files = f"{CUSTOM_RECORDS}/train-*.tfrecord"
+    config.data.val_files = f"{CUSTOM_RECORDS}/val-*.tfrecord"
+    config.data.mc_files = ""
+    config.demo_data_dir = ""
+    config.init.restore = ""  # a converted stage-2 (or any stage-1) checkpoint: --config.init.restore=DIR
+    config.init.demo_config = ""
+    config.epochs = 20.0 if size == "paper" else 0.0
+    config.total_steps = 0 if size == "paper" else 20
+    config.eval_every_steps = 100 if size == "paper" else 10
+    config.ckpt_every_steps = 500 if size == "paper" else 10
+    if size == "paper":
+        config.batch_size, config.eval_batch_size = 32, 32
+    return config
+
+
 def get_config(variant: str = "msrvtt") -> ml_collections.ConfigDict:
-    """Retrieval config of ``variant``: msrvtt, didemo, lsmdc, actnet, msrvtt_mc, demo or tiny."""
+    """Retrieval config of ``variant``: msrvtt, didemo, lsmdc, actnet, msrvtt_mc, demo, tiny, custom or
+    custom_tiny."""
     variant = variant or "msrvtt"
+    if variant in ("custom", "custom_tiny"):
+        return _custom("paper" if variant == "custom" else "tiny")
     if variant in RECIPES:
         return _paper(variant)
     if variant == "msrvtt_mc":
@@ -142,4 +175,4 @@ def get_config(variant: str = "msrvtt") -> ml_collections.ConfigDict:
     if variant == "tiny":
         return _tiny()
     raise ValueError(f"unknown retrieval variant {variant!r}; use msrvtt, didemo, lsmdc, actnet, msrvtt_mc, "
-                     "demo or tiny")
+                     "demo, tiny, custom or custom_tiny")

@@ -40,6 +40,7 @@ from data_pipelines.annotations import BadInput, ClipSpec, read_clip_annotations
 from data_pipelines.answer_vocab import build_ans2label, write_ans2label
 from data_pipelines.clip_encoder import GEOMETRIES, BuildOptions, ClipResult, encode_clip, encode_clips, frame_source
 from hdvila_jax.video.clip_plan import MIDDLE_LAYOUTS
+from data_pipelines.custom_annotations import read_custom_retrieval
 from data_pipelines.downstream_annotations import read_msrvtt_mc_annotations, read_retrieval_annotations
 from data_pipelines.qa_annotations import OPEN_ENDED_FORMATS, QA_FORMATS, READERS, select_answers
 from data_pipelines.shard_writer import ShardWriter, read_sidecar, shard_finished, shard_path, shard_ranges
@@ -50,8 +51,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--videos", required=True, help="directory of the video files")
     parser.add_argument("--annotations", required=True,
-                        help="clip jsonl/json, hdvila100m metadata jsonl, retrieval, msrvtt_mc or QA jsonl")
-    parser.add_argument("--format", choices=("clips", "hdvila100m", "retrieval", "msrvtt_mc", *QA_FORMATS),
+                        help="clip jsonl/json, hdvila100m metadata jsonl, retrieval, msrvtt_mc or QA jsonl, or your "
+                             "own CSV/JSONL (--format custom, custom_qa, custom_mc: data_pipelines/custom_dataset.py)")
+    parser.add_argument("--format", choices=("clips", "hdvila100m", "retrieval", "msrvtt_mc", "custom", *QA_FORMATS),
                         default="clips")
     parser.add_argument("--transcripts", help="clip_id -> text jsonl (required by --format hdvila100m)")
     parser.add_argument("--output", required=True, help="directory for shards and reports")
@@ -176,6 +178,8 @@ def read_annotations(args: argparse.Namespace) -> tuple[list[ClipSpec], list[Bad
         specs, skipped, warnings = read_retrieval_annotations(args.annotations, args.videos)
     elif args.format == "msrvtt_mc":
         specs, skipped, warnings = read_msrvtt_mc_annotations(args.annotations, args.videos)
+    elif args.format == "custom":
+        specs, skipped, warnings = read_custom_retrieval(args.annotations, args.videos)
     else:
         specs, skipped, warnings = READERS[args.format](args.annotations, args.videos)
     if args.geometry == "frames":

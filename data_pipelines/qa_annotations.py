@@ -12,6 +12,8 @@ filter of the open-ended ones.
 Every question is its own record, whose `clip_id` (as a string) and `video_index` are the
 question id: the 0-based line number in the file, as in the original. Open-ended records carry
 `answer_text` (stripped) and `answer_type` (a missing type is stored as "unknown", with a warning).
+- `custom_qa`, `custom_mc`: your own questions (CSV or JSONL), see data_pipelines/custom_annotations.py.
+
 Each reader returns (specs, skipped, warnings); nothing in a bad line raises.
 """
 from __future__ import annotations
@@ -20,11 +22,12 @@ import os
 from typing import Callable
 
 from data_pipelines.annotations import BadInput, ClipSpec, json_objects
+from data_pipelines.custom_annotations import read_custom_mc, read_custom_qa
 from data_pipelines.downstream_annotations import MC_NUM_OPTIONS, options_error
 
 UNKNOWN_ANSWER_TYPE = "unknown"
-OPEN_ENDED_FORMATS = ("msrvtt_qa", "tgif_frameqa")
-QA_FORMATS = (*OPEN_ENDED_FORMATS, "tgif_mc")
+OPEN_ENDED_FORMATS = ("msrvtt_qa", "tgif_frameqa", "custom_qa")
+QA_FORMATS = (*OPEN_ENDED_FORMATS, "tgif_mc", "custom_mc")
 
 
 def _question_id(item: str) -> int:
@@ -129,7 +132,7 @@ def read_tgif_mc_annotations(path: str, videos_dir: str
 
 
 READERS = {"msrvtt_qa": read_msrvtt_qa_annotations, "tgif_frameqa": read_tgif_frameqa_annotations,
-           "tgif_mc": read_tgif_mc_annotations}
+           "tgif_mc": read_tgif_mc_annotations, "custom_qa": read_custom_qa, "custom_mc": read_custom_mc}
 
 
 def select_answers(specs: list[ClipSpec], ans2label: dict[str, int], keep_unknown: bool, reason: str

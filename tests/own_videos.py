@@ -30,3 +30,18 @@ def write_videos(folder: str, names: tuple[str, ...] = tuple(VIDEOS), broken: bo
         with open(paths[BROKEN], "wb") as f:
             f.write(b"this is not a video file\n" * 40)
     return paths
+
+
+def tiny_run(base: str) -> str:
+    """The checkpoints dir of a 2-step tiny stage-1 run on the demo records under ``base`` (trained
+    once per test session: the folder is reused)."""
+    from hdvila_jax.train import trainer
+    from tests import train_helpers
+
+    workdir = os.path.join(base, "tiny_run")
+    checkpoints = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(os.path.join(checkpoints, "2")):
+        root = train_helpers.make_demo_data(os.path.join(base, "demo_data"))
+        config = train_helpers.tiny_config(1, root, total_steps=2, ckpt_every_steps=2)
+        trainer.train_and_evaluate(config, workdir)
+    return checkpoints

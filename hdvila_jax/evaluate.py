@@ -1,0 +1,118 @@
+"""Zero-shot or fine-tuned text-video retrieval of one checkpoint on every set whose records exist.
+
+    python -m hdvila_jax.evaluate --checkpoint=runs/stage1/checkpoints \
+        [--config=configs/retrieval.py] [--sets=msrvtt,didemo,lsmdc,actnet] [--data_root=data] \
+        [--workdir=runs/eval] [--json=eval.json] [--batch_size=N]
+
+Each set is the variant of that name of the --config file (loaded by path): its test split, frames per
+clip, clips per video and text length (DiDeMo and ActivityNet records hold paragraphs: paragraph-to-
+video, as the original). The model is the checkpoint's own (its run's config.json; converted weights
+without one: the variant's model) and is evaluated by the trainer's eval-only mode
+(``trainer.evaluate_checkpoint``, metrics also in ``<workdir>/<set>/metrics.jsonl``). Sets whose
+records are missing are listed as missing. Prints one markdown table (t2v and v2t R@1/5/10, MedR,
+MnR) and writes all metrics as JSON.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+
+import ml_collections
+from absl import app, flags
+
+from hdvila_jax import config_files, multihost
+from hdvila_jax.encoder import find_run_config
+from hdvila_jax.train import trainer
+from hdvila_jax.train.config_checks import TrainConfigError
+
+SETS = ("msrvtt", "didemo", "lsmdc", "actnet")
+COLUMNS = ("R1", "R5", "R10", "MedR", "MeanR")
+HEADERS = ("R@1", "R@5", "R@10", "MedR", "MnR")
+
+_CONFIG = flags.DEFINE_string("config", "configs/retrieval.py", "Retrieval config file; each set is its variant.")
+_SETS = flags.DEFINE_list("sets", list(SETS), "Sets (variants of --config) to evaluate.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A run's checkpoints dir, a step dir or converted weights.")
+_DATA_ROOT = flags.DEFINE_string("data_root", None, "Folder replacing the leading 'data/' of the sets' record paths.")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/eval", "Each set's metrics go to <workdir>/<set>/metrics.jsonl.")
+_JSON = flags.DEFINE_string("json", None, "Also write {set: metrics or {missing: pattern}} to this file.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global eval batch (default each variant's).")
+
+
+def set_config(config_file: str, name: str, checkpoint: str, data_root: str | None = None,
+               run_config: ml_collections.ConfigDict | None = None,
+               batch_size: int | None = None) -> ml_collections.ConfigDict:
+    """The eval config of set ``name``: the variant's data with the checkpoint's model (``run_config``)."""
+    config = config_files.load_config(f"{config_file}:{name}")
+    if data_root:
+        for key in ("val_files", "vocab_file"):
+            value = config.data[key]
+            if value.startswith("data/"):
+                config.data[key] = os.path.join(data_root, value[len("data/"):])
+    if run_config is not None:
+        num_frm = config.data.num_frm
+        config.model = ml_collections.ConfigDict(run_config.model.to_dict())
+        config.model.num_frames = num_frm
+        config.data.crop_size = tuple(config.model.crop_size)
+        config.data.vocab_file = run_config.data.vocab_file
+        config.data.max_txt_len = min(config.data.max_txt_len, int(config.model.max_position_embeddings))
+        config.mesh = ml_collections.ConfigDict(run_config.mesh.to_dict())
+    config.data.mc_files = ""
+    config.demo_data_dir = ""
+    config.init.restore = checkpoint
+    config.init.demo_config = ""
+    if batch_size:
+        config.eval_batch_size = batch_size
+    return config
+
+
+def evaluate_sets(config_file: str, names: list[str], checkpoint: str, workdir: str,
+                  data_root: str | None = None, batch_size: int | None = None) -> dict[str, dict]:
+    """{set: retrieval metrics, or {"missing": the records pattern}} for each set."""
+    found = find_run_config(checkpoint)
+    run_config = config_files.load_config(found) if found else None
+    results = {}
+    for name in names:
+        config = set_config(config_file, name, checkpoint, data_root, run_config, batch_size)
+        if not glob.glob(config.data.val_files):
+            results[name] = {"missing": config.data.val_files}
+            continue
+        results[name] = trainer.evaluate_checkpoint(config, os.path.join(workdir, name))
+    return results
+
+
+def markdown_table(results: dict[str, dict]) -> str:
+    """One row per set: t2v then v2t R@1/5/10, MedR, MnR (missing sets say so)."""
+    head = ["set", "videos", *(f"t2v {h}" for h in HEADERS), *(f"v2t {h}" for h in HEADERS)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, metrics in results.items():
+        if "missing" in metrics:
+            lines.append(f"| {name} | missing: no records at `{metrics['missing']}` |" + " |" * (len(head) - 2))
+            continue
+        cells = [name, str(int(metrics["num_videos"]))]
+        cells += [f"{metrics[f'{d}_{c}']:.1f}" for d in ("t2v", "v2t") for c in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    if not _CHECKPOINT.value:
+        raise app.UsageError("--checkpoint is required")
+    multihost.initialize_from_flags()
+    try:
+        results = evaluate_sets(_CONFIG.value, _SETS.value, _CHECKPOINT.value, _WORKDIR.value, _DATA_ROOT.value,
+                                _BATCH_SIZE.value)
+    except (config_files.ConfigFileError, TrainConfigError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from err
+    print(markdown_table(results))
+    if _JSON.value:
+        with open(_JSON.value, "w", encoding="utf-8") as f:
+            json.dump(dict(checkpoint=os.path.abspath(_CHECKPOINT.value), sets=results), f, indent=1)
+        print(f"wrote {_JSON.value}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    app.run(main)
