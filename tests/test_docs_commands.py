@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import importlib.machinery
 import importlib.util
 import os
 import pathlib
@@ -88,14 +89,15 @@ def all_commands() -> list[Command]:
 def help_text(module: str) -> str:
     """The module's flag help: absl's ``--helpfull`` (every defined flag), else argparse's ``--help``."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    for flag in ("--helpfull", "--help"):
-        proc = subprocess.run([sys.executable, "-m", module, flag], cwd=REPO, env=env, capture_output=True,
+
+    def run(flag: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", module, flag], cwd=REPO, env=env, capture_output=True,
                               text=True, timeout=300)
-        text = proc.stdout + proc.stderr
-        if flag == "--helpfull" and proc.returncode == 2 and "usage:" in text:
-            continue  # argparse: it has --help only (and exits 2 on anything it does not know)
-        return text
-    return text
+
+    proc = run("--helpfull")
+    if proc.returncode == 2 and "usage:" in proc.stdout + proc.stderr:
+        proc = run("--help")  # argparse: it has --help only (and exits 2 on anything it does not know)
+    return proc.stdout + proc.stderr
 
 
 def defines(help_output: str, name: str) -> bool:
@@ -109,19 +111,20 @@ COMMANDS = all_commands()
 MODULES = sorted({c.module for c in COMMANDS})
 
 
-@pytest.fixture(scope="module")
-def helps() -> dict[str, str]:
-    """--help output of every documented module that exists, two subprocesses at a time."""
-    present = [m for m in MODULES if importlib.util.find_spec(m.split(".")[0]) and _spec(m)]
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        return dict(zip(present, pool.map(help_text, present)))
-
-
-def _spec(module: str):
+def module_spec(module: str) -> importlib.machinery.ModuleSpec | None:
+    """The module's spec, None where it (or its package) does not exist."""
     try:
         return importlib.util.find_spec(module)
     except ModuleNotFoundError:
         return None
+
+
+@pytest.fixture(scope="module")
+def helps() -> dict[str, str]:
+    """--help output of every documented module that exists, two subprocesses at a time."""
+    present = [m for m in MODULES if module_spec(m)]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        return dict(zip(present, pool.map(help_text, present)))
 
 
 def load_config(spec: str):
@@ -142,7 +145,7 @@ def test_the_docs_have_commands_to_check():
 @pytest.mark.parametrize("module", MODULES)
 def test_each_documented_module_exists(module):
     users = ", ".join(c.where for c in COMMANDS if c.module == module)
-    assert _spec(module) is not None, f"python -m {module} (in {users}) names no module in this checkout"
+    assert module_spec(module) is not None, f"python -m {module} (in {users}) names no module in this checkout"
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: f"{c.where}:{c.module}")
