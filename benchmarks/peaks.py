@@ -1,5 +1,5 @@
-"""Peak dense FLOP/s of common accelerators (vendor datasheets, no sparsity), and a measured
-CPU peak, for MFU."""
+"""Peak dense FLOP/s of the default device for MFU: the datasheet of an accelerator
+(``hdvila_jax.accelerators``), a measured matmul on CPU."""
 from __future__ import annotations
 
 import time
@@ -7,19 +7,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-# device_kind substring -> {dtype: peak FLOP/s per chip}
-PEAK_FLOPS = {
-    "H200": {"bfloat16": 989e12, "float32": 67e12},
-    "H100": {"bfloat16": 989e12, "float32": 67e12},   # SXM; PCIe is 756e12 / 51e12
-    "A100": {"bfloat16": 312e12, "float32": 19.5e12},
-    "L4": {"bfloat16": 121e12, "float32": 30e12},
-    "V100": {"float16": 125e12, "float32": 15.7e12},
-    "TPU v5p": {"bfloat16": 459e12},
-    "TPU v5 lite": {"bfloat16": 197e12},
-    "TPU v5e": {"bfloat16": 197e12},
-    "TPU v4": {"bfloat16": 275e12},
-    "TPU v3": {"bfloat16": 123e12},
-}
+from hdvila_jax.accelerators import chip_of
 
 
 def measured_matmul_peak(dtype: str, size: int = 2048, repeats: int = 10) -> float:
@@ -40,7 +28,7 @@ def peak_flops(dtype: str) -> tuple[float | None, str]:
     device = jax.devices()[0]
     if device.platform == "cpu":
         return measured_matmul_peak(dtype), "measured matmul"
-    for name, peaks in PEAK_FLOPS.items():
-        if name.lower() in device.device_kind.lower():
-            return peaks.get(dtype), f"{name} datasheet"
-    return None, f"unknown device {device.device_kind!r}"
+    chip = chip_of(device.device_kind)
+    if chip is None:
+        return None, f"unknown device {device.device_kind!r}"
+    return chip.peak_flops.get(dtype), f"{chip.name} datasheet"

@@ -35,7 +35,7 @@ def run(mesh_axes, devices):
     return state, losses
 
 def _one_device(config):
-    import hdvila_jax.train.sharding as sh
+    import hdvila_jax.sharding as sh
     original = sh.make_mesh
     sh.make_mesh = lambda axes: original(axes, devices=jax.devices()[:1])
     try:

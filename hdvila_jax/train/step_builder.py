@@ -19,7 +19,8 @@ from jax.sharding import Mesh
 
 from hdvila_jax.models import HDVILA, ModelConfig
 from hdvila_jax.tasks import get_task
-from hdvila_jax.train import sharding, train_state
+from hdvila_jax import sharding
+from hdvila_jax.train import train_state
 from hdvila_jax.train.config_checks import TrainConfigError, check_config
 from hdvila_jax.train.optimizer import Optimizer, make_optimizer
 from hdvila_jax.train.train_state import abstract_variables

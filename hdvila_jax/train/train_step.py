@@ -27,8 +27,8 @@ from hdvila_jax.models import HDVILA, conv
 from hdvila_jax.tasks import get_task
 from hdvila_jax.tasks.qa import qa_inputs, qa_loss
 from hdvila_jax.train.optimizer import FROZEN, Optimizer, global_norm
-from hdvila_jax.train import sharding
-from hdvila_jax.train.sharding import BATCH_AXES
+from hdvila_jax import sharding
+from hdvila_jax.sharding import BATCH_AXES
 
 State = dict[str, Any]
 Batch = dict[str, jax.Array]

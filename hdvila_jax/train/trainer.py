@@ -29,7 +29,8 @@ from hdvila_jax.models import HDVILA, ModelConfig
 from hdvila_jax.tasks import Task, get_task
 from hdvila_jax.tasks import qa_eval
 from hdvila_jax.tasks import retrieval as retrieval_task
-from hdvila_jax.train import checkpointing, evaluation, sharding, train_state
+from hdvila_jax import sharding
+from hdvila_jax.train import checkpointing, evaluation, train_state
 from hdvila_jax.train.best_checkpoint import BestCheckpoint
 from hdvila_jax.train.recipe import resolve_epochs, resolve_qa_outputs
 from hdvila_jax.train.train_state import abstract_variables

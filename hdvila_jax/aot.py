@@ -1,0 +1,195 @@
+"""Compile a config's train step (and retrieval eval step) for a TPU topology ahead of time, on any
+host with libtpu (``pip install -e ".[tpu]"``), never running it: does it fit, how many FLOPs, and
+how fast XLA's cost model thinks it is.
+
+    python -m hdvila_jax.aot --config=configs/stage1.py --topology=v5p:2x2x1 --per_chip_batch=8 \\
+        --config.mesh.data=1 --config.mesh.fsdp=-1 [--config.model.remat=true] [--json=FILE]
+
+The step is the trainer's own (``hdvila_jax.train.step_builder.build_step``: the same mesh rules,
+shardings, donation, dtype and remat), traced for TPU and compiled by libtpu for the topology's
+devices (``jax.experimental.topologies``). Topology names are libtpu's: ``v4:2x2x1``, ``v5e:2x4``,
+``v5p:2x2x1``, ``v5p:4x4x4``, ``v6e:2x4``. Exits 1 with a message when the step does not fit.
+
+Memory is per chip (peak = arguments + outputs - aliased + temporaries, from XLA's memory
+analysis); FLOPs per chip and step are XLA's cost analysis of the partitioned program; the
+estimated step time is XLA's cost model (``optimal_seconds``), and the MFU it implies is
+FLOPs / (estimate x the chip's bf16 peak). The memory-bound time is the bytes XLA expects the
+step to move through HBM over the chip's HBM bandwidth.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+import time
+from typing import Any
+
+import jax
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+from hdvila_jax import accelerators, sharding
+from hdvila_jax.models import HDVILA, conv
+from hdvila_jax.tasks import get_task
+from hdvila_jax.train import evaluation, train_state
+from hdvila_jax.train.step_builder import BuiltStep, build_step, memory_per_device
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Trainer config file[:variant].")
+_TOPOLOGY = flags.DEFINE_string("topology", None, "libtpu topology name, e.g. v5p:2x2x1, v5e:2x4, v6e:2x4.")
+_PER_CHIP = flags.DEFINE_integer("per_chip_batch", None, "Sets config.batch_size to this x chips (and "
+                                 "config.eval_batch_size likewise); default: the config's batch sizes.")
+_EVAL = flags.DEFINE_bool("eval", True, "Also compile the retrieval eval step where the config evaluates retrieval.")
+_JSON = flags.DEFINE_string("json", None, "Write the report as JSON to this file.")
+flags.mark_flags_as_required(["config", "topology"])
+
+
+class AotError(RuntimeError):
+    """The topology or the config cannot be compiled ahead of time."""
+
+
+def topology_devices(name: str) -> list[jax.Device]:
+    """The devices of the TPU topology ``name`` (libtpu's names; needs libtpu, never a TPU)."""
+    from jax.experimental import topologies
+    try:
+        return list(topologies.get_topology_desc(topology_name=name, platform="tpu").devices)
+    except Exception as e:  # libtpu missing, or a name it does not know
+        raise AotError(f"--topology={name!r}: no TPU topology ({type(e).__name__}: {e}); needs libtpu "
+                       "(pip install -e '.[tpu]') and a name like v5p:2x2x1, v5e:2x4, v6e:2x4") from e
+
+
+def chips_in(name: str) -> int:
+    """Chips of a topology name: the product of its ``AxBxC`` dimensions."""
+    match = re.fullmatch(r"[^:]+:(\d+(?:x\d+)*)", name)
+    if not match:
+        raise AotError(f"--topology={name!r}: expected NAME:AxB[xC], e.g. v5p:2x2x1")
+    return math.prod(int(d) for d in match.group(1).split("x"))
+
+
+def cost_of(compiled: jax.stages.Compiled) -> dict[str, float]:
+    """XLA's cost analysis of one device's program (a dict, or a one-element list of it)."""
+    analysis = compiled.cost_analysis()
+    return dict(analysis[0] if isinstance(analysis, (list, tuple)) else analysis or {})
+
+
+def compiled_report(compiled: jax.stages.Compiled, devices_per_chip: int, chip: accelerators.Chip,
+                    dtype: str) -> dict[str, Any]:
+    """Memory, FLOPs and XLA's time estimate of ``compiled``, per chip."""
+    memory = {k: v * devices_per_chip for k, v in memory_per_device(compiled).items()}
+    cost = cost_of(compiled)
+    flops = cost.get("flops", 0.0) * devices_per_chip
+    bytes_accessed = cost.get("bytes accessed", 0.0) * devices_per_chip
+    estimate = cost.get("optimal_seconds")
+    peak = chip.peak_flops.get(dtype) or chip.peak_flops["bfloat16"]
+    return dict(peak_bytes_per_chip=memory["peak"], arguments_bytes_per_chip=memory["arguments"],
+                outputs_bytes_per_chip=memory["outputs"], aliased_bytes_per_chip=memory["aliased"],
+                temporaries_bytes_per_chip=memory["temporaries"], hbm_bytes_per_chip=chip.hbm_bytes,
+                fits=memory["peak"] <= chip.hbm_bytes, flops_per_chip_step=flops,
+                hbm_bytes_accessed_per_chip_step=bytes_accessed, compute_bound_s=flops / peak,
+                memory_bound_s=bytes_accessed / chip.hbm_bytes_per_s,
+                xla_estimated_step_s=estimate if estimate and estimate > 0 else None,
+                mfu_at_xla_estimate=flops / (estimate * peak) if estimate and estimate > 0 else None)
+
+
+def eval_step_lowered(built: BuiltStep) -> jax.stages.Lowered | None:
+    """The retrieval eval step (``evaluation.make_encode_fn``) lowered for ``built``'s mesh and the
+    config's eval batch, or None when the config does not evaluate retrieval."""
+    config, model_cfg, mesh = built.config, built.model_cfg, built.mesh
+    if get_task(config).objective == "qa" or not config.data.val_files:
+        return None
+    b, clips, (h, w), length = (config.eval_batch_size, config.data.inference_n_clips, model_cfg.crop_size,
+                                config.data.max_txt_len)
+    batch_sharding = sharding.batch_sharding(mesh)
+    shapes = dict(img_middle=((b, clips, h, w, 3), "uint8"),
+                  img_other=((b, clips, model_cfg.num_frames - 1, h // 4, w // 4, 3), "uint8"),
+                  text_input_ids=((b, length), "int32"), text_input_mask=((b, length), "int32"))
+    batch = {k: jax.ShapeDtypeStruct(s, d, sharding=batch_sharding) for k, (s, d) in shapes.items()}
+    variables = train_state.sharded_variable_shapes(config, model_cfg, mesh, stage=1)
+    encode = evaluation.make_encode_fn(HDVILA(model_cfg))
+    with conv.lowering_platform(built.platform):
+        return encode.lower(variables, batch)
+
+
+def compile_for_topology(config: ml_collections.ConfigDict, topology: str, per_chip_batch: int | None = None,
+                         with_eval: bool = True) -> dict[str, Any]:
+    """Compile ``config``'s train step (and retrieval eval step) for ``topology``; the report."""
+    devices = topology_devices(topology)
+    chips = chips_in(topology)
+    if len(devices) % chips:
+        raise AotError(f"--topology={topology!r}: {len(devices)} devices over {chips} chips")
+    chip = accelerators.chip_of(devices[0].device_kind)
+    if chip is None:
+        raise AotError(f"--topology={topology!r}: unknown chip {devices[0].device_kind!r} "
+                       "(hdvila_jax/accelerators.py)")
+    if per_chip_batch is not None:
+        config = config.copy_and_resolve_references()
+        config.batch_size = per_chip_batch * chips * config.grad_accum_steps
+        config.eval_batch_size = per_chip_batch * chips
+    built = build_step(config, devices)
+    devices_per_chip = len(devices) // chips
+    dtype = built.model_cfg.dtype
+    report = dict(topology=topology, chip=chip.name, chips=chips, devices=len(devices),
+                  mesh=dict(built.mesh.shape), global_batch=config.batch_size,
+                  per_chip_batch=config.batch_size / chips, grad_accum_steps=config.grad_accum_steps,
+                  dtype=dtype, remat=built.model_cfg.active_remat or "none", stage=config.stage,
+                  task=get_task(config).name)
+    start = time.perf_counter()
+    compiled = built.lower().compile()
+    report.update(compile_s=time.perf_counter() - start,
+                  **compiled_report(compiled, devices_per_chip, chip, dtype))
+    lowered_eval = eval_step_lowered(built) if with_eval else None
+    if lowered_eval is not None:
+        start = time.perf_counter()
+        eval_report = compiled_report(lowered_eval.compile(), devices_per_chip, chip, dtype)
+        report["eval"] = dict(eval_report, global_batch=config.eval_batch_size,
+                              compile_s=time.perf_counter() - start)
+    return report
+
+
+def fit_error(report: dict[str, Any]) -> str | None:
+    """Why the report's train or eval step does not fit its chip's HBM, or None when both fit."""
+    too_big = [(name, row) for name, row in (("train", report), ("eval", report.get("eval"))) if row and not row["fits"]]
+    if not too_big:
+        return None
+    return "; ".join(f"the {name} step does not fit: peak {_gib(row['peak_bytes_per_chip'])} per chip of "
+                     f"{_gib(row['hbm_bytes_per_chip'])} HBM ({report['chip']})" for name, row in too_big) + (
+        "; lower --per_chip_batch, turn on --config.model.remat=true, or shard more (--config.mesh.fsdp)")
+
+
+def _gib(n: float) -> str:
+    return f"{n / accelerators.GIB:.2f} GiB"
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """The report as ``key: value`` lines (train step first, then the eval step)."""
+    def lines(row: dict[str, Any], prefix: str) -> None:
+        for key, value in row.items():
+            if key == "eval":
+                continue
+            shown = _gib(value) if key.endswith("bytes_per_chip") and value is not None else value
+            if isinstance(value, float) and not key.endswith("bytes_per_chip"):
+                shown = f"{value:.4g}"
+            print(f"{prefix}{key}: {shown}")
+    lines(report, "")
+    if "eval" in report:
+        lines(report["eval"], "eval.")
+
+
+def main(argv):
+    del argv
+    try:
+        report = compile_for_topology(_CONFIG.value, _TOPOLOGY.value, _PER_CHIP.value, _EVAL.value)
+    except AotError as e:
+        sys.exit(f"hdvila_jax.aot: {e}")
+    print_report(report)
+    if _JSON.value:
+        with open(_JSON.value, "w") as f:
+            json.dump(report, f, indent=2)
+    error = fit_error(report)
+    if error:
+        sys.exit(f"hdvila_jax.aot: {error}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,69 @@
+"""Ahead-of-time compilation for a TPU topology on this CPU host (libtpu, never a TPU): the
+trainer's step, traced for TPU, with memory, FLOPs and fit reported."""
+import dataclasses
+import importlib.util
+import os
+
+import pytest
+
+from hdvila_jax import accelerators, aot
+from tests.train_helpers import tiny_config
+
+# libtpu comes with the [test] extra on Linux x86-64 (jax[tpu]); elsewhere there is nothing to compile with.
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu is not installed")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # other test processes may hold libtpu's lock
+
+
+def _config():
+    return tiny_config(1, "unused", **{"data.val_files": "unused-*.tfrecord"})
+
+
+def test_topology_names_are_parsed_and_bad_ones_named():
+    assert aot.chips_in("v5p:2x2x1") == 4 and aot.chips_in("v5e:2x4") == 8 and aot.chips_in("v5p:4x4x4") == 64
+    with pytest.raises(aot.AotError, match="v5p-8"):
+        aot.chips_in("v5p-8")
+    with pytest.raises(aot.AotError, match="--topology='v99:2x2'"):
+        aot.topology_devices("v99:2x2")
+
+
+def test_tpu_step_is_traced_with_tpu_convolutions():
+    # On CPU, 1x1 convolutions become matmuls and small maps im2col; for TPU every one stays a convolution.
+    from hdvila_jax.train.step_builder import build_step
+    import jax
+    config = _config()
+    config.batch_size = config.eval_batch_size = 4
+    tpu = build_step(config, aot.topology_devices("v5e:2x2")).lower().as_text()
+    cpu = build_step(config, jax.devices("cpu")[:1]).lower().as_text()
+    kernels = sum(1 for line in tpu.splitlines() if "stablehlo.convolution" in line)
+    assert kernels > 2 * cpu.count("stablehlo.convolution") > 0
+    # The tiny model's 38 convolution kernels (two ResNet-18s, the grid and fuse layers), each run forward
+    # and for its kernel gradient (and, but for the first, its input gradient).
+    assert kernels >= 2 * 38
+
+
+@pytest.fixture(scope="module")
+def report():
+    return aot.compile_for_topology(_config(), "v5e:2x2", per_chip_batch=2)
+
+
+@pytest.mark.slow
+def test_tiny_train_and_eval_steps_compile_for_v5e_and_fit(report):
+    assert (report["topology"], report["chip"], report["chips"], report["devices"]) == ("v5e:2x2", "TPU v5e", 4, 4)
+    assert report["global_batch"] == 8 and report["per_chip_batch"] == 2 and report["mesh"] == {"data": 4, "fsdp": 1}
+    for row in (report, report["eval"]):
+        assert row["fits"] and 0 < row["peak_bytes_per_chip"] < 16 * accelerators.GIB
+        assert row["peak_bytes_per_chip"] == (row["arguments_bytes_per_chip"] + row["outputs_bytes_per_chip"]
+                                              - row["aliased_bytes_per_chip"] + row["temporaries_bytes_per_chip"])
+        assert row["flops_per_chip_step"] > 0 and row["hbm_bytes_accessed_per_chip_step"] > 0
+    assert report["aliased_bytes_per_chip"] > 0  # the train state is donated
+    # A train step (forward + backward over 2 examples per chip) costs more than encoding 2 eval examples.
+    assert report["flops_per_chip_step"] > report["eval"]["flops_per_chip_step"]
+    assert aot.fit_error(report) is None
+
+
+@pytest.mark.slow
+def test_a_step_that_does_not_fit_is_named(report):
+    small = dict(report, fits=False, hbm_bytes_per_chip=2 ** 20)
+    error = aot.fit_error(small)
+    assert "the train step does not fit" in error and "per chip of 0.00 GiB HBM (TPU v5e)" in error
+    assert "eval step" not in error and "--per_chip_batch" in error
