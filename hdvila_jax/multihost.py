@@ -20,8 +20,8 @@ def initialize_from_flags() -> str:
     """Join the run's processes; returns how: "explicit" (a coordinator was given), "auto-detected"
     (TPU slice, SLURM, Open MPI) or "single process" (no cluster found). Collectives between CPU
     devices of several processes go over gloo; accelerators use their own."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # the CPU client's; accelerators keep theirs
     if _COORDINATOR.value or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         return "explicit"
     try:
