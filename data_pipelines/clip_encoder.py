@@ -21,9 +21,9 @@ import numpy as np
 
 from data_pipelines import frame_folders
 from data_pipelines.annotations import BadInput, ClipSpec
-from hdvila_jax.video.clip_plan import MIDDLE_LAYOUTS, ClipPlan, ClipTooShortError, plan_clip
+from hdvila_jax.video.clip_plan import ClipPlan, ClipTooShortError, plan_clip
 from data_pipelines.geometry import msrvtt_lr_frame, tgif_lr_frame, upsampled_hr_frame
-from hdvila_jax.video.clips import encode_jpeg
+from hdvila_jax.video.clips import FrameOptions, encode_jpeg
 from hdvila_jax.video.decode import VideoError, decode_frames, decode_rgb_frames, probe_video
 from hdvila_jax.data.records import ClipRecord, serialize_clip_record
 
@@ -31,36 +31,20 @@ GEOMETRIES = ("resize", "msrvtt", "frames", "tgif")
 
 
 @dataclasses.dataclass(frozen=True)
-class BuildOptions:
-    """What is stored per clip; recorded in the build config so a resume can check it."""
+class BuildOptions(FrameOptions):
+    """What is stored per clip (the library's FrameOptions plus the geometry); recorded in the build
+    config so a resume can check it."""
 
-    frame_height: int = 720
-    frame_width: int = 1280
-    sample_rate: int = 12
-    num_frm: int = 7
-    min_clips: int = 4
-    num_candidates: int = 8
-    jpeg_quality: int = 90
     geometry: str = "resize"
-    middle_layout: str = "spread"
 
-    def validate(self) -> None:
-        if self.frame_height % 4 or self.frame_width % 4:
-            raise ValueError(f"--frame_size must be divisible by 4, got {self.frame_height}x{self.frame_width}")
+    def validate(self) -> "BuildOptions":
+        if self.geometry not in GEOMETRIES:
+            raise ValueError(f"--geometry must be one of {GEOMETRIES}, got {self.geometry!r}")
         if self.geometry == "tgif" and self.frame_height != self.frame_width:
             raise ValueError(f"--geometry tgif letterboxes into a square: --frame_size must be square, got "
                              f"{self.frame_height}x{self.frame_width}")
-        if self.num_frm % 2 != 1 or self.num_frm < 3:
-            raise ValueError(f"--num_frm must be odd and >= 3, got {self.num_frm}")
-        if not 1 <= self.min_clips <= self.num_candidates:
-            raise ValueError(f"need 1 <= --min_clips ({self.min_clips}) <= --num_candidates "
-                             f"({self.num_candidates})")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"--jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
-        if self.geometry not in GEOMETRIES:
-            raise ValueError(f"--geometry must be one of {GEOMETRIES}, got {self.geometry!r}")
-        if self.middle_layout not in MIDDLE_LAYOUTS:
-            raise ValueError(f"--middle_layout must be one of {MIDDLE_LAYOUTS}, got {self.middle_layout!r}")
+        super().validate()
+        return self
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,11 +25,11 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from hdvila_jax import config_files
+from hdvila_jax import config_files, sharding
 from hdvila_jax.data.records import ClipRecord
 from hdvila_jax.data.text import ThreadLocalTokenizer
 from hdvila_jax.models import HDVILA, ModelConfig, model_config_from_dict
-from hdvila_jax.train import checkpointing, sharding, train_state
+from hdvila_jax.train import checkpointing, train_state
 from hdvila_jax.video.clips import FrameOptions, clip_pixels, clip_windows, frames_clip, read_clip
 from hdvila_jax.video.decode import VideoError, probe_video
 

@@ -8,7 +8,8 @@ import pytest
 from hdvila_jax import Encoder, EncoderError
 from hdvila_jax.models import HDVILA, model_config_from_dict
 from hdvila_jax.search.build import encode_records
-from hdvila_jax.train import sharding, train_state
+from hdvila_jax import sharding
+from hdvila_jax.train import train_state
 from hdvila_jax.video.clips import FrameOptions, clip_windows
 from tests import data_helpers, own_videos, train_helpers
 from data_pipelines.vocab import write_vocab

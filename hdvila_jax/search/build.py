@@ -21,15 +21,14 @@ from jax.experimental import multihost_utils
 from PIL import Image
 from tqdm import tqdm
 
+from hdvila_jax import sharding
 from hdvila_jax.data import pipeline
 from hdvila_jax.data.records import ClipRecord, parse_clip_record
 from hdvila_jax.data.tfrecord_source import TFRecordDataSource
 from hdvila_jax.models import HDVILA
 from hdvila_jax.search import restore
 from hdvila_jax.search.index import SearchError, save_index
-from hdvila_jax.train import sharding
 from hdvila_jax.train.config_checks import check_config
-from hdvila_jax.train.evaluation import gather_to_host
 
 THUMBNAIL_SIZE = (160, 96)  # (width, height) box the thumbnail fits in
 THUMBNAIL_QUALITY = 85
@@ -71,9 +70,9 @@ def encode_records(model: HDVILA, variables: Any, config: ml_collections.ConfigD
         data = sharding.global_batch(dict(img_middle=batch["img_middle"], img_other=batch["img_other"],
                                           record=record, valid=batch["valid"]), mesh)
         video = encode(variables, data["img_middle"], data["img_other"])
-        keep = gather_to_host(data["valid"])
-        rows.append(gather_to_host(data["record"])[keep])
-        features.append(gather_to_host(video)[keep])
+        keep = sharding.gather_to_host(data["valid"])
+        rows.append(sharding.gather_to_host(data["record"])[keep])
+        features.append(sharding.gather_to_host(video)[keep])
     rows, features = np.concatenate(rows), np.concatenate(features)
     if sorted(rows.tolist()) != list(range(total)):
         raise RuntimeError(f"encoded {len(rows)} rows, expected each of the {total} records once")

@@ -20,7 +20,7 @@ from hdvila_jax.encoder import Encoder
 from hdvila_jax.models import model_config_from_dict
 from hdvila_jax.search import restore
 from hdvila_jax.search.index import Index, SearchError
-from hdvila_jax.train import sharding
+from hdvila_jax import sharding
 
 # Queries only need the text tower: replicate the variables over all devices.
 QUERY_MESH = dict(data=-1, fsdp=1)

@@ -41,17 +41,18 @@ class FrameOptions:
     middle_layout: str = "spread"
 
     def validate(self) -> "FrameOptions":
-        """Raise ValueError naming the first bad field; return self."""
+        """Raise ValueError naming the first bad option (by its build_tfrecords flag); return self."""
         if self.frame_height % LR_FACTOR or self.frame_width % LR_FACTOR:
-            raise ValueError(f"frame size {self.frame_height}x{self.frame_width} must be divisible by {LR_FACTOR}")
+            raise ValueError(f"--frame_size must be divisible by 4, got {self.frame_height}x{self.frame_width}")
         if self.num_frm % 2 != 1 or self.num_frm < 3:
-            raise ValueError(f"num_frm must be odd and >= 3, got {self.num_frm}")
+            raise ValueError(f"--num_frm must be odd and >= 3, got {self.num_frm}")
         if not 1 <= self.min_clips <= self.num_candidates:
-            raise ValueError(f"need 1 <= min_clips ({self.min_clips}) <= num_candidates ({self.num_candidates})")
+            raise ValueError(f"need 1 <= --min_clips ({self.min_clips}) <= --num_candidates "
+                             f"({self.num_candidates})")
         if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
+            raise ValueError(f"--jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
         if self.middle_layout not in MIDDLE_LAYOUTS:
-            raise ValueError(f"middle_layout must be one of {MIDDLE_LAYOUTS}, got {self.middle_layout!r}")
+            raise ValueError(f"--middle_layout must be one of {MIDDLE_LAYOUTS}, got {self.middle_layout!r}")
         return self
 
     @classmethod
