@@ -30,7 +30,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from hdvila_jax import accelerators, sharding
+from hdvila_jax import accelerators, hlo_profile, sharding
 from hdvila_jax.models import HDVILA, conv
 from hdvila_jax.tasks import get_task
 from hdvila_jax.train import evaluation, train_state
@@ -41,6 +41,8 @@ _TOPOLOGY = flags.DEFINE_string("topology", None, "libtpu topology name, e.g. v5
 _PER_CHIP = flags.DEFINE_integer("per_chip_batch", None, "Sets config.batch_size to this x chips (and "
                                  "config.eval_batch_size likewise); default: the config's batch sizes.")
 _EVAL = flags.DEFINE_bool("eval", True, "Also compile the retrieval eval step where the config evaluates retrieval.")
+_PROFILE = flags.DEFINE_bool("profile", False, "Also print the train step's ops by kind and the bytes they write "
+                             "(hdvila_jax.hlo_profile).")
 _JSON = flags.DEFINE_string("json", None, "Write the report as JSON to this file.")
 flags.mark_flags_as_required(["config", "topology"])
 
@@ -112,8 +114,9 @@ def eval_step_lowered(built: BuiltStep) -> jax.stages.Lowered | None:
 
 
 def compile_for_topology(config: ml_collections.ConfigDict, topology: str, per_chip_batch: int | None = None,
-                         with_eval: bool = True) -> dict[str, Any]:
-    """Compile ``config``'s train step (and retrieval eval step) for ``topology``; the report."""
+                         with_eval: bool = True, profile: bool = False) -> dict[str, Any]:
+    """Compile ``config``'s train step (and retrieval eval step) for ``topology``; the report (with
+    ``profile``, also the train step's ``op_profile``)."""
     devices = topology_devices(topology)
     chips = chips_in(topology)
     if len(devices) % chips:
@@ -138,6 +141,8 @@ def compile_for_topology(config: ml_collections.ConfigDict, topology: str, per_c
     compiled = built.lower().compile()
     report.update(compile_s=time.perf_counter() - start,
                   **compiled_report(compiled, devices_per_chip, chip, dtype))
+    if profile:
+        report["op_profile"] = hlo_profile.op_profile(compiled.as_text())
     lowered_eval = eval_step_lowered(built) if with_eval else None
     if lowered_eval is not None:
         start = time.perf_counter()
@@ -165,7 +170,7 @@ def print_report(report: dict[str, Any]) -> None:
     """The report as ``key: value`` lines (train step first, then the eval step)."""
     def lines(row: dict[str, Any], prefix: str) -> None:
         for key, value in row.items():
-            if key == "eval":
+            if key in ("eval", "op_profile"):
                 continue
             shown = _gib(value) if key.endswith("bytes_per_chip") and value is not None else value
             if isinstance(value, float) and not key.endswith("bytes_per_chip"):
@@ -174,12 +179,16 @@ def print_report(report: dict[str, Any]) -> None:
     lines(report, "")
     if "eval" in report:
         lines(report["eval"], "eval.")
+    if "op_profile" in report:
+        print("train step ops by kind (outputs written per step, per device):")
+        for row in report["op_profile"]:
+            print(f"  {row['kind']}: {row['count']} ops, {_gib(row['output_bytes'])}")
 
 
 def main(argv):
     del argv
     try:
-        report = compile_for_topology(_CONFIG.value, _TOPOLOGY.value, _PER_CHIP.value, _EVAL.value)
+        report = compile_for_topology(_CONFIG.value, _TOPOLOGY.value, _PER_CHIP.value, _EVAL.value, _PROFILE.value)
     except AotError as e:
         sys.exit(f"hdvila_jax.aot: {e}")
     print_report(report)

@@ -67,3 +67,43 @@ def test_a_step_that_does_not_fit_is_named(report):
     error = aot.fit_error(small)
     assert "the train step does not fit" in error and "per chip of 0.00 GiB HBM (TPU v5e)" in error
     assert "eval step" not in error and "--per_chip_batch" in error
+
+
+def test_hlo_profile_counts_ops_by_kind_and_the_bytes_they_write():
+    from hdvila_jax.hlo_profile import op_profile
+    hlo = """HloModule m
+
+%fused_conv (p0: bf16[2,8,8,4], p1: bf16[3,3,4,4]) -> bf16[2,8,8,4] {
+  %p0 = bf16[2,8,8,4]{3,2,1,0} parameter(0)
+  %p1 = bf16[3,3,4,4]{3,2,1,0} parameter(1)
+  ROOT %c = bf16[2,8,8,4]{3,2,1,0} convolution(%p0, %p1), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f
+}
+
+%fused_relu (p0: bf16[2,8,8,4]) -> bf16[2,8,8,4] {
+  %p0 = bf16[2,8,8,4]{3,2,1,0} parameter(0)
+  %z = bf16[] constant(0)
+  %b = bf16[2,8,8,4]{3,2,1,0} broadcast(%z), dimensions={}
+  ROOT %m = bf16[2,8,8,4]{3,2,1,0} maximum(%p0, %b)
+}
+
+%body (s: (s32[], f32[16])) -> (s32[], f32[16]) {
+  %s = (s32[], f32[16]{0}) parameter(0)
+  %x = f32[16]{0} get-tuple-element(%s), index=1
+  %ar = f32[16]{0} all-reduce(%x), to_apply=%add
+  ROOT %t = (s32[], f32[16]{0}) tuple(%i, %ar)
+}
+
+ENTRY %main (x: bf16[2,8,8,4], k: bf16[3,3,4,4]) -> bf16[2,8,8,4] {
+  %x = bf16[2,8,8,4]{3,2,1,0:T(8,128)(2,1)} parameter(0)
+  %k = bf16[3,3,4,4]{3,2,1,0} parameter(1)
+  %ags = (bf16[1,8,8,4]{3,2,1,0}, bf16[2,8,8,4]{3,2,1,0}, u32[]) all-gather-start(%x), dimensions={0}
+  %agd = bf16[2,8,8,4]{3,2,1,0} all-gather-done(%ags)
+  %conv = bf16[2,8,8,4]{3,2,1,0} fusion(%agd, %k), kind=kOutput, calls=%fused_conv
+  %w = (s32[], f32[16]{0}) while(%init), condition=%cond, body=%body
+  ROOT %relu = bf16[2,8,8,4]{3,2,1,0} fusion(%conv), kind=kLoop, calls=%fused_relu
+}
+"""
+    rows = {r["kind"]: (r["count"], r["output_bytes"]) for r in op_profile(hlo)}
+    activation = 2 * 8 * 8 * 4 * 2  # bytes of one bf16[2,8,8,4]
+    assert rows == {"convolution / matmul fusion": (1, activation), "elementwise / copy fusion": (1, activation),
+                    "all-gather": (1, activation), "all-reduce": (1, 16 * 4)}
