@@ -1,7 +1,7 @@
 """The CPU setting in which our step is compared with the original PyTorch HD-VILA (issue 10).
 
-``tiny_setting(stage)`` is the trainer config ``configs/stage{1,2}.py:tiny`` with the README's
-overrides: ResNet-50, hidden 64, 4 BERT layers (2 text + 2 cross-modal), TimeSformer depth 2,
+``tiny_setting(stage)`` is the trainer config ``configs/stage{1,2}.py:tiny`` with these overrides
+(docs/performance.md, CPU comparison): ResNet-50, hidden 64, 4 BERT layers (2 text + 2 cross-modal), TimeSformer depth 2,
 128x192 crops, batch 4 x 2 clips, 12 tokens, float32. Visual-token sampling is off
 (``pixel_random_sampling_size=0``): the PyTorch port has none, so both sides run the same
 cross-modal sequence. ``quick=True`` keeps the plain tiny config (ResNet-18, 64x192, one clip)

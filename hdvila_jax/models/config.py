@@ -64,7 +64,7 @@ class ModelConfig:
     # With ``remat``: "stage" recomputes each ResNet stage as a whole (keeping only its input) and
     # each transformer layer; "block" recomputes each residual block and transformer layer;
     # "block_dots" does too but keeps their matmul / convolution outputs. "stage" needs the least
-    # memory by XLA's analysis of the paper config (README, Performance).
+    # memory by XLA's analysis of the paper config (docs/performance.md).
     remat_policy: str = "stage"
 
     @property
