@@ -1,6 +1,5 @@
 """Multi-process start-up: explicit flags, auto-detection (a SLURM job, faked with its environment
 variables on this host), and a plain single process when no cluster is found."""
-import json
 import os
 import subprocess
 import sys
@@ -28,27 +27,18 @@ def _start(args: list[str], extra_env: dict[str, str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _results(procs: list[subprocess.Popen]) -> list[dict]:
-    results = []
-    for p in procs:
-        out, err = p.communicate(timeout=train_helpers.SUBPROCESS_TIMEOUT)
-        assert p.returncode == 0, err[-4000:]
-        results.append(json.loads(out.split("RESULT")[-1]))
-    return results
-
-
 def _port() -> int:
     return 30000 + os.getpid() % 10000
 
 
 def test_no_cluster_is_a_single_process():
-    (result,) = _results([_start([], {})])
+    (result,) = train_helpers.process_results([_start([], {})])
     assert result == dict(how="single process", index=0, count=1, total=1)
 
 
 def test_explicit_flags_join_two_processes():
     flags = [f"--coordinator_address=127.0.0.1:{_port()}", "--num_processes=2"]
-    results = _results([_start([*flags, f"--process_id={i}"], {}) for i in range(2)])
+    results = train_helpers.process_results([_start([*flags, f"--process_id={i}"], {}) for i in range(2)])
     assert [(r["how"], r["index"], r["count"], r["total"]) for r in results] == [
         ("explicit", 0, 2, 3), ("explicit", 1, 2, 3)]
 
@@ -56,6 +46,7 @@ def test_explicit_flags_join_two_processes():
 def test_a_slurm_job_is_detected_without_flags():
     slurm = dict(SLURM_JOB_ID="4242", SLURM_STEP_NODELIST="127.0.0.1", SLURM_NTASKS="2",
                  JAX_COORDINATOR_PORT=str(_port() + 1))
-    results = _results([_start([], dict(slurm, SLURM_PROCID=str(i), SLURM_LOCALID=str(i))) for i in range(2)])
+    results = train_helpers.process_results([_start([], dict(slurm, SLURM_PROCID=str(i), SLURM_LOCALID=str(i)))
+                                             for i in range(2)])
     assert [(r["how"], r["index"], r["count"], r["total"]) for r in results] == [
         ("auto-detected", 0, 2, 3), ("auto-detected", 1, 2, 3)]

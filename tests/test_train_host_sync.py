@@ -4,7 +4,6 @@ device-to-host transfer, on 8 forced CPU devices and with 2 processes (jax.distr
 XLA:CPU arrays live in host memory, so jax's transfer guard does not fire on CPU; the test counts
 instead every host read of a jax array (``ArrayImpl._value``, the path of ``jax.device_get``,
 ``float()``, ``np.asarray`` and ``bool()`` alike), per step of the real trainer."""
-import json
 import os
 import subprocess
 import sys
@@ -65,15 +64,6 @@ def _launch(workdir: str, root: str, num_processes: int, process_id: int, port: 
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _results(procs) -> list[dict]:
-    results = []
-    for p in procs:
-        out, err = p.communicate(timeout=train_helpers.SUBPROCESS_TIMEOUT)
-        assert p.returncode == 0, err[-5000:]
-        results.append(json.loads(out.split("RESULT")[-1]))
-    return results
-
-
 def _assert_no_reads_between_log_steps(result: dict) -> None:
     reads = result["reads_at_step"]  # 7 dispatches, then the end of the run
     between = [later - earlier for earlier, later in zip(reads, reads[1:])]  # after step 1, 2, ..., 7
@@ -85,7 +75,7 @@ def _assert_no_reads_between_log_steps(result: dict) -> None:
 
 
 def test_steps_between_log_steps_read_nothing_back_on_eight_devices(demo_root, tmp_path):
-    (result,) = _results([_launch(str(tmp_path / "run"), demo_root, 1, 0, 0, devices=8)])
+    (result,) = train_helpers.process_results([_launch(str(tmp_path / "run"), demo_root, 1, 0, 0, devices=8)])
     _assert_no_reads_between_log_steps(result)
     assert result["logged"] == [3, 6, 7]
 
@@ -93,7 +83,8 @@ def test_steps_between_log_steps_read_nothing_back_on_eight_devices(demo_root, t
 @pytest.mark.slow
 def test_steps_between_log_steps_read_nothing_back_with_two_processes(demo_root, tmp_path):
     port = 21000 + os.getpid() % 10000
-    results = _results([_launch(str(tmp_path / "run"), demo_root, 2, i, port, devices=2) for i in range(2)])
+    results = train_helpers.process_results([_launch(str(tmp_path / "run"), demo_root, 2, i, port, devices=2)
+                                             for i in range(2)])
     for result in results:
         _assert_no_reads_between_log_steps(result)
     assert results[0]["logged"] == [3, 6, 7]

@@ -56,6 +56,17 @@ def run_on_forced_devices(code: str, devices: int = 8) -> dict:
     return json.loads(proc.stdout.split("RESULT")[-1])
 
 
+def process_results(procs) -> list[dict]:
+    """Wait for each ``subprocess.Popen`` (stdout piped, text); fail with its stderr when one failed;
+    the JSON each printed after the marker ``RESULT``."""
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=SUBPROCESS_TIMEOUT)
+        assert p.returncode == 0, err[-5000:]
+        results.append(json.loads(out.split("RESULT")[-1]))
+    return results
+
+
 def override_flags(overrides: dict) -> list[str]:
     """``{'a.b': v}`` -> ``['--config.a.b=v']`` for the entry point."""
     return [f"--config.{k}={v}" for k, v in overrides.items()]
