@@ -38,8 +38,9 @@ from hdvila_jax.train.step_builder import BuiltStep, build_step, memory_per_devi
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Trainer config file[:variant].")
 _TOPOLOGY = flags.DEFINE_string("topology", None, "libtpu topology name, e.g. v5p:2x2x1, v5e:2x4, v6e:2x4.")
-_PER_CHIP = flags.DEFINE_integer("per_chip_batch", None, "Sets config.batch_size to this x chips (and "
-                                 "config.eval_batch_size likewise); default: the config's batch sizes.")
+_PER_CHIP = flags.DEFINE_integer("per_chip_batch", None, "Examples per chip per (micro-)batch: sets config.batch_size "
+                                 "to this x chips x grad_accum_steps, config.eval_batch_size to this x chips; "
+                                 "default: the config's batch sizes.")
 _EVAL = flags.DEFINE_bool("eval", True, "Also compile the retrieval eval step where the config evaluates retrieval.")
 _PROFILE = flags.DEFINE_bool("profile", False, "Also print the train step's ops by kind and the bytes they write "
                              "(hdvila_jax.hlo_profile).")
@@ -134,7 +135,8 @@ def compile_for_topology(config: ml_collections.ConfigDict, topology: str, per_c
     dtype = built.model_cfg.dtype
     report = dict(topology=topology, chip=chip.name, chips=chips, devices=len(devices),
                   mesh=dict(built.mesh.shape), global_batch=config.batch_size,
-                  per_chip_batch=config.batch_size / chips, grad_accum_steps=config.grad_accum_steps,
+                  per_chip_batch=config.batch_size / config.grad_accum_steps / chips,
+                  grad_accum_steps=config.grad_accum_steps,
                   dtype=dtype, remat=built.model_cfg.active_remat or "none", stage=config.stage,
                   task=get_task(config).name)
     start = time.perf_counter()
