@@ -44,7 +44,7 @@ def trainer_config(stage: int, variant: str, devices: int, per_device_batch: int
     from configs import stage1, stage2
     config = (stage1 if stage == 1 else stage2).get_config(variant)
     config.mesh.data, config.mesh.fsdp = 1, devices
-    config.batch_size = per_device_batch * devices
+    config.batch_size = config.eval_batch_size = per_device_batch * devices
     config.grad_accum_steps = 1
     config.model.remat = remat != "none"
     if remat != "none":
