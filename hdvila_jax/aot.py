@@ -31,22 +31,10 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from hdvila_jax import accelerators, hlo_profile, sharding
-from hdvila_jax.models import HDVILA, conv
+from hdvila_jax.models import HDVILA, platform
 from hdvila_jax.tasks import get_task
 from hdvila_jax.train import evaluation, train_state
 from hdvila_jax.train.step_builder import BuiltStep, build_step, memory_per_device
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Trainer config file[:variant].")
-_TOPOLOGY = flags.DEFINE_string("topology", None, "libtpu topology name, e.g. v5p:2x2x1, v5e:2x4, v6e:2x4.")
-_PER_CHIP = flags.DEFINE_integer("per_chip_batch", None, "Examples per chip per (micro-)batch: sets config.batch_size "
-                                 "to this x chips x grad_accum_steps, config.eval_batch_size to this x chips; "
-                                 "default: the config's batch sizes.")
-_EVAL = flags.DEFINE_bool("eval", True, "Also compile the retrieval eval step where the config evaluates retrieval.")
-_PROFILE = flags.DEFINE_bool("profile", False, "Also print the train step's ops by kind and the bytes they write "
-                             "(hdvila_jax.hlo_profile).")
-_JSON = flags.DEFINE_string("json", None, "Write the report as JSON to this file.")
-flags.mark_flags_as_required(["config", "topology"])
-
 
 class AotError(RuntimeError):
     """The topology or the config cannot be compiled ahead of time."""
@@ -110,7 +98,7 @@ def eval_step_lowered(built: BuiltStep) -> jax.stages.Lowered | None:
     batch = {k: jax.ShapeDtypeStruct(s, d, sharding=batch_sharding) for k, (s, d) in shapes.items()}
     variables = train_state.sharded_variable_shapes(config, model_cfg, mesh, stage=1)
     encode = evaluation.make_encode_fn(HDVILA(model_cfg))
-    with conv.lowering_platform(built.platform):
+    with platform.lowering_platform(built.platform):
         return encode.lower(variables, batch)
 
 
@@ -187,15 +175,30 @@ def print_report(report: dict[str, Any]) -> None:
             print(f"  {row['kind']}: {row['count']} ops, {_gib(row['output_bytes'])}")
 
 
+def define_flags() -> None:
+    """The command line (defined only when run as a program, so that importing this module defines no flags)."""
+    config_flags.DEFINE_config_file("config", None, "Trainer config file[:variant].")
+    flags.DEFINE_string("topology", None, "libtpu topology name, e.g. v5p:2x2x1, v5e:2x4, v6e:2x4.")
+    flags.DEFINE_integer("per_chip_batch", None, "Examples per chip per (micro-)batch: sets config.batch_size to "
+                         "this x chips x grad_accum_steps, config.eval_batch_size to this x chips; default: the "
+                         "config's batch sizes.")
+    flags.DEFINE_bool("eval", True, "Also compile the retrieval eval step where the config evaluates retrieval.")
+    flags.DEFINE_bool("profile", False, "Also print the train step's ops by kind and the bytes they write "
+                      "(hdvila_jax.hlo_profile).")
+    flags.DEFINE_string("json", None, "Write the report as JSON to this file.")
+    flags.mark_flags_as_required(["config", "topology"])
+
+
 def main(argv):
     del argv
+    args = flags.FLAGS
     try:
-        report = compile_for_topology(_CONFIG.value, _TOPOLOGY.value, _PER_CHIP.value, _EVAL.value, _PROFILE.value)
+        report = compile_for_topology(args.config, args.topology, args.per_chip_batch, args.eval, args.profile)
     except AotError as e:
         sys.exit(f"hdvila_jax.aot: {e}")
     print_report(report)
-    if _JSON.value:
-        with open(_JSON.value, "w") as f:
+    if args.json:
+        with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
     error = fit_error(report)
     if error:
@@ -203,4 +206,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import os
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import jax
 import ml_collections

@@ -1,6 +1,5 @@
 """Ahead-of-time compilation for a TPU topology on this CPU host (libtpu, never a TPU): the
 trainer's step, traced for TPU, with memory, FLOPs and fit reported."""
-import dataclasses
 import importlib.util
 import os
 

@@ -9,16 +9,14 @@ copies of the input (im2col). Opted in (``HDVILA_ONEDNN_CONV=1`` and the ``[oned
 larger kxk convolutions run in oneDNN (``hdvila_jax.kernels``), which uses every core where
 YNNPACK uses one, on a single CPU device. Other platforms get ``lax.conv_general_dilated`` unchanged.
 
-The platform is the one the step is compiled for (:func:`lowering_platform`, set by whoever
-traces the model for a mesh), not the default backend: a TPU step compiled ahead of time on a
-CPU host gets TPU convolutions.
+The platform is the one the step is compiled for (``hdvila_jax.models.platform``), not the
+default backend: a TPU step compiled ahead of time on a CPU host gets TPU convolutions.
 """
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
-from typing import Callable, Iterator
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +24,7 @@ from flax import linen as nn
 from flax.linen.dtypes import promote_dtype
 
 from hdvila_jax.models.layers import Dtype, window_views
+from hdvila_jax.models.platform import uses_cpu_lowering
 
 IM2COL_MAX_CELLS = 24  # largest output map (rows x columns) a kxk convolution is run as im2col on CPU
 
@@ -50,41 +49,8 @@ def matmul_nhwc(x: jax.Array, w: jax.Array) -> jax.Array:
     return (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
 
 
-_target_platform: str | None = None  # set inside lowering_platform()
 ONEDNN_OPT_IN = "HDVILA_ONEDNN_CONV"  # "1": CPU kxk convolutions in oneDNN (hdvila_jax.kernels, [onednn] extra)
 _onednn_override: bool | None = None  # set inside onednn_used()
-
-
-@contextlib.contextmanager
-def lowering_platform(platform: str) -> Iterator[None]:
-    """Inside, :func:`conv2d` lowers for ``platform`` ("cpu", "tpu", "gpu"; a ``Device.platform``):
-    wrap the tracing of a step that will run on devices of that platform."""
-    global _target_platform
-    previous, _target_platform = _target_platform, platform
-    try:
-        yield
-    finally:
-        _target_platform = previous
-
-
-def traced_for(platform: str, fn: Callable) -> Callable:
-    """``fn`` whose tracing (under ``jax.jit``) lowers convolutions for ``platform``."""
-    @functools.wraps(fn)
-    def traced(*args, **kwargs):
-        with lowering_platform(platform):
-            return fn(*args, **kwargs)
-    return traced
-
-
-def target_platform() -> str:
-    """The platform convolutions are lowered for: the innermost :func:`lowering_platform`, else
-    the default backend."""
-    return _target_platform or jax.default_backend()
-
-
-def uses_cpu_lowering() -> bool:
-    """Whether :func:`conv2d` takes the XLA:CPU forms: the step is compiled for CPU devices."""
-    return target_platform() == "cpu"
 
 
 @contextlib.contextmanager

@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from hdvila_jax.models.platform import uses_cpu_lowering
+
 Dtype = jnp.dtype
 
 bert_init = nn.initializers.normal(stddev=0.02)
@@ -51,8 +53,13 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None,
 def max_pool(x: jax.Array, window: int, stride: int, pad: int = 0) -> jax.Array:
     """Max over ``window x window`` patches of ``x [N, H, W, C]`` (padded by ``pad`` with -inf),
     as PyTorch's ``max_pool2d``: the gradient goes to the first maximum of each patch in row-major
-    order. A running ``where`` over the strided views, which XLA:CPU differentiates far faster than
-    ``reduce_window`` (whose gradient, select-and-scatter, is slow there)."""
+    order. On CPU a running ``where`` over the strided views, which XLA:CPU differentiates far
+    faster than ``reduce_window`` (whose gradient, select-and-scatter, is slow there); elsewhere
+    ``reduce_window``, which pads inside the window instead of writing a padded copy."""
+    if not uses_cpu_lowering():
+        padding = ((0, 0), (pad, pad), (pad, pad), (0, 0))
+        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1), (1, stride, stride, 1),
+                                     padding)
     _, h, w, _ = x.shape
     ho, wo = (h + 2 * pad - window) // stride + 1, (w + 2 * pad - window) // stride + 1
     x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-jnp.inf)

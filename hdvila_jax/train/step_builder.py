@@ -4,7 +4,7 @@ step, and the step's abstract (shape-only) inputs.
 
 The devices may be real (the trainer) or a TPU topology's (``jax.experimental.topologies``, for
 compiling ahead of time on any host); the model is traced for their platform (convolution
-lowering, ``hdvila_jax.models.conv.lowering_platform``).
+and max-pool lowerings, ``hdvila_jax.models.platform``).
 """
 from __future__ import annotations
 

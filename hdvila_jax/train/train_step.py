@@ -23,7 +23,8 @@ import ml_collections
 from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from hdvila_jax.models import HDVILA, conv
+from hdvila_jax.models import HDVILA
+from hdvila_jax.models import platform as lowering
 from hdvila_jax.tasks import get_task
 from hdvila_jax.tasks.qa import qa_inputs, qa_loss
 from hdvila_jax.train.optimizer import FROZEN, Optimizer, global_norm
@@ -178,6 +179,6 @@ def jit_train_step(config: ml_collections.ConfigDict, model: HDVILA, optimizer: 
     for the platform of the mesh's devices."""
     state_shardings = sharding.named(mesh, specs)
     platform = mesh.devices.flat[0].platform
-    return jax.jit(conv.traced_for(platform, make_train_step(config, model, optimizer, mesh)),
+    return jax.jit(lowering.traced_for(platform, make_train_step(config, model, optimizer, mesh)),
                    in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                    out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
