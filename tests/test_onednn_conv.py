@@ -152,3 +152,22 @@ def test_build_error_names_the_source(tmp_path, monkeypatch):
     monkeypatch.setenv(build.COMPILER_ENV, str(tmp_path / "no-such-compiler"))
     with pytest.raises(build.BuildError, match="cannot run the C\\+\\+ compiler"):
         build.build_library(source, [], [], [])
+
+
+@pytest.mark.parametrize("broken", ["unwritable cache", "no compiler"])
+def test_opted_in_but_unbuildable_is_a_warning_and_xla_convolutions(broken, tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    if broken == "unwritable cache":  # the cache directory cannot be created under a file
+        monkeypatch.setenv(build.CACHE_ENV, str(blocker / "cache"))
+    else:
+        monkeypatch.setenv(build.CACHE_ENV, str(tmp_path / "cache"))
+        monkeypatch.setenv(build.COMPILER_ENV, str(tmp_path / "no-such-compiler"))
+    onednn_conv.unavailable_reason.cache_clear()
+    try:
+        with conv.onednn_used(True):
+            x, w = random_pair((2, 16, 24, 8), (3, 3, 8, 8))
+            assert onednn_conv.FORWARD not in str(jax.make_jaxpr(lambda x, w: conv.conv2d(x, w))(x, w))
+        assert onednn_conv.unavailable_reason()
+    finally:
+        onednn_conv.unavailable_reason.cache_clear()
