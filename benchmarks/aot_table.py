@@ -28,7 +28,7 @@ _CONFIGS = flags.DEFINE_list("configs", list(CONFIGS), f"Configs, from {sorted(C
 _TOPOLOGIES = flags.DEFINE_list("topologies", ["v5e:2x4", "v5p:2x2x1", "v5p:4x4x4", "v6e:2x4"], "TPU topologies.")
 _REMAT = flags.DEFINE_list("remat", ["none", "stage"], "'none' or a model.remat_policy.")
 _BATCHES = flags.DEFINE_list("batches", ["16", "8", "4", "2", "1"], "Per-chip batches to try, largest first.")
-_EVAL = flags.DEFINE_bool("eval", False, "Also compile the retrieval eval step.")
+_EVAL = flags.DEFINE_bool("eval", False, "Also compile the eval step.")
 _JSON = flags.DEFINE_string("json", None, "Write the rows as JSON to this file.")
 GIB = 2 ** 30
 

@@ -1,4 +1,4 @@
-"""Compile a config's train step (and retrieval eval step) for a TPU topology ahead of time, on any
+"""Compile a config's train step (and its eval step) for a TPU topology ahead of time, on any
 host with libtpu (``pip install -e ".[tpu]"``), never running it: does it fit, how many FLOPs, and
 how fast XLA's cost model thinks it is.
 
@@ -30,11 +30,11 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from hdvila_jax import accelerators, hlo_profile, sharding
+from hdvila_jax import accelerators, hlo_profile
 from hdvila_jax.models import HDVILA, platform
-from hdvila_jax.tasks import get_task
+from hdvila_jax.tasks import get_task, qa_eval
 from hdvila_jax.train import evaluation, train_state
-from hdvila_jax.train.step_builder import BuiltStep, build_step, memory_per_device
+from hdvila_jax.train.step_builder import BuiltStep, build_step, eval_batch_shapes, memory_per_device
 
 class AotError(RuntimeError):
     """The topology or the config cannot be compiled ahead of time."""
@@ -84,27 +84,26 @@ def compiled_report(compiled: jax.stages.Compiled, devices_per_chip: int, chip: 
 
 
 def eval_step_lowered(built: BuiltStep) -> jax.stages.Lowered | None:
-    """The retrieval eval step (``evaluation.make_encode_fn``) lowered for ``built``'s mesh and the
-    config's eval batch, or None when the config does not evaluate retrieval."""
+    """The config's eval step lowered for ``built``'s mesh and the config's eval batch: QA prediction
+    (``qa_eval.make_predict_fn``) for QA tasks, else retrieval encoding (``evaluation.make_encode_fn``);
+    None when the config evaluates nothing (no ``data.val_files``)."""
     config, model_cfg, mesh = built.config, built.model_cfg, built.mesh
-    if get_task(config).objective == "qa" or not config.data.val_files:
+    if not config.data.val_files:
         return None
-    b, clips, (h, w), length = (config.eval_batch_size, config.data.inference_n_clips, model_cfg.crop_size,
-                                config.data.max_txt_len)
-    batch_sharding = sharding.batch_sharding(mesh)
-    shapes = dict(img_middle=((b, clips, h, w, 3), "uint8"),
-                  img_other=((b, clips, model_cfg.num_frames - 1, h // 4, w // 4, 3), "uint8"),
-                  text_input_ids=((b, length), "int32"), text_input_mask=((b, length), "int32"))
-    batch = {k: jax.ShapeDtypeStruct(s, d, sharding=batch_sharding) for k, (s, d) in shapes.items()}
-    variables = train_state.sharded_variable_shapes(config, model_cfg, mesh, stage=1)
-    encode = evaluation.make_encode_fn(HDVILA(model_cfg))
+    task, model = get_task(config), HDVILA(model_cfg)
+    if task.objective == "qa":
+        step = qa_eval.make_predict_fn(model, task.qa_type, task.aggregation)
+    else:
+        step = evaluation.make_encode_fn(model)
+    batch = built.abstract_batch(eval_batch_shapes(config, model_cfg))
+    variables = train_state.sharded_variable_shapes(config, model_cfg, mesh)
     with platform.lowering_platform(built.platform):
-        return encode.lower(variables, batch)
+        return step.lower(variables, batch)
 
 
 def compile_for_topology(config: ml_collections.ConfigDict, topology: str, per_chip_batch: int | None = None,
                          with_eval: bool = True, profile: bool = False) -> dict[str, Any]:
-    """Compile ``config``'s train step (and retrieval eval step) for ``topology``; the report (with
+    """Compile ``config``'s train step (and its eval step) for ``topology``; the report (with
     ``profile``, also the train step's ``op_profile``)."""
     devices = topology_devices(topology)
     chips = chips_in(topology)
@@ -182,7 +181,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("per_chip_batch", None, "Examples per chip per (micro-)batch: sets config.batch_size to "
                          "this x chips x grad_accum_steps, config.eval_batch_size to this x chips; default: the "
                          "config's batch sizes.")
-    flags.DEFINE_bool("eval", True, "Also compile the retrieval eval step where the config evaluates retrieval.")
+    flags.DEFINE_bool("eval", True, "Also compile the eval step (retrieval encoding, QA prediction) where the "
+                      "config evaluates (data.val_files).")
     flags.DEFINE_bool("profile", False, "Also print the train step's ops by kind and the bytes they write "
                       "(hdvila_jax.hlo_profile).")
     flags.DEFINE_string("json", None, "Write the report as JSON to this file.")

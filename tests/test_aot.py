@@ -106,3 +106,17 @@ ENTRY %main (x: bf16[2,8,8,4], k: bf16[3,3,4,4]) -> bf16[2,8,8,4] {
     activation = 2 * 8 * 8 * 4 * 2  # bytes of one bf16[2,8,8,4]
     assert rows == {"convolution / matmul fusion": (1, activation), "elementwise / copy fusion": (1, activation),
                     "all-gather": (1, activation), "all-reduce": (1, 16 * 4)}
+
+
+@pytest.mark.parametrize("qa_type", ["open", "multiple_choice"])
+def test_qa_eval_step_lowers_for_tpu(qa_type):
+    from configs import qa
+    from hdvila_jax.train.step_builder import build_step
+    config = qa.get_config("tiny")
+    config.qa.type = qa_type
+    config.model.num_qa_outputs = 7 if qa_type == "open" else 1  # the open answer vocabulary's size
+    config.batch_size = config.eval_batch_size = 4
+    built = build_step(config, aot.topology_devices("v5e:2x2"))
+    text = aot.eval_step_lowered(built).as_text()
+    choices = "5x" if qa_type == "multiple_choice" else ""  # the candidate answers of each question
+    assert "stablehlo.convolution" in text and f"tensor<4x{choices}" in text

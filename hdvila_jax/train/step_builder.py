@@ -51,24 +51,35 @@ def check_batch_sizes(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
                                "batch shards (config.mesh)")
 
 
-def train_batch_shapes(config: ml_collections.ConfigDict, model_cfg: ModelConfig) -> BatchShapes:
-    """The global train batch of ``config``'s task, ``name -> (shape, dtype)``, as the input
-    pipeline makes it (stage 2 adds MLM labels; open QA an answer label; multiple-choice QA the
-    candidate answers ``[B, C, L]`` and the index of the right one)."""
-    b, clips, (h, w), length = config.batch_size, config.data.train_n_clips, model_cfg.crop_size, config.data.max_txt_len
+def batch_shapes(config: ml_collections.ConfigDict, model_cfg: ModelConfig, batch_size: int, clips: int,
+                 mlm: bool) -> BatchShapes:
+    """A global batch of ``config``'s task, ``name -> (shape, dtype)``, as the input pipeline makes it:
+    frames and text; MLM labels (``mlm``); an open question's answer label; or, for multiple-choice QA,
+    the candidate answers ``[B, C, L]`` and the index of the right one."""
+    b, (h, w), length = batch_size, model_cfg.crop_size, config.data.max_txt_len
     shapes = dict(img_middle=((b, clips, h, w, 3), jnp.uint8),
                   img_other=((b, clips, model_cfg.num_frames - 1, h // 4, w // 4, 3), jnp.uint8),
                   text_input_ids=((b, length), jnp.int32), text_input_mask=((b, length), jnp.int32))
     task = get_task(config)
-    if task.objective == "mlm":
+    if mlm:
         shapes["mlm_labels"] = ((b, length), jnp.int32)
     if task.objective == "qa" and task.qa_type == "multiple_choice":
-        choices = MC_CHOICES
-        shapes.update(mc_text_input_ids=((b, choices, length), jnp.int32),
-                      mc_text_input_mask=((b, choices, length), jnp.int32), mc_answer=((b,), jnp.int32))
+        shapes.update(mc_text_input_ids=((b, MC_CHOICES, length), jnp.int32),
+                      mc_text_input_mask=((b, MC_CHOICES, length), jnp.int32), mc_answer=((b,), jnp.int32))
     elif task.objective == "qa":
         shapes["qa_label"] = ((b,), jnp.int32)
     return shapes
+
+
+def train_batch_shapes(config: ml_collections.ConfigDict, model_cfg: ModelConfig) -> BatchShapes:
+    """The global train batch of ``config`` (see :func:`batch_shapes`)."""
+    return batch_shapes(config, model_cfg, config.batch_size, config.data.train_n_clips,
+                        mlm=get_task(config).objective == "mlm")
+
+
+def eval_batch_shapes(config: ml_collections.ConfigDict, model_cfg: ModelConfig) -> BatchShapes:
+    """The global eval batch of ``config``: ``eval_batch_size`` examples of ``inference_n_clips`` clips."""
+    return batch_shapes(config, model_cfg, config.eval_batch_size, config.data.inference_n_clips, mlm=False)
 
 
 @dataclasses.dataclass
@@ -94,9 +105,11 @@ class BuiltStep:
         """Global batch ``name -> (shape, dtype)`` of the config."""
         return train_batch_shapes(self.config, self.model_cfg)
 
-    def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
+    def abstract_batch(self, shapes: BatchShapes | None = None) -> dict[str, jax.ShapeDtypeStruct]:
+        """``shapes`` (default: the train batch's) as sharded ``ShapeDtypeStruct``s."""
         batch_sharding = sharding.batch_sharding(self.mesh)
-        return {k: jax.ShapeDtypeStruct(s, d, sharding=batch_sharding) for k, (s, d) in self.batch_shapes().items()}
+        return {k: jax.ShapeDtypeStruct(s, d, sharding=batch_sharding)
+                for k, (s, d) in (shapes or self.batch_shapes()).items()}
 
     def random_batch(self, seed: int = 0) -> dict[str, jax.Array]:
         """Random pixels and tokens, 15% MLM targets in stage 2, placed on the mesh."""
