@@ -14,7 +14,8 @@ Memory is per chip (peak = arguments + outputs - aliased + temporaries, from XLA
 analysis); FLOPs per chip and step are XLA's cost analysis of the partitioned program; the
 estimated step time is XLA's cost model (``optimal_seconds``), and the MFU it implies is
 FLOPs / (estimate x the chip's bf16 peak). The memory-bound time is the bytes XLA expects the
-step to move through HBM over the chip's HBM bandwidth.
+step to move through HBM over the chip's HBM bandwidth. XLA counts a loop body once, so with
+``grad_accum_steps`` > 1 FLOPs and times cover one micro-batch and the update (``cost_covers``).
 """
 from __future__ import annotations
 
@@ -129,7 +130,9 @@ def compile_for_topology(config: ml_collections.ConfigDict, topology: str, per_c
     start = time.perf_counter()
     compiled = built.lower().compile()
     report.update(compile_s=time.perf_counter() - start,
-                  **compiled_report(compiled, devices_per_chip, chip, dtype))
+                  **compiled_report(compiled, devices_per_chip, chip, dtype),
+                  # XLA's cost analysis counts a loop body once: with accumulation, one micro-batch's cost
+                  cost_covers="one micro-batch and the update" if config.grad_accum_steps > 1 else "the step")
     if profile:
         report["op_profile"] = hlo_profile.op_profile(compiled.as_text())
     lowered_eval = eval_step_lowered(built) if with_eval else None
