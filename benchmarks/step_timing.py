@@ -2,7 +2,6 @@
 ``benchmarks.gpu_fit`` print."""
 from __future__ import annotations
 
-import statistics
 import time
 
 import jax
@@ -10,15 +9,8 @@ import jax
 from benchmarks.model_flops import train_flops
 from benchmarks.peaks import peak_flops
 from benchmarks.reporting import print_markdown_table
+from hdvila_jax.aot import cost_of
 from hdvila_jax.train.step_builder import build_step
-
-
-def xla_flops(compiled) -> float | None:
-    """FLOPs of one step per XLA's cost analysis of the compiled program (None if unavailable)."""
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, (list, tuple)):
-        analysis = analysis[0] if analysis else None
-    return float(analysis["flops"]) if analysis and "flops" in analysis else None
 
 
 def measure(config, dtype: str, steps: int, warmup: int) -> dict:
@@ -30,14 +22,15 @@ def measure(config, dtype: str, steps: int, warmup: int) -> dict:
     compiled = built.lower().compile()
     compile_s = time.perf_counter() - start
     state, batch = built.init_state(), built.random_batch()
-    times = []
-    for i in range(warmup + steps):
-        start = time.perf_counter()
+    for _ in range(warmup):
         state, metrics = compiled(state, batch)
-        jax.block_until_ready((state, metrics))
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    step_s = statistics.median(times)
+    jax.block_until_ready((state, metrics))
+    # As the trainer runs: steps dispatched back to back, the host waiting only at the end.
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = compiled(state, batch)
+    jax.block_until_ready((state, metrics))
+    step_s = (time.perf_counter() - start) / steps
     cfg = built.model_cfg
     tokens = cfg.pixel_random_sampling_size if config.stage == 2 else None
     analytic = config.batch_size * train_flops(cfg, config.stage, config.data.train_n_clips, config.data.max_txt_len,
@@ -46,7 +39,7 @@ def measure(config, dtype: str, steps: int, warmup: int) -> dict:
     devices = built.mesh.size
     return dict(stage=config.stage, dtype=dtype, devices=devices, device_kind=jax.devices()[0].device_kind,
                 batch_size=config.batch_size, compile_s=compile_s, step_ms=1e3 * step_s,
-                examples_per_s=config.batch_size / step_s, xla_gflop_per_step=(xla_flops(compiled) or 0) / 1e9,
+                examples_per_s=config.batch_size / step_s, xla_gflop_per_step=cost_of(compiled).get("flops", 0) / 1e9,
                 analytic_gflop_per_step=analytic / 1e9, tflops_per_s=analytic / step_s / 1e12,
                 peak_tflops_per_device=(peak or 0) / 1e12, peak_source=peak_source,
                 mfu=(analytic / step_s / (peak * devices)) if peak else None,

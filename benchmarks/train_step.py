@@ -5,8 +5,9 @@
     python -m benchmarks.train_step --config=configs/stage2.py:tiny --quick
 
 Runs the trainer's own jitted, sharded train step (random data, a random model) over all
-local devices. Step time is the median over ``--steps`` timed steps after ``--warmup``
-untimed ones; compile time is reported separately. MFU = analytic model FLOPs per second /
+local devices. Step time is the wall time of ``--steps`` steps dispatched back to back (the host
+waits once, at the end, as the trainer's loop between log steps) over their count, after
+``--warmup`` untimed ones; compile time is reported separately. MFU = analytic model FLOPs per second /
 peak FLOP/s of all devices (datasheet table, or a measured matmul on CPU).
 """
 from __future__ import annotations
