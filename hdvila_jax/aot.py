@@ -103,9 +103,9 @@ def eval_step_lowered(built: BuiltStep) -> jax.stages.Lowered | None:
 
 
 def compile_for_topology(config: ml_collections.ConfigDict, topology: str, per_chip_batch: int | None = None,
-                         with_eval: bool = True, profile: bool = False) -> dict[str, Any]:
+                         with_eval: bool = True, profile: bool = False, hlo_path: str | None = None) -> dict[str, Any]:
     """Compile ``config``'s train step (and its eval step) for ``topology``; the report (with
-    ``profile``, also the train step's ``op_profile``)."""
+    ``profile``, also the train step's ``op_profile``; ``hlo_path``: write its optimised HLO there)."""
     devices = topology_devices(topology)
     chips = chips_in(topology)
     if len(devices) % chips:
@@ -133,6 +133,9 @@ def compile_for_topology(config: ml_collections.ConfigDict, topology: str, per_c
                   **compiled_report(compiled, devices_per_chip, chip, dtype),
                   # XLA's cost analysis counts a loop body once: with accumulation, one micro-batch's cost
                   cost_covers="one micro-batch and the update" if config.grad_accum_steps > 1 else "the step")
+    if hlo_path:
+        with open(hlo_path, "w") as f:
+            f.write(compiled.as_text())
     if profile:
         report["op_profile"] = hlo_profile.op_profile(compiled.as_text())
     lowered_eval = eval_step_lowered(built) if with_eval else None
@@ -189,6 +192,7 @@ def define_flags() -> None:
     flags.DEFINE_bool("profile", False, "Also print the train step's ops by kind and the bytes they write "
                       "(hdvila_jax.hlo_profile).")
     flags.DEFINE_string("json", None, "Write the report as JSON to this file.")
+    flags.DEFINE_string("hlo", None, "Write the train step's optimised HLO (text) to this file.")
     flags.mark_flags_as_required(["config", "topology"])
 
 
@@ -196,7 +200,8 @@ def main(argv):
     del argv
     args = flags.FLAGS
     try:
-        report = compile_for_topology(args.config, args.topology, args.per_chip_batch, args.eval, args.profile)
+        report = compile_for_topology(args.config, args.topology, args.per_chip_batch, args.eval, args.profile,
+                                      args.hlo)
     except AotError as e:
         sys.exit(f"hdvila_jax.aot: {e}")
     print_report(report)

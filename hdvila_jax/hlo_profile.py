@@ -4,7 +4,8 @@ bytes each kind writes per step (its outputs).
 
 Kinds: fusions are named by what they fuse (a convolution or matmul, which TPU HLO both writes as
 convolutions; a reduction; else elementwise work and copies); collectives, copies/transposes,
-bare convolutions and matmuls, and custom calls keep their names. A while loop's body is counted
+bare convolutions and matmuls, and custom calls keep their names; asynchronous copies between
+memory spaces (TPU's prefetches of operands into on-chip memory and back) are their own kind. A while loop's body is counted
 once (not per trip). Outputs are counted wherever they live (HBM, or on-chip memory on TPU).
 """
 from __future__ import annotations
@@ -76,7 +77,9 @@ def kind_of(opcode: str, line: str, bodies: dict[str, list[str]]) -> str | None:
     for collective in COLLECTIVES:
         if opcode.startswith(collective):
             return collective
-    if opcode in ("copy", "copy-start", "transpose"):
+    if opcode == "copy-start":
+        return "async copy between memory spaces (prefetch / evict)"
+    if opcode in ("copy", "transpose"):
         return "copy / transpose"
     if opcode in ("dot", "convolution"):
         return "convolution / matmul"
