@@ -31,15 +31,6 @@ SETS = ("msrvtt", "didemo", "lsmdc", "actnet")
 COLUMNS = ("R1", "R5", "R10", "MedR", "MeanR")
 HEADERS = ("R@1", "R@5", "R@10", "MedR", "MnR")
 
-_CONFIG = flags.DEFINE_string("config", "configs/retrieval.py", "Retrieval config file; each set is its variant.")
-_SETS = flags.DEFINE_list("sets", list(SETS), "Sets (variants of --config) to evaluate.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A run's checkpoints dir, a step dir or converted weights.")
-_DATA_ROOT = flags.DEFINE_string("data_root", None, "Folder replacing the leading 'data/' of the sets' record paths.")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/eval", "Each set's metrics go to <workdir>/<set>/metrics.jsonl.")
-_JSON = flags.DEFINE_string("json", None, "Also write {set: metrics or {missing: pattern}} to this file.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global eval batch (default each variant's).")
-
-
 def set_config(config_file: str, name: str, checkpoint: str, data_root: str | None = None,
                run_config: ml_collections.ConfigDict | None = None,
                batch_size: int | None = None) -> ml_collections.ConfigDict:
@@ -96,23 +87,36 @@ def markdown_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def define_flags() -> None:
+    """The command line (defined only when run as a program, so that importing this module defines no flags)."""
+    flags.DEFINE_string("config", "configs/retrieval.py", "Retrieval config file; each set is its variant.")
+    flags.DEFINE_list("sets", list(SETS), "Sets (variants of --config) to evaluate.")
+    flags.DEFINE_string("checkpoint", None, "A run's checkpoints dir, a step dir or converted weights.")
+    flags.DEFINE_string("data_root", None, "Folder replacing the leading 'data/' of the sets' record paths.")
+    flags.DEFINE_string("workdir", "runs/eval", "Each set's metrics go to <workdir>/<set>/metrics.jsonl.")
+    flags.DEFINE_string("json", None, "Also write {set: metrics or {missing: pattern}} to this file.")
+    flags.DEFINE_integer("batch_size", None, "Global eval batch (default each variant's).")
+
+
 def main(argv: list[str]) -> None:
+    args = flags.FLAGS
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    if not _CHECKPOINT.value:
+    if not args.checkpoint:
         raise app.UsageError("--checkpoint is required")
     multihost.initialize_from_flags()
     try:
-        results = evaluate_sets(_CONFIG.value, _SETS.value, _CHECKPOINT.value, _WORKDIR.value, _DATA_ROOT.value,
-                                _BATCH_SIZE.value)
+        results = evaluate_sets(args.config, args.sets, args.checkpoint, args.workdir, args.data_root,
+                                args.batch_size)
     except (config_files.ConfigFileError, TrainConfigError, ValueError) as err:
         raise SystemExit(f"error: {err}") from err
     print(markdown_table(results))
-    if _JSON.value:
-        with open(_JSON.value, "w", encoding="utf-8") as f:
-            json.dump(dict(checkpoint=os.path.abspath(_CHECKPOINT.value), sets=results), f, indent=1)
-        print(f"wrote {_JSON.value}", file=sys.stderr)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(dict(checkpoint=os.path.abspath(args.checkpoint), sets=results), f, indent=1)
+        print(f"wrote {args.json}", file=sys.stderr)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

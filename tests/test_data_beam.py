@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-pytest.importorskip("apache_beam", reason="needs the [beam] extra; .ci/run runs these tests in a second virtualenv with it")
+pytest.importorskip("apache_beam", reason="needs the [beam] extra; .ci/run adds it after the suite and runs these tests")
 
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
