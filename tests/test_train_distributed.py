@@ -1,7 +1,12 @@
 """Sharded training equals single-device training: 8 forced CPU devices with FSDP, and
-2 processes x 2 devices (jax.distributed, gloo) against 1 process x 4 devices."""
+2 processes x 2 devices (jax.distributed, gloo) against 1 process x 4 devices; a SIGTERM to one of
+2 processes stops both after the same step, with its checkpoint."""
+import json
 import os
+import re
+import signal
 import subprocess
+import time
 import sys
 
 import numpy as np
@@ -71,9 +76,10 @@ def demo_root(tmp_path_factory):
 
 
 TRAIN_PROCESS = r"""
+import json
 import sys
 import jax
-workdir, root, num_processes, process_id, port = sys.argv[1:6]
+workdir, root, num_processes, process_id, port, run_fields = sys.argv[1:7]
 if int(num_processes) > 1:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(f"127.0.0.1:{port}", int(num_processes), int(process_id))
@@ -83,15 +89,17 @@ from tests import train_helpers
 # The record pipeline shards by process, so its global batch depends on the process count;
 # the synthetic one does not. Evaluation reads the real validation records.
 pipeline.make_train_iterator = train_helpers.synthetic_train_iterator
-config = train_helpers.tiny_config(1, root, total_steps=3, ckpt_every_steps=3, eval_every_steps=3)
+config = train_helpers.tiny_config(1, root, **json.loads(run_fields))
 trainer.train_and_evaluate(config, workdir)
 """
 
 
-def _launch(workdir, root, num_processes, process_id, port, devices):
+def _launch(workdir, root, num_processes, process_id, port, devices, total_steps=3, **run_fields):
     env = train_helpers.subprocess_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    run_fields = dict(total_steps=total_steps, ckpt_every_steps=total_steps, eval_every_steps=total_steps,
+                      **run_fields)
     return subprocess.Popen([sys.executable, "-c", TRAIN_PROCESS, workdir, root, str(num_processes),
-                             str(process_id), str(port)], env=env, cwd=train_helpers.REPO,
+                             str(process_id), str(port), json.dumps(run_fields)], env=env, cwd=train_helpers.REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -114,3 +122,28 @@ def test_two_processes_equal_one_process(demo_root, tmp_path):
     eval_one, eval_two = train_helpers.read_metrics(single, "eval/"), train_helpers.read_metrics(multi, "eval/")
     assert eval_one[3]["eval/num_videos"] == eval_two[3]["eval/num_videos"] == 8
     np.testing.assert_allclose(eval_two[3]["eval/t2v_MeanR"], eval_one[3]["eval/t2v_MeanR"])
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_stops_both_after_the_same_step(demo_root, tmp_path):
+    # jax's preemption sync point: the coordination service tells every process, with no per-step
+    # collective, and all of them save the same step and exit 0.
+    workdir, total = str(tmp_path / "run"), 500
+    port = 20000 + (os.getpid() + 7) % 10000
+    procs = [_launch(workdir, demo_root, 2, i, port, devices=2, total_steps=total, log_every_steps=1)
+             for i in range(2)]
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + train_helpers.SUBPROCESS_TIMEOUT
+    while not (os.path.exists(metrics) and 2 in train_helpers.read_metrics(workdir)):
+        assert time.time() < deadline and all(p.poll() is None for p in procs), "no step 2 was logged"
+        time.sleep(0.1)
+    procs[1].send_signal(signal.SIGTERM)
+    stopped = []
+    for p in procs:
+        _, err = p.communicate(timeout=train_helpers.SUBPROCESS_TIMEOUT)
+        assert p.returncode == 0, err[-5000:]
+        found = re.search(r"preempted: checkpoint of step (\d+)", err)
+        assert found, err[-3000:]
+        stopped.append(int(found.group(1)))
+    assert stopped[0] == stopped[1] < total, stopped
+    assert train_helpers.steps_on_disk(workdir) == [stopped[0]]
