@@ -19,6 +19,7 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
         timesformer_depth=4, timesformer_heads=16, timesformer_mlp_ratio=4.0,
         timesformer_drop_path_rate=0.1, timesformer_grid=(10, 16), timesformer_frames=7,
         num_frames=7, crop_size=(640, 1024), dtype="float32", param_dtype="float32", remat=False,
+        remat_policy="stage",  # what remat=True recomputes: "stage", "block" or "block_dots"
         num_qa_outputs=0,  # video QA head: answers (0 = the answer vocabulary's size), 1 for multiple choice
     ))
     if variant == "paper":

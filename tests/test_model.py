@@ -1,4 +1,5 @@
 """Model behaviour beyond the reference fixtures: config checks, bf16, sampling, resizing, remat."""
+import dataclasses
 import functools
 
 import jax
@@ -9,7 +10,7 @@ import torch
 
 from configs import model as model_configs
 from hdvila_jax.models import HDVILA, ConfigError, model_config_from_dict
-from hdvila_jax.models.config import REMAT_POLICIES
+from hdvila_jax.models.config import REMAT_POLICIES, ModelConfig
 from hdvila_jax.models.layers import linear_resize_matrix
 from tests.model_helpers import init_small, random_batch, relative_error, small_config
 
@@ -40,6 +41,13 @@ def test_bad_config_names_the_field(field, value, message):
 def test_unknown_config_field_is_an_error():
     with pytest.raises(ConfigError, match="unknown model config field.*hiden_size"):
         model_config_from_dict({**model_configs.get_config("tiny").to_dict(), "hiden_size": 64})
+
+
+@pytest.mark.parametrize("variant", ["paper", "tiny"])
+def test_every_model_field_can_be_overridden_from_the_command_line(variant):
+    # ml_collections refuses --config.model.X for a key the ConfigDict lacks.
+    keys = set(model_configs.get_config(variant).to_dict())
+    assert keys == {f.name for f in dataclasses.fields(ModelConfig)}
 
 
 def test_paper_config_is_the_spec():
