@@ -105,7 +105,7 @@ def eval_step_lowered(built: BuiltStep) -> jax.stages.Lowered | None:
 def compile_for_topology(config: ml_collections.ConfigDict, topology: str, per_chip_batch: int | None = None,
                          with_eval: bool = True, profile: bool = False, hlo_path: str | None = None) -> dict[str, Any]:
     """Compile ``config``'s train step (and its eval step) for ``topology``; the report (with
-    ``profile``, also the train step's ``op_profile``; ``hlo_path``: write its optimised HLO there)."""
+    ``profile``, also the train step's ``op_profile`` and ``module_profile``; ``hlo_path``: write its optimised HLO there)."""
     devices = topology_devices(topology)
     chips = chips_in(topology)
     if len(devices) % chips:
@@ -138,6 +138,7 @@ def compile_for_topology(config: ml_collections.ConfigDict, topology: str, per_c
             f.write(compiled.as_text())
     if profile:
         report["op_profile"] = hlo_profile.op_profile(compiled.as_text())
+        report["module_profile"] = hlo_profile.module_profile(compiled.as_text())
     lowered_eval = eval_step_lowered(built) if with_eval else None
     if lowered_eval is not None:
         start = time.perf_counter()
@@ -165,7 +166,7 @@ def print_report(report: dict[str, Any]) -> None:
     """The report as ``key: value`` lines (train step first, then the eval step)."""
     def lines(row: dict[str, Any], prefix: str) -> None:
         for key, value in row.items():
-            if key in ("eval", "op_profile"):
+            if key in ("eval", "op_profile", "module_profile"):
                 continue
             shown = _gib(value) if key.endswith("bytes_per_chip") and value is not None else value
             if isinstance(value, float) and not key.endswith("bytes_per_chip"):
@@ -178,6 +179,10 @@ def print_report(report: dict[str, Any]) -> None:
         print("train step ops by kind (outputs written per step, per device):")
         for row in report["op_profile"]:
             print(f"  {row['kind']}: {row['count']} ops, {_gib(row['output_bytes'])}")
+    if "module_profile" in report:
+        print("train step outputs by model part (written per step, per device):")
+        for row in report["module_profile"]:
+            print(f"  {row['part']}: {row['count']} ops, {_gib(row['output_bytes'])}")
 
 
 def define_flags() -> None:
@@ -189,8 +194,8 @@ def define_flags() -> None:
                          "config's batch sizes.")
     flags.DEFINE_bool("eval", True, "Also compile the eval step (retrieval encoding, QA prediction) where the "
                       "config evaluates (data.val_files).")
-    flags.DEFINE_bool("profile", False, "Also print the train step's ops by kind and the bytes they write "
-                      "(hdvila_jax.hlo_profile).")
+    flags.DEFINE_bool("profile", False, "Also print the bytes the train step's ops write, by kind of op and "
+                      "by model part (hdvila_jax.hlo_profile).")
     flags.DEFINE_string("json", None, "Write the report as JSON to this file.")
     flags.DEFINE_string("hlo", None, "Write the train step's optimised HLO (text) to this file.")
     flags.mark_flags_as_required(["config", "topology"])

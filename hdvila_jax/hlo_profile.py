@@ -86,11 +86,10 @@ def kind_of(opcode: str, line: str, bodies: dict[str, list[str]]) -> str | None:
     return opcode
 
 
-def op_profile(hlo: str) -> list[dict]:
-    """Rows ``{kind, count, output_bytes}`` of the entry computation (and the bodies of its while
-    loops, once each), largest output bytes first."""
+def worked_instructions(hlo: str):
+    """``(kind, bytes written, line)`` of each instruction that does work in the entry computation
+    and the bodies of its while loops (once each)."""
     bodies, entry = computations(hlo)
-    counts, written = collections.Counter(), collections.Counter()
     pending, seen = [entry], set()
     while pending:
         name = pending.pop()
@@ -107,6 +106,45 @@ def op_profile(hlo: str) -> list[dict]:
                 continue
             kind = kind_of(opcode, line, bodies)
             if kind is not None:
-                counts[kind] += 1
-                written[kind] += written_bytes(opcode, shape)
-    return [dict(kind=k, count=counts[k], output_bytes=written[k]) for k in sorted(written, key=lambda k: -written[k])]
+                yield kind, written_bytes(opcode, shape), line
+
+
+def _census(keyed) -> list[dict]:
+    counts, written = collections.Counter(), collections.Counter()
+    for key, nbytes in keyed:
+        counts[key] += 1
+        written[key] += nbytes
+    return [dict(count=counts[k], output_bytes=written[k], key=k) for k in sorted(written, key=lambda k: -written[k])]
+
+
+def op_profile(hlo: str) -> list[dict]:
+    """Rows ``{kind, count, output_bytes}`` of the entry computation (and the bodies of its while
+    loops, once each), largest output bytes first."""
+    rows = _census((kind, nbytes) for kind, nbytes, _ in worked_instructions(hlo))
+    return [dict(kind=row.pop("key"), **row) for row in rows]
+
+
+NO_SOURCE = "(no source: the compiler's copies and prefetches)"
+OUTSIDE_MODEL = "(outside the model: loss, gradients' norm, optimizer)"
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+
+
+def model_part(op_name: str | None, depth: int = 2) -> str:
+    """``"forward video/timesformer"``-style part of an instruction's jax source (its ``op_name``):
+    the first ``depth`` Flax module names, and whether it runs in the backward pass."""
+    if not op_name:
+        return NO_SOURCE
+    scopes = op_name.split("/")[1:]  # drop the jitted function's own name
+    modules = [s for s in scopes[:-1] if s and not any(c in s for c in ".()")]  # [-1]: the primitive
+    if not any(s.startswith(("jvp(", "transpose(")) for s in scopes[:1]) or not modules:
+        return OUTSIDE_MODEL
+    direction = "backward" if scopes[0].startswith("transpose(") else "forward"
+    return f"{direction} {'/'.join(modules[:depth])}"
+
+
+def module_profile(hlo: str, depth: int = 2) -> list[dict]:
+    """Rows ``{part, count, output_bytes}``: what each model part (:func:`model_part`) writes per
+    step, largest first."""
+    rows = _census((model_part(m.group(1) if (m := _OP_NAME.search(line)) else None, depth), nbytes)
+                   for _, nbytes, line in worked_instructions(hlo))
+    return [dict(part=row.pop("key"), **row) for row in rows]

@@ -108,6 +108,25 @@ ENTRY %main (x: bf16[2,8,8,4], k: bf16[3,3,4,4]) -> bf16[2,8,8,4] {
                     "all-gather": (1, activation), "all-reduce": (1, 16 * 4)}
 
 
+def test_module_profile_groups_bytes_by_model_part_and_pass():
+    from hdvila_jax.hlo_profile import NO_SOURCE, OUTSIDE_MODEL, module_profile
+    hlo = """HloModule m
+
+ENTRY %main (x: f32[4,8]) -> f32[4,8] {
+  %x = f32[4,8]{1,0} parameter(0)
+  %a = f32[4,8]{1,0} add(%x, %x), metadata={op_name="jit(step)/jvp(M)/M.encode/video/timesformer/block_0/attn/add"}
+  %b = f32[4,8]{1,0} add(%a, %x), metadata={op_name="jit(step)/jvp(M)/M.encode/video/timesformer/block_1/dot_general"}
+  %c = f32[4,8]{1,0} add(%b, %x), metadata={op_name="jit(step)/transpose(jvp(M))/M.encode/video/cnn_hr/conv1/mul"}
+  %d = f32[4,8]{1,0} copy(%c)
+  ROOT %e = f32[4,8]{1,0} multiply(%d, %x), metadata={op_name="jit(step)/mul"}
+}
+"""
+    rows = {r["part"]: (r["count"], r["output_bytes"]) for r in module_profile(hlo)}
+    one = 4 * 8 * 4
+    assert rows == {"forward video/timesformer": (2, 2 * one), "backward video/cnn_hr": (1, one),
+                    NO_SOURCE: (1, one), OUTSIDE_MODEL: (1, one)}
+
+
 @pytest.mark.parametrize("qa_type", ["open", "multiple_choice"])
 def test_qa_eval_step_lowers_for_tpu(qa_type):
     from configs import qa
