@@ -14,26 +14,54 @@ import numpy as np
 from flax import linen as nn
 
 from hdvila_jax.models.layers import (Dtype, at_least_float32, attention, exact_gelu, layer_norm,
-                                      linear_resize_matrix, merge_heads, remat_block, split_heads, trunc_init)
+                                      linear_resize_matrix, remat_block, trunc_init)
+
+
+class HeadsDense(nn.Module):
+    """``nn.Dense``'s parameters (``kernel [in, out]``, ``bias [out]``, same initialisers) applied as
+    ``einsum(equation, x, kernel.reshape(kernel_shape)) + bias.reshape(bias_shape)``: splitting or
+    merging attention heads inside the matmul, so no transposed copy of the activations is made."""
+
+    features: int
+    equation: str
+    kernel_shape: tuple[int, ...]
+    bias_shape: tuple[int, ...]
+    contracted: int  # input features (the kernel's first dimension)
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", trunc_init, (self.contracted, self.features), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        return jnp.einsum(self.equation, x, kernel.reshape(self.kernel_shape)) + bias.reshape(self.bias_shape)
 
 
 class GridAttention(nn.Module):
-    """Multi-head self-attention with a fused ``qkv`` projection over ``[..., L, D]``."""
+    """Multi-head self-attention with a fused ``qkv`` projection over the ``axis`` of ``x [..., D]``
+    (the other leading axes are batch); the output keeps ``x``'s layout."""
 
     num_heads: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        width = x.shape[-1]
-        dense = lambda f, name: nn.Dense(f, kernel_init=trunc_init, dtype=self.dtype,
-                                         param_dtype=self.param_dtype, name=name)
-        qkv = dense(3 * width, "qkv")(x)
+    def __call__(self, x: jax.Array, axis: int) -> jax.Array:
+        width, heads = x.shape[-1], self.num_heads
+        dims = "abcdefg"[:x.ndim - 1]  # x's leading axes; "z" features, "s" q/k/v, "h" heads, "k" head_dim
+        tokens = dims[axis]
+        batch = dims.replace(tokens, "")
+        ones = (1,) * len(batch)
+        dense = lambda name, **kw: HeadsDense(contracted=width, dtype=self.dtype, param_dtype=self.param_dtype,
+                                              name=name, **kw)
         # The reference lays the 3*D outputs out as [3, heads, head_dim].
-        q, k, v = (split_heads(t, self.num_heads) for t in jnp.split(qkv, 3, axis=-1))
-        out = merge_heads(attention(q, k, v, None, None, True))
-        return dense(width, "proj")(out)
+        q, k, v = dense("qkv", features=3 * width, equation=f"{dims}z,zshk->s{batch}h{tokens}k",
+                        kernel_shape=(width, 3, heads, width // heads),
+                        bias_shape=(3, *ones, heads, 1, width // heads))(x)
+        out = attention(q, k, v, None, None, True)  # [batch..., heads, tokens, head_dim]
+        return dense("proj", features=width, equation=f"{batch}h{tokens}k,hkz->{dims}z",
+                     kernel_shape=(heads, width // heads, width), bias_shape=(width,))(out)
 
 
 class TimeSformerBlock(nn.Module):
@@ -55,16 +83,15 @@ class TimeSformerBlock(nn.Module):
         # cell for temporal attention, an (n, t) frame for spatial, an n for the MLP.
         drop = lambda shared_dims: nn.Dropout(self.drop_path, broadcast_dims=shared_dims)
 
-        xt = jnp.transpose(x, (0, 2, 3, 1, 4)).reshape(n * h * w, t, d)
-        res = GridAttention(self.num_heads, dt, pd, name="temporal_attn")(norm("temporal_norm1")(xt))
-        res = jnp.transpose(res.reshape(n, h, w, t, d), (0, 3, 1, 2, 4))
+        # Temporal attention over t for each (n, h, w) cell, in x's own layout.
+        res = GridAttention(self.num_heads, dt, pd, name="temporal_attn")(norm("temporal_norm1")(x), axis=1)
         res = drop((1, 4))(res, deterministic=deterministic)
         fc_init = nn.initializers.zeros if self.zero_temporal_fc else trunc_init
         res = nn.Dense(d, kernel_init=fc_init, dtype=dt, param_dtype=pd, name="temporal_fc")(res)
         x = x + res
 
         xs = x.reshape(n * t, h * w, d)
-        res = GridAttention(self.num_heads, dt, pd, name="attn")(norm("norm1")(xs)).reshape(n, t, h, w, d)
+        res = GridAttention(self.num_heads, dt, pd, name="attn")(norm("norm1")(xs), axis=1).reshape(n, t, h, w, d)
         x = x + drop((2, 3, 4))(res, deterministic=deterministic)
 
         hidden = int(d * self.mlp_ratio)
