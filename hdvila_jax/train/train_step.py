@@ -68,8 +68,11 @@ def accumulate_grads(trainable: dict, micro: Batch, weights: jax.Array, rng: jax
         g_acc, l_acc, m_acc = acc
         return (jax.tree.map(jnp.add, g_acc, grads), l_acc + loss, m_acc + metric), None
 
-    init = (jax.tree.map(jnp.zeros_like, trainable), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-    (grads, loss, metric), _ = jax.lax.scan(accumulate, init, (micro, jax.random.split(rng, len(weights)), weights))
+    xs = (micro, jax.random.split(rng, len(weights)), weights)
+    # Zero sums of the dtypes one micro-batch gives (the loss is float64 where the model is).
+    (loss_shape, metric_shape), grad_shapes = jax.eval_shape(weighted_grads, *jax.tree.map(lambda x: x[0], xs))
+    init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (grad_shapes, loss_shape, metric_shape))
+    (grads, loss, metric), _ = jax.lax.scan(accumulate, init, xs)
     return loss, metric, grads
 
 
