@@ -86,14 +86,20 @@ def _counters(result) -> dict[str, int]:
     return totals
 
 
+def write_plan_file(args: argparse.Namespace, plan: build_tfrecords.BuildPlan) -> str:
+    """Writes the clips of the shards still to build (`plan.todo`) beside the output; returns its path."""
+    plan_path = os.path.join(args.output, f"{args.split}_beam_plan.jsonl")
+    write_plan(plan_path, ((s, (plan.specs[i] for i in plan.ranges[s])) for s in plan.todo))
+    return plan_path
+
+
 def build(args: argparse.Namespace, pipeline_options: PipelineOptions) -> tuple[dict, dict[str, int]]:
     """Runs the build described by `build_tfrecords.parse_args` arguments on a Beam runner;
     returns the report (as `build_tfrecords.build` does) and the pipeline's counters."""
     plan = build_tfrecords.plan_build(args)
     counters: dict[str, int] = {}
     if plan.todo:
-        plan_path = os.path.join(args.output, f"{args.split}_beam_plan.jsonl")
-        write_plan(plan_path, ((s, (plan.specs[i] for i in plan.ranges[s])) for s in plan.todo))
+        plan_path = write_plan_file(args, plan)
         pipeline = Pipeline(options=pipeline_options)
         _ = pipeline | BuildShards(plan_path, plan.options, args.output, args.split, len(plan.paths), plan.todo)
         result = pipeline.run()

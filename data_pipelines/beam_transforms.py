@@ -33,7 +33,7 @@ def _encode_video(line: str, options: BuildOptions) -> Iterator[tuple[int, ClipR
 
 
 class _WriteShard(beam.DoFn):
-    """Writes one shard and its sidecar from the shard's results, in arrival order.
+    """Writes one shard and its sidecar from the shard's results, in arrival order; yields its index.
 
     The shard is built in a private temporary folder beside the output and moved into place
     sidecar first, so a retried or duplicated bundle never leaves a half-written shard that
@@ -45,7 +45,7 @@ class _WriteShard(beam.DoFn):
         self._records, self._skipped, self._warnings, self._shards = (
             Metrics.counter(COUNTER_NAMESPACE, name) for name in COUNTERS)
 
-    def process(self, element: tuple[int, Iterable[ClipResult | None]]) -> None:
+    def process(self, element: tuple[int, Iterable[ClipResult | None]]) -> Iterator[int]:
         shard, results = element
         path = shard_path(self._output, self._split, shard, self._num_shards)
         work_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=self._output)
@@ -67,10 +67,14 @@ class _WriteShard(beam.DoFn):
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
         self._shards.inc()
+        yield shard
 
 
 class BuildShards(beam.PTransform):
-    """Encodes the clips of a plan file and writes shards `shards` of `num_shards`."""
+    """Encodes the clips of a plan file and writes shards `shards` of `num_shards`.
+
+    Returns the PCollection of the indices of the shards written.
+    """
 
     def __init__(self, plan_path: str, options: BuildOptions, output: str, split: str,
                  num_shards: int, shards: list[int]):

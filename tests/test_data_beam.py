@@ -14,9 +14,12 @@ import pytest
 
 pytest.importorskip("apache_beam", reason="needs the [beam] extra; .ci/run adds it after the suite and runs these tests")
 
+import apache_beam as beam  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
+from apache_beam.testing.util import assert_that, equal_to  # noqa: E402
 
 from data_pipelines import beam_pipeline, build_tfrecords  # noqa: E402
+from data_pipelines.beam_transforms import BuildShards  # noqa: E402
 from data_pipelines.synthetic_videos import MovingShape  # noqa: E402
 from data_pipelines.vocab import write_vocab  # noqa: E402
 from hdvila_jax.data.config import get_data_config  # noqa: E402
@@ -130,6 +133,17 @@ def test_resume_rewrites_only_missing_shards(builds, tmp_path, capsys):
     assert counters["shards_written"] == 1 and os.path.getmtime(kept) == mtime
     assert _shard_records(output) == _shard_records(builds["root"] / "reference")
     assert report["records"] == 6
+
+
+def test_build_shards_outputs_the_shards_it_wrote(builds, tmp_path):
+    args = _args(builds["videos"], builds["annotations"], str(tmp_path), "--num_shards", "4")
+    plan = dataclasses.replace(build_tfrecords.plan_build(args), todo=[1, 2, 3])
+    plan_path = beam_pipeline.write_plan_file(args, plan)
+    with beam.Pipeline(options=PipelineOptions(BEAM_FLAGS)) as pipeline:
+        written = pipeline | BuildShards(plan_path, plan.options, args.output, args.split, 4, plan.todo)
+        assert_that(written, equal_to([1, 2, 3]))
+    assert sorted(os.listdir(tmp_path)) == [f"train-0000{s}-of-00004.tfrecord{ext}" for s in (1, 2, 3)
+                                            for ext in ("", ".json")] + ["train_beam_plan.jsonl", "train_build.json"]
 
 
 def test_split_argv():
