@@ -59,6 +59,9 @@ def base_config(stage: int, variant: str) -> ml_collections.ConfigDict:
     config.task = "pretrain"  # hdvila_jax.tasks: pretrain (stage 1/2 by config.stage) or a downstream task
     config.stage = stage
     config.seed = 24
+    # Dropout's PRNG (jax.random key impl): threefry2x32 (jax's default; the same masks on every
+    # backend) or rbg / unsafe_rbg (cheaper random bits on TPU, as MaxText uses; other masks).
+    config.rng_impl = "threefry2x32"
     config.model = model_configs.get_config("paper" if variant == "paper" else "tiny")
     config.data = get_data_config(variant)
     config.demo_data_dir = ""  # when set and the records are missing, make_demo writes them there

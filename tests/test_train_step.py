@@ -122,3 +122,22 @@ def test_stage2_trains_mlm_freezes_stage1_and_accumulation_equals_one_big_batch(
     assert sorted(m.size for m in moments) == sorted(before[p].size for p in stage2_keys for _ in range(2))
     # Each micro-batch's mean MLM loss weighted by its share of the masked tokens.
     assert_accumulation_matches(lambda **extra: run_config(2, **extra), batch)
+
+
+def test_dropout_key_impl_sets_the_state_key_and_the_masks():
+    """config.rng_impl picks the dropout PRNG: its raw key is the state's ``rng`` (and the restore
+    target's), its masks drive the step, and each impl is deterministic."""
+    results = {}
+    for impl, words in (("threefry2x32", 2), ("unsafe_rbg", 4), ("unsafe_rbg", 4)):
+        config = tiny_config(1, "unused", rng_impl=impl, batch_size=4, **{"optimizer.warmup_ratio": 0.0})
+        state, step, mesh = build(config)
+        model_cfg = check_config(config)
+        opt = make_optimizer(config.optimizer, abstract_variables(model_cfg, 1)["params"], config.total_steps)
+        target = train_state.abstract_state(config, model_cfg, mesh, opt,
+                                            train_state.state_specs(config, model_cfg, mesh, opt))
+        assert state["rng"].shape == target["rng"].shape == (words,) and state["rng"].dtype == np.uint32
+        _, metrics = step(state, sharding.global_batch(synthetic_batch(config, 4), mesh))
+        assert bool(metrics["finite"])
+        results.setdefault(impl, []).append(float(metrics["loss"]))
+    assert results["unsafe_rbg"][0] == results["unsafe_rbg"][1]
+    assert abs(results["unsafe_rbg"][0] - results["threefry2x32"][0]) > 1e-6, results

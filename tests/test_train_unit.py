@@ -95,6 +95,7 @@ def test_retrieval_metrics_on_a_known_similarity():
     ("init.stage1_checkpoint", "x", "init.stage1_checkpoint"),
     ("data.num_workers", -1, "data.num_workers"),
     ("data.num_parallel_calls", 0, "data.num_parallel_calls"),
+    ("rng_impl", "philox", "rng_impl"),
 ])
 def test_bad_config_fails_naming_the_field(key, value, field):
     config = stage1.get_config("tiny")

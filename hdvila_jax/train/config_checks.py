@@ -7,8 +7,9 @@ from hdvila_jax.models import ModelConfig, model_config_from_dict
 from hdvila_jax.tasks import TASKS, get_task
 from hdvila_jax.tasks.qa import AGGREGATIONS
 
-REQUIRED = ("task", "stage", "seed", "total_steps", "batch_size", "grad_accum_steps", "eval_batch_size",
-            "log_every_steps", "eval_every_steps", "ckpt_every_steps", "keep_checkpoints", "mesh",
+RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+REQUIRED = ("task", "stage", "seed", "rng_impl", "total_steps", "batch_size", "grad_accum_steps",
+            "eval_batch_size", "log_every_steps", "eval_every_steps", "ckpt_every_steps", "keep_checkpoints", "mesh",
             "sharding_rules", "fsdp_min_size", "init", "model", "data", "optimizer", "demo_data_dir")
 
 
@@ -26,6 +27,7 @@ def check_config(config: ml_collections.ConfigDict) -> ModelConfig:
     for name in REQUIRED:
         _require(name in config, name, "missing")
     _require(config.stage in (1, 2), "stage", f"must be 1 or 2, got {config.stage!r}")
+    _require(config.rng_impl in RNG_IMPLS, "rng_impl", f"must be one of {RNG_IMPLS}, got {config.rng_impl!r}")
     _require(config.task in TASKS, "task", f"must be one of {TASKS}, got {config.task!r}")
     try:
         task = get_task(config)

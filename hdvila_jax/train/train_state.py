@@ -1,6 +1,7 @@
 """The train state's shapes and shardings, and creating it already sharded.
 
-State: ``{'step': int32[], 'rng': uint32[2], 'params', 'batch_stats', 'opt_state'}``.
+State: ``{'step': int32[], 'rng', 'params', 'batch_stats', 'opt_state'}``; ``rng`` is the dropout
+key's raw data (uint32[2] for threefry2x32, uint32[4] for rbg and unsafe_rbg: ``config.rng_impl``).
 Parameters are sharded by :func:`sharding.param_specs`; optimizer moments follow their
 parameter's sharding; step, rng and optimizer counters are replicated.
 """
@@ -89,13 +90,18 @@ def _sharded_init(model_cfg: ModelConfig, stage: int, mesh: Mesh, rules: tuple, 
                    out_shardings=sharding.named(mesh, specs))
 
 
+def dropout_key_data(config: ml_collections.ConfigDict) -> jax.Array:
+    """The raw data of the run's dropout key (seed ``config.seed + 1``, impl ``config.rng_impl``)."""
+    return jax.random.key_data(jax.random.key(config.seed + 1, impl=config.rng_impl))
+
+
 def new_train_state(config: ml_collections.ConfigDict, variables: dict, mesh: Mesh, specs: State,
                     optimizer: Optimizer) -> State:
     """Step 0 state around (sharded) ``variables``: a fresh optimizer state, created sharded."""
     opt_init = jax.jit(optimizer.tx.init, out_shardings=sharding.named(mesh, specs["opt_state"]))
     replicated = sharding.replicated(mesh)
     return dict(step=jax.device_put(jnp.zeros((), jnp.int32), replicated),
-                rng=jax.device_put(jax.random.PRNGKey(config.seed + 1), replicated),
+                rng=jax.device_put(dropout_key_data(config), replicated),
                 params=variables["params"], batch_stats=variables["batch_stats"],
                 opt_state=opt_init(variables["params"]))
 
@@ -104,7 +110,7 @@ def abstract_state(config: ml_collections.ConfigDict, model_cfg: ModelConfig, me
                    optimizer: Optimizer, specs: State) -> State:
     """``ShapeDtypeStruct``s with shardings of the train state (the restore target)."""
     variables = abstract_variables(model_cfg, config.stage)
-    shapes = dict(step=jax.ShapeDtypeStruct((), jnp.int32), rng=jax.ShapeDtypeStruct((2,), jnp.uint32),
+    shapes = dict(step=jax.ShapeDtypeStruct((), jnp.int32), rng=jax.eval_shape(lambda: dropout_key_data(config)),
                   params=variables["params"], batch_stats=variables["batch_stats"],
                   opt_state=jax.eval_shape(optimizer.tx.init, variables["params"]))
     return jax.tree.map(lambda s, spec: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=jax.NamedSharding(mesh, spec)),

@@ -150,7 +150,7 @@ def make_train_step(config: ml_collections.ConfigDict, model: HDVILA, optimizer:
         flat = traverse_util.flatten_dict(state["params"], sep="/")
         trainable = {p: flat[p] for p in trainable_paths}
         frozen = {p: v for p, v in flat.items() if p not in trainable}
-        rng = jax.random.fold_in(state["rng"], state["step"])
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"], impl=config.rng_impl), state["step"])
         grads_fn = dict(contrastive=stage1_grads, mlm=stage2_grads, qa=qa_grads)[task.objective]
         loss, metrics, grads = grads_fn(trainable, frozen, state["batch_stats"], batch, rng)
 
