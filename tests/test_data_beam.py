@@ -142,8 +142,8 @@ def test_build_shards_outputs_the_shards_it_wrote(builds, tmp_path):
     with beam.Pipeline(options=PipelineOptions(BEAM_FLAGS)) as pipeline:
         written = pipeline | BuildShards(plan_path, plan.options, args.output, args.split, 4, plan.todo)
         assert_that(written, equal_to([1, 2, 3]))
-    assert sorted(os.listdir(tmp_path)) == [f"train-0000{s}-of-00004.tfrecord{ext}" for s in (1, 2, 3)
-                                            for ext in ("", ".json")] + ["train_beam_plan.jsonl", "train_build.json"]
+    shards = [f"train-0000{s}-of-00004.tfrecord{ext}" for s in (1, 2, 3) for ext in ("", ".json")]
+    assert sorted(os.listdir(tmp_path)) == shards + ["train_beam_plan.jsonl", "train_build.json"]
 
 
 def test_split_argv():
