@@ -16,12 +16,17 @@ NO_DROPOUT = {"model.hidden_dropout_prob": 0.0, "model.attention_probs_dropout_p
               "model.timesformer_drop_path_rate": 0.0, "model.pixel_random_sampling_size": 0}
 
 
-def build(config):
-    """Sharded fresh state and the jitted step on all local devices."""
+def state_parts(config):
+    """The model config, mesh, optimizer and state specs of ``config`` on all local devices."""
     model_cfg = check_config(config)
     mesh = sharding.make_mesh(config.mesh)
     opt = make_optimizer(config.optimizer, abstract_variables(model_cfg, config.stage)["params"], config.total_steps)
-    specs = train_state.state_specs(config, model_cfg, mesh, opt)
+    return model_cfg, mesh, opt, train_state.state_specs(config, model_cfg, mesh, opt)
+
+
+def build(config):
+    """Sharded fresh state and the jitted step on all local devices."""
+    model_cfg, mesh, opt, specs = state_parts(config)
     state = train_state.new_train_state(config, train_state.init_variables_sharded(config, model_cfg, mesh),
                                         mesh, specs, opt)
     step = jax.jit(make_train_step(config, HDVILA(model_cfg), opt, mesh))
@@ -131,10 +136,7 @@ def test_dropout_key_impl_sets_the_state_key_and_the_masks():
     for impl, words in (("threefry2x32", 2), ("unsafe_rbg", 4), ("unsafe_rbg", 4)):
         config = tiny_config(1, "unused", rng_impl=impl, batch_size=4, **{"optimizer.warmup_ratio": 0.0})
         state, step, mesh = build(config)
-        model_cfg = check_config(config)
-        opt = make_optimizer(config.optimizer, abstract_variables(model_cfg, 1)["params"], config.total_steps)
-        target = train_state.abstract_state(config, model_cfg, mesh, opt,
-                                            train_state.state_specs(config, model_cfg, mesh, opt))
+        target = train_state.abstract_state(config, *state_parts(config))
         assert state["rng"].shape == target["rng"].shape == (words,) and state["rng"].dtype == np.uint32
         _, metrics = step(state, sharding.global_batch(synthetic_batch(config, 4), mesh))
         assert bool(metrics["finite"])
