@@ -98,7 +98,8 @@ def main(argv):
             f"--scheduler={','.join(schedulers)}", f"--per_device_batch={per_device_batch}"]
     args += ["--quick"] if _QUICK.value else []
     rows = [row for d in devices
-            for row in run_on_forced_devices("benchmarks.memory", d, ["--worker", f"--devices={d}", *args])]
+            for row in run_on_forced_devices(module="benchmarks.memory", devices=d,
+                                             args=["--worker", f"--devices={d}", *args])]
     report(rows, print_table, _JSON.value)
 
 

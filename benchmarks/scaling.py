@@ -86,7 +86,7 @@ def scaling_rows(config_name: str, runs: list[tuple[str, int]], batch_size: int,
     rows = []
     for mode, n in runs:
         out = os.path.join(workdir, f"{mode}_{n}.npz")
-        (row,) = run_on_forced_devices("benchmarks.scaling", n, [
+        (row,) = run_on_forced_devices(module="benchmarks.scaling", devices=n, args=[
             f"--worker={out}", f"--config={config_name}", f"--devices={n}", f"--batch_size={batch_size}",
             f"--mode={mode}"])
         base = rows[0] if rows else row

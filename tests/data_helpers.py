@@ -1,6 +1,8 @@
-"""Helpers of the data tests: tiny synthetic videos, builds in-process, PSNR."""
+"""Helpers of the data tests: tiny synthetic videos, builds in-process, the records and reports they
+write, PSNR."""
 from __future__ import annotations
 
+import glob
 import json
 import os
 
@@ -9,8 +11,11 @@ import numpy as np
 
 from data_pipelines import build_tfrecords
 from data_pipelines.synthetic_videos import MovingShape, write_moving_shape_video
+from hdvila_jax.data.records import ClipRecord, parse_clip_record
+from hdvila_jax.data.tfrecord_source import TFRecordDataSource
 
 FRAME_HW = (64, 96)
+MC_OPTIONS = ["runs", "jumps", "sits", "waves", "spins"]  # the five answers of a multiple-choice question
 
 
 def write_video(path: str, num_frames: int = 40, hw: tuple[int, int] = FRAME_HW, seed: int = 0,
@@ -33,6 +38,19 @@ def build(videos: str, annotations: str, output: str, *extra: str, frame_hw=FRAM
         "--num_shards", str(num_shards), "--workers", "1",
         "--frame_size", str(frame_hw[0]), str(frame_hw[1]), "--sample_rate", str(sample_rate), *extra])
     return build_tfrecords.build(args)
+
+
+def records_by_id(pattern: str) -> dict[str, ClipRecord]:
+    """{clip id: record} of the TFRecord files matching ``pattern``."""
+    source = TFRecordDataSource(sorted(glob.glob(pattern)))
+    return {r.clip_id: r for r in (parse_clip_record(source[i]) for i in range(len(source)))}
+
+
+def reasons(bad: list, path: str | None = None) -> dict:
+    """{line number (or item): reason} of BadInputs or report dicts; items ``path:N`` are shortened to ``N``."""
+    items = [(b.item, b.reason) if hasattr(b, "item") else (b["item"], b["reason"]) for b in bad]
+    return {(item.rsplit(":", 1)[1] if path and item.startswith(f"{path}:") else item): reason
+            for item, reason in items}
 
 
 def decode_all_frames(path: str, hw: tuple[int, int]) -> np.ndarray:

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 
 from data_pipelines import build_tfrecords
-from data_pipelines.clip_plan import plan_clip
 from data_pipelines.synthetic_videos import MovingShape
-from hdvila_jax.data.records import parse_clip_record
-from hdvila_jax.data.tfrecord_source import TFRecordDataSource, scan_record_offsets
+from hdvila_jax.data.tfrecord_source import scan_record_offsets
+from hdvila_jax.video.clip_plan import plan_clip
 from tests import data_helpers as h
 
 GOOD = ["good0", "good1", "good2", "good3"]
@@ -50,11 +49,6 @@ def bad_build(tmp_path_factory):
     return dict(root=root, videos=videos, output=output, report=report, annotations=annotations)
 
 
-def _records(output) -> dict:
-    source = TFRecordDataSource(sorted(glob.glob(str(output / "train-*.tfrecord"))))
-    return {r.clip_id: r for r in (parse_clip_record(source[i]) for i in range(len(source)))}
-
-
 def test_report_lists_exactly_the_bad_inputs(bad_build):
     report = bad_build["report"]
     ann = str(bad_build["annotations"])
@@ -81,7 +75,7 @@ def test_report_lists_exactly_the_bad_inputs(bad_build):
 
 
 def test_records_hold_the_planned_frames(bad_build):
-    records = _records(bad_build["output"])
+    records = h.records_by_id(str(bad_build["output"] / "train-*.tfrecord"))
     assert set(records) == set(GOOD) | {"tiny", "short"}
     assert records["tiny"].texts == ["tiny caption one", "tiny caption two"]
     assert sorted(r.video_index for r in records.values()) == [0, 1, 2, 3, 4, 5]
@@ -99,7 +93,7 @@ def test_records_hold_the_planned_frames(bad_build):
 
 
 def test_frames_match_pyav_decode(bad_build):
-    records = _records(bad_build["output"])
+    records = h.records_by_id(str(bad_build["output"] / "train-*.tfrecord"))
     for name in GOOD + ["tiny"]:
         record = records[name]
         hr_all = h.decode_all_frames(str(bad_build["videos"] / f"{name}.mp4"), h.FRAME_HW)
@@ -143,7 +137,7 @@ def test_hdvila100m_spans(tmp_path):
     reasons = {s["item"]: s["reason"] for s in report["skipped"]}
     assert reasons["vid.2"].startswith("bad span") and reasons["vid.3"] == "no transcript"
     assert reasons[f"{tmp_path / 'meta.jsonl'}:2"] == "missing key 'video_id'"
-    records = _records(tmp_path / "out")
+    records = h.records_by_id(str(tmp_path / "out" / "train-*.tfrecord"))
     assert set(records) == {"vid.0", "vid.1"}
     all_frames = h.decode_all_frames(str(videos / "vid.mp4"), h.FRAME_HW)
     for clip_id, start in (("vid.0", 0), ("vid.1", 30)):

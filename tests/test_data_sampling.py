@@ -1,12 +1,12 @@
-"""Clip planning at build time and clip/crop sampling at read time (SPEC §1)."""
+"""Clip planning at build time and clip/crop sampling at read time (docs/fidelity.md §1)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from data_pipelines.annotations import parse_timestamp
-from data_pipelines.clip_plan import ClipTooShortError, effective_sample_rate, plan_clip
 from hdvila_jax.data import sampling
+from hdvila_jax.video.clip_plan import ClipTooShortError, effective_sample_rate, plan_clip
 
 
 def test_short_video_rule():

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from benchmarks.reporting import run_on_forced_devices
 from tests import train_helpers
 
 EIGHT_DEVICES = r"""
@@ -74,7 +75,7 @@ print("RESULT" + json.dumps(dict(losses8=losses8, losses1=losses1, max_param_dif
 
 
 def test_eight_devices_equal_one_device():
-    result = train_helpers.run_on_forced_devices(EIGHT_DEVICES)
+    result = run_on_forced_devices(EIGHT_DEVICES)
     # Tolerance: sums in a different order across 8 shards, some of them float32.
     np.testing.assert_allclose(result["losses8"], result["losses1"], rtol=1e-5)
     assert result["same_init"], result

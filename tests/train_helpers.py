@@ -9,6 +9,8 @@ import sys
 
 import numpy as np
 
+from benchmarks.reporting import parse_result
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUBPROCESS_TIMEOUT = 600
 
@@ -46,16 +48,6 @@ def apply_overrides(config, overrides: dict):
     return config
 
 
-def run_on_forced_devices(code: str, devices: int = 8) -> dict:
-    """Run ``code`` in a child python with ``devices`` forced CPU devices; return the JSON it
-    prints after the marker ``RESULT``."""
-    env = subprocess_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
-                          timeout=SUBPROCESS_TIMEOUT)
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    return json.loads(proc.stdout.split("RESULT")[-1])
-
-
 def process_results(procs) -> list[dict]:
     """Wait for each ``subprocess.Popen`` (stdout piped, text); fail with its stderr when one failed;
     the JSON each printed after the marker ``RESULT``."""
@@ -63,7 +55,7 @@ def process_results(procs) -> list[dict]:
     for p in procs:
         out, err = p.communicate(timeout=SUBPROCESS_TIMEOUT)
         assert p.returncode == 0, err[-5000:]
-        results.append(json.loads(out.split("RESULT")[-1]))
+        results.append(parse_result(out))
     return results
 
 
