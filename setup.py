@@ -39,7 +39,7 @@ setup(
         "test": ["pytest", "torch==2.13.0", *ONEDNN, *TPU],
         "tpu": TPU,
         "cuda": ["jax[cuda12]"],
-        # opt-in oneDNN convolutions for XLA:CPU (hdvila_jax/kernels, HDVILA_ONEDNN_CONV=1; C++ built on first use)
+        # opt-in oneDNN convolutions for XLA:CPU (hdvila_jax/kernels, model.onednn_conv=true; C++ built on first use)
         "onednn": ONEDNN,
         "convert": ["torch==2.13.0"],
         # Beam preprocessing (data_pipelines/beam_pipeline.py). Not in "test": it pulls protobuf,

@@ -12,8 +12,8 @@ Stage 2 trains the cross-modal layers and heads only, the frozen towers run forw
 sides. Both run the same shapes (``benchmarks.settings``: the issue-10 tiny setting, float32) and
 the same random batch. The sides take turns, so that load from other jobs hits both alike: each
 turn is ``--warmup`` untimed steps, then ``--steps_per_turn`` timed ones, until each side has
-``--steps`` timed steps; times are medians. ratio = ours examples/s / original's. ``--convs`` traces our step once per
-convolution path (``hdvila_jax.kernels.onednn_conv``, an opt-in extra); all of them and the
+``--steps`` timed steps; times are medians. ratio = ours examples/s / original's. ``--convs`` builds our step once per
+convolution path (``model.onednn_conv``: ``hdvila_jax.kernels.onednn_conv``, an opt-in extra); all of them and the
 original alternate in one run, one row each.
 """
 from __future__ import annotations
@@ -28,7 +28,6 @@ from benchmarks.reporting import print_markdown_table, report
 from benchmarks.settings import pin_cpus, tiny_setting
 from hdvila_jax.train.step_builder import build_step
 from benchmarks.torch_process import step_process
-from hdvila_jax.models import conv as conv_lowering
 
 _STAGES = flags.DEFINE_list("stages", ["1", "2"], "Stages to compare.")
 _STEPS = flags.DEFINE_integer("steps", 15, "Timed steps of each side.")
@@ -42,11 +41,12 @@ _CONVS = flags.DEFINE_list("convs", ["xla"], "Our CPU convolutions: xla (XLA's o
 _JSON = flags.DEFINE_string("json", None, "Write the rows as JSON to this file.")
 
 
-def lower(built, conv: str) -> jax.stages.Lowered:
-    """Our step lowered with ``conv`` convolutions on CPU: "xla" (XLA's own, the default) or
-    "onednn" (``hdvila_jax.kernels``, opted in)."""
-    with conv_lowering.onednn_used(conv == "onednn"):
-        return built.lower()
+def build_with(config, conv: str):
+    """Our step built with ``conv`` convolutions on CPU: "xla" (XLA's own, the default) or
+    "onednn" (``hdvila_jax.kernels``, opted in by ``config.model.onednn_conv``)."""
+    config = config.copy_and_resolve_references()
+    config.model.onednn_conv = conv == "onednn"
+    return build_step(config)
 
 
 def compare(stage: int, steps: int, steps_per_turn: int, warmup: int, quick: bool, threads: int,
@@ -54,15 +54,15 @@ def compare(stage: int, steps: int, steps_per_turn: int, warmup: int, quick: boo
     """One row per convolution path: step time and examples/s of ours and of the original for
     ``stage`` on ``threads`` threads, all timed in one run."""
     config = tiny_setting(stage, quick)
-    built = build_step(config)
+    built = {conv: build_with(config, conv) for conv in convs}
     compiled, compile_s = {}, {}
     for conv in convs:
-        lowered = lower(built, conv)
+        lowered = built[conv].lower()
         start = time.perf_counter()
         compiled[conv] = lowered.compile()
         compile_s[conv] = time.perf_counter() - start
-    batch = built.random_batch()
-    states = {conv: built.init_state() for conv in convs}
+    batch = built[convs[0]].random_batch()
+    states = {conv: built[conv].init_state() for conv in convs}
     losses = {}
 
     def ours(conv):

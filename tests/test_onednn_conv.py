@@ -1,5 +1,6 @@
 """oneDNN convolutions (hdvila_jax/kernels): built here, equal to XLA's convolution in value and
 gradient, chosen by models.conv where they apply, and a cached, checked build."""
+import dataclasses
 import platform
 from unittest import mock
 
@@ -60,6 +61,8 @@ def test_matches_xla_values_and_gradients(shape, k, cout, stride):
 
 
 @needs_onednn
+@pytest.mark.skipif(np.dtype(jnp.bfloat16) not in onednn_conv.supported_dtypes(),
+                    reason="this CPU has no bfloat16 instructions oneDNN convolutions use (AVX512-BF16, AMX, AVX-512)")
 def test_bfloat16_close_to_float32():
     x, w = random_pair((2, 16, 24, 32), (3, 3, 32, 32), jnp.bfloat16)
     y = onednn_conv.conv2d(x, w, 1)
@@ -95,20 +98,33 @@ def test_kernel_rejects_inconsistent_shapes():
 @needs_onednn
 def test_models_conv_takes_onednn_where_it_applies():
     x, w = random_pair((2, 16, 24, 8), (3, 3, 8, 8))
-    jaxpr = lambda *a: str(jax.make_jaxpr(lambda x, w: conv.conv2d(x, w))(*a))
-    with mock.patch.dict("os.environ", {conv.ONEDNN_OPT_IN: ""}):
-        assert onednn_conv.FORWARD not in jaxpr(x, w)  # opt-in: XLA's by default
-    with mock.patch.dict("os.environ", {conv.ONEDNN_OPT_IN: "1"}):
-        assert onednn_conv.FORWARD in jaxpr(x, w)
-        with conv.onednn_used(False):
-            assert onednn_conv.FORWARD not in jaxpr(x, w)
-    with conv.onednn_used(True):
-        assert onednn_conv.FORWARD in jaxpr(x, w)
-        assert onednn_conv.FORWARD not in jaxpr(x[:, :4, :6], w)  # 24 output cells: im2col
-        assert onednn_conv.FORWARD not in jaxpr(x, w[:1, :1])  # 1x1: a matmul
-        assert onednn_conv.FORWARD not in jaxpr(x.astype(jnp.float16), w.astype(jnp.float16))
-        with mock.patch.object(jax, "device_count", lambda: 2):  # a sharded batch: XLA's convolution
-            assert onednn_conv.FORWARD not in jaxpr(x, w)
+    jaxpr = lambda *a, **kw: str(jax.make_jaxpr(lambda x, w: conv.conv2d(x, w, platform="cpu", **kw))(*a))
+    assert onednn_conv.FORWARD not in jaxpr(x, w)  # opt-in: XLA's by default
+    assert onednn_conv.FORWARD not in jaxpr(x, w, onednn=False)
+    with mock.patch.dict("os.environ", {"HDVILA_ONEDNN_CONV": "1"}):  # no longer a switch
+        assert onednn_conv.FORWARD not in jaxpr(x, w)
+    assert onednn_conv.FORWARD in jaxpr(x, w, onednn=True)
+    assert onednn_conv.FORWARD not in jaxpr(x[:, :4, :6], w, onednn=True)  # 24 output cells: im2col
+    assert onednn_conv.FORWARD not in jaxpr(x, w[:1, :1], onednn=True)  # 1x1: a matmul
+    assert onednn_conv.FORWARD not in jaxpr(x.astype(jnp.float16), w.astype(jnp.float16), onednn=True)
+    with mock.patch.object(jax, "device_count", lambda: 2):  # a sharded batch: XLA's convolution
+        assert onednn_conv.FORWARD not in jaxpr(x, w, onednn=True)
+    tpu = str(jax.make_jaxpr(lambda x, w: conv.conv2d(x, w, platform="tpu", onednn=True))(x, w))
+    assert onednn_conv.FORWARD not in tpu  # CPU only
+
+
+@needs_onednn
+def test_model_config_onednn_conv_reaches_the_resnet():
+    from hdvila_jax.models import HDVILA
+    from hdvila_jax.models.variables import abstract_variables, example_batch
+    from tests.model_helpers import small_config
+    cfg = small_config(crop_size=(128, 192), lowering_platform="cpu")
+    variables = abstract_variables(cfg, 1)
+    batch = example_batch(cfg)
+    for opted_in in (False, True):
+        model = HDVILA(dataclasses.replace(cfg, onednn_conv=opted_in))
+        jaxpr = str(jax.make_jaxpr(lambda v, b: model.apply(v, b, stage=1))(variables, batch))
+        assert (onednn_conv.FORWARD in jaxpr) == opted_in
 
 
 def test_unavailable_without_onednn(monkeypatch):
@@ -165,9 +181,24 @@ def test_opted_in_but_unbuildable_is_a_warning_and_xla_convolutions(broken, tmp_
         monkeypatch.setenv(build.COMPILER_ENV, str(tmp_path / "no-such-compiler"))
     onednn_conv.unavailable_reason.cache_clear()
     try:
-        with conv.onednn_used(True):
-            x, w = random_pair((2, 16, 24, 8), (3, 3, 8, 8))
-            assert onednn_conv.FORWARD not in str(jax.make_jaxpr(lambda x, w: conv.conv2d(x, w))(x, w))
+        x, w = random_pair((2, 16, 24, 8), (3, 3, 8, 8))
+        opted_in = lambda x, w: conv.conv2d(x, w, platform="cpu", onednn=True)
+        assert onednn_conv.FORWARD not in str(jax.make_jaxpr(opted_in)(x, w))
         assert onednn_conv.unavailable_reason()
     finally:
         onednn_conv.unavailable_reason.cache_clear()
+
+
+@pytest.mark.parametrize("flags, bf16", [(set(), False), ({"avx2", "fma"}, False), ({"avx512_bf16"}, True),
+                                         ({"amx_bf16"}, True), ({"avx512f", "avx512bw", "avx512vl", "avx512dq"}, True),
+                                         ({"avx512f", "avx512bw"}, False)])
+def test_bfloat16_only_where_the_cpu_has_the_instructions(monkeypatch, flags, bf16):
+    """A CPU without bf16 instructions (AMD Zen 2/3) keeps XLA's bfloat16 convolutions: oneDNN could not
+    create the primitive there."""
+    monkeypatch.setattr(onednn_conv, "cpu_flags", lambda: flags)
+    onednn_conv.supported_dtypes.cache_clear()
+    try:
+        assert (np.dtype(jnp.bfloat16) in onednn_conv.supported_dtypes()) == bf16
+        assert np.dtype(np.float32) in onednn_conv.supported_dtypes()
+    finally:
+        onednn_conv.supported_dtypes.cache_clear()

@@ -13,8 +13,8 @@ oneDNN of the ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` wheels (``pip inst
 Linux x86-64) and cached. :func:`available` says whether it could be built and loaded; where it cannot (no C++
 compiler, no oneDNN), it logs why once and callers keep XLA's own convolution.
 
-Opt-in: ``HDVILA_ONEDNN_CONV=1`` (or ``hdvila_jax.models.conv.onednn_used``) makes
-``hdvila_jax.models.conv`` import and take it. It
+Opt-in: the model config's ``onednn_conv`` (``--config.model.onednn_conv=true``; the argument
+``onednn`` of ``hdvila_jax.models.conv.conv2d``) makes ``hdvila_jax.models.conv`` import and take it. It
 is not the default because, in float32, it changes rounding enough to move two of our
 tolerance-bound tests past their bounds (a gradient norm of one reference fixture by 0.13% against
 a 0.1% bound, and gradient accumulation against one big batch) and the step gain did not pay for
@@ -39,7 +39,29 @@ SOURCE = Path(__file__).with_name("onednn_conv.cc")
 ROOT_ENV = "HDVILA_ONEDNN_ROOT"  # a oneDNN install (include/ and lib/) to use instead of the wheels'
 FORWARD, BACKWARD_DATA, BACKWARD_WEIGHTS = ("HdvilaOnednnConvForward", "HdvilaOnednnConvBackwardData",
                                             "HdvilaOnednnConvBackwardWeights")
-DTYPES = (np.dtype(np.float32), np.dtype(jax.numpy.bfloat16))
+# oneDNN runs bfloat16 convolutions on CPUs with AVX512-BF16 / AMX, or emulated on AVX-512 (avx512_core);
+# elsewhere (e.g. AMD Zen 2/3) it cannot create the primitive.
+BF16_CPU_FLAGS = ({"avx512_bf16"}, {"amx_bf16"}, {"avx512f", "avx512bw", "avx512vl", "avx512dq"})
+
+
+def cpu_flags() -> set[str]:
+    """The instruction-set flags of this CPU (Linux ``/proc/cpuinfo``; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+@functools.lru_cache(maxsize=1)
+def supported_dtypes() -> tuple[np.dtype, ...]:
+    """The dtypes :func:`conv2d` runs here: float32, and bfloat16 where the CPU has the instructions."""
+    flags = cpu_flags()
+    bf16 = any(needed <= flags for needed in BF16_CPU_FLAGS)
+    return (np.dtype(np.float32),) + ((np.dtype(jax.numpy.bfloat16),) if bf16 else ())
 
 
 def onednn_root() -> Path | None:

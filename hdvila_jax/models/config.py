@@ -14,6 +14,8 @@ SCORE_AGG_FUNCS = ("lse", "mean", "max")
 DTYPES = ("float32", "bfloat16", "float16", "float64")  # float64 needs jax_enable_x64 (numerical checks)
 # What ``remat=True`` recomputes in the backward pass (see ``ModelConfig.remat_policy``).
 REMAT_POLICIES = ("stage", "block", "block_dots")
+# Platforms the model can be lowered for (``ModelConfig.lowering_platform``; "" = the default backend).
+LOWERING_PLATFORMS = ("", "cpu", "gpu", "tpu")
 
 
 class ConfigError(ValueError):
@@ -22,7 +24,7 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Every number that shapes the HD-VILA model (SPEC sections 2-4).
+    """Every number that shapes the HD-VILA model (docs/fidelity.md §2-§4).
 
     Names follow the reference's BERT-style config where one exists.
     """
@@ -44,7 +46,7 @@ class ModelConfig:
     max_grid_col_position_embeddings: int = 100
     pixel_random_sampling_size: int = 160
     score_agg_func: str = "lse"
-    # Video QA head ``heads/qa_classifier`` (SPEC_DOWNSTREAM 4): number of answers, 1 for
+    # Video QA head ``heads/qa_classifier`` (docs/fidelity.md §13): number of answers, 1 for
     # multiple choice; 0 = no QA head (pretraining / retrieval parameter trees).
     num_qa_outputs: int = 0
     # Video encoder.
@@ -66,6 +68,15 @@ class ModelConfig:
     # "block_dots" does too but keeps their matmul / convolution outputs. "stage" needs the least
     # memory by XLA's analysis of the paper config (docs/performance.md).
     remat_policy: str = "stage"
+    # Lowering (no parameters, the same function; only how it is lowered). The platform the model is
+    # traced for: "cpu", "gpu" or "tpu", the devices a step will run on; "" = JAX's default backend
+    # where the model is traced. Its convolution and max-pool forms follow it (``models.conv``,
+    # ``layers.max_pool``): a TPU step compiled ahead of time on a CPU host needs "tpu"
+    # (``train.step_builder.build_step`` sets it from the mesh).
+    lowering_platform: str = ""
+    # On CPU, kxk convolutions on large maps in oneDNN (``hdvila_jax.kernels``; the [onednn] extra,
+    # a single CPU device); XLA's own convolutions where it cannot be built.
+    onednn_conv: bool = False
 
     @property
     def active_remat(self) -> str:
@@ -124,6 +135,9 @@ def validate(cfg: ModelConfig) -> ModelConfig:
     _check(cfg.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, got {cfg.dtype!r}")
     _check(cfg.remat_policy in REMAT_POLICIES, "remat_policy",
            f"must be one of {REMAT_POLICIES}, got {cfg.remat_policy!r}")
+    _check(cfg.lowering_platform in LOWERING_PLATFORMS, "lowering_platform",
+           f"must be one of {LOWERING_PLATFORMS} (\"\" = the default backend), got {cfg.lowering_platform!r}")
+    _check(isinstance(cfg.onednn_conv, bool), "onednn_conv", f"must be true or false, got {cfg.onednn_conv!r}")
     _check(cfg.param_dtype in DTYPES, "param_dtype", f"must be one of {DTYPES}, got {cfg.param_dtype!r}")
     return cfg
 

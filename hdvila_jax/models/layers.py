@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from hdvila_jax.models.platform import uses_cpu_lowering
+from hdvila_jax.models.platform import resolve_platform
 
 Dtype = jnp.dtype
 
@@ -50,13 +50,14 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None,
     return jnp.einsum("...qk,...kd->...qd", probs, v)
 
 
-def max_pool(x: jax.Array, window: int, stride: int, pad: int = 0) -> jax.Array:
+def max_pool(x: jax.Array, window: int, stride: int, pad: int = 0, *, platform: str) -> jax.Array:
     """Max over ``window x window`` patches of ``x [N, H, W, C]`` (padded by ``pad`` with -inf),
     as PyTorch's ``max_pool2d``: the gradient goes to the first maximum of each patch in row-major
-    order. On CPU a running ``where`` over the strided views, which XLA:CPU differentiates far
-    faster than ``reduce_window`` (whose gradient, select-and-scatter, is slow there); elsewhere
-    ``reduce_window``, which pads inside the window instead of writing a padded copy."""
-    if not uses_cpu_lowering():
+    order. Lowered for ``platform`` ("cpu", "gpu", "tpu"; "" = the default backend): on CPU a running
+    ``where`` over the strided views, which XLA:CPU differentiates far faster than ``reduce_window``
+    (whose gradient, select-and-scatter, is slow there); elsewhere ``reduce_window``, which pads
+    inside the window instead of writing a padded copy."""
+    if resolve_platform(platform) != "cpu":
         padding = ((0, 0), (pad, pad), (pad, pad), (0, 0))
         return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1), (1, stride, stride, 1),
                                      padding)

@@ -43,14 +43,15 @@ class FrozenBatchNorm(nn.Module):
 
 
 def conv_bn(x: jax.Array, features: int, kernel: int, stride: int, dtype: Dtype, param_dtype: Dtype,
-            conv_name: str, bn_name: str) -> jax.Array:
+            conv_name: str, bn_name: str, lowering_platform: str, onednn: bool) -> jax.Array:
     """Convolution ``conv_name`` followed by the frozen BatchNorm ``bn_name`` (call inside a compact
-    method: both become its children). The BatchNorm's scale is folded into the kernel when the
-    output has at least as many elements as the kernel (then scaling the kernel is the cheaper
-    pass, and the unnormalised output need not be kept for the backward pass); otherwise, as on
-    the small late-stage maps of small crops, it scales the output."""
+    method: both become its children); the convolution is lowered for ``lowering_platform``, in
+    oneDNN on CPU if ``onednn`` (:class:`~hdvila_jax.models.conv.Conv`). The BatchNorm's scale is
+    folded into the kernel when the output has at least as many elements as the kernel (then
+    scaling the kernel is the cheaper pass, and the unnormalised output need not be kept for the
+    backward pass); otherwise, as on the small late-stage maps of small crops, it scales the output."""
     multiplier, shift = FrozenBatchNorm(features, param_dtype, name=bn_name)()
-    conv = Conv(features, kernel, stride, conv_init, dtype, param_dtype, name=conv_name)
+    conv = Conv(features, kernel, stride, conv_init, dtype, param_dtype, lowering_platform, onednn, name=conv_name)
     n, h, w, cin = x.shape
     if n * output_size(h, stride) * output_size(w, stride) >= kernel * kernel * cin:
         y = conv(x, multiplier)
@@ -67,15 +68,17 @@ class BasicBlock(nn.Module):
     downsample: bool
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    lowering_platform: str = ""  # see Conv
+    onednn: bool = False
     expansion = 1
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        d, p = self.dtype, self.param_dtype
-        out = nn.relu(conv_bn(x, self.planes, 3, self.stride, d, p, "conv1", "bn1"))
-        out = conv_bn(out, self.planes, 3, 1, d, p, "conv2", "bn2")
+        d, p, lower = self.dtype, self.param_dtype, (self.lowering_platform, self.onednn)
+        out = nn.relu(conv_bn(x, self.planes, 3, self.stride, d, p, "conv1", "bn1", *lower))
+        out = conv_bn(out, self.planes, 3, 1, d, p, "conv2", "bn2", *lower)
         if self.downsample:
-            x = conv_bn(x, self.planes, 1, self.stride, d, p, "downsample_conv", "downsample_bn")
+            x = conv_bn(x, self.planes, 1, self.stride, d, p, "downsample_conv", "downsample_bn", *lower)
         return nn.relu(out + x)
 
 
@@ -87,16 +90,18 @@ class Bottleneck(nn.Module):
     downsample: bool
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    lowering_platform: str = ""  # see Conv
+    onednn: bool = False
     expansion = 4
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        d, p = self.dtype, self.param_dtype
-        out = nn.relu(conv_bn(x, self.planes, 1, 1, d, p, "conv1", "bn1"))
-        out = nn.relu(conv_bn(out, self.planes, 3, self.stride, d, p, "conv2", "bn2"))
-        out = conv_bn(out, self.planes * 4, 1, 1, d, p, "conv3", "bn3")
+        d, p, lower = self.dtype, self.param_dtype, (self.lowering_platform, self.onednn)
+        out = nn.relu(conv_bn(x, self.planes, 1, 1, d, p, "conv1", "bn1", *lower))
+        out = nn.relu(conv_bn(out, self.planes, 3, self.stride, d, p, "conv2", "bn2", *lower))
+        out = conv_bn(out, self.planes * 4, 1, 1, d, p, "conv3", "bn3", *lower)
         if self.downsample:
-            x = conv_bn(x, self.planes * 4, 1, self.stride, d, p, "downsample_conv", "downsample_bn")
+            x = conv_bn(x, self.planes * 4, 1, self.stride, d, p, "downsample_conv", "downsample_bn", *lower)
         return nn.relu(out + x)
 
 
@@ -106,7 +111,8 @@ class ResNet(nn.Module):
     ``num_stages=3`` stops after stage 3 (C4), as the LR branch does; the stage-4
     parameters are then never created. ``remat`` is a ``ModelConfig.remat_policy`` ("" = off):
     "stage" recomputes each stage in the backward pass from its input, "block" / "block_dots"
-    each residual block.
+    each residual block. Convolutions and the stem's max-pool are lowered for ``lowering_platform``
+    ("" = the default backend), CPU convolutions in oneDNN if ``onednn`` (``ModelConfig``'s fields).
     """
 
     depth: int = 50
@@ -114,16 +120,18 @@ class ResNet(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     remat: str = ""
+    lowering_platform: str = ""
+    onednn: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> Sequence[jax.Array]:
-        d, p = self.dtype, self.param_dtype
+        d, p, lower = self.dtype, self.param_dtype, (self.lowering_platform, self.onednn)
         block_cls = BasicBlock if self.depth in (18, 34) else Bottleneck
         expansion = block_cls.expansion
         if self.remat != "stage":
             block_cls = remat_block(block_cls, self.remat)
-        x = nn.relu(conv_bn(x, 64, 7, 2, d, p, "conv1", "bn1"))
-        x = max_pool(x, 3, 2, 1)
+        x = nn.relu(conv_bn(x, 64, 7, 2, d, p, "conv1", "bn1", *lower))
+        x = max_pool(x, 3, 2, 1, platform=self.lowering_platform)
         in_channels, outputs = 64, []
         for stage, num_blocks in enumerate(STAGE_BLOCKS[self.depth][: self.num_stages]):
             planes = 64 * 2**stage
@@ -134,7 +142,7 @@ class ResNet(nn.Module):
                 for b in range(num_blocks):
                     stride = 2 if (b == 0 and stage > 0) else 1
                     downsample = b == 0 and (stride != 1 or in_channels != planes * expansion)
-                    x = block_cls(planes, stride, downsample, d, p, name=f"layer{stage + 1}_{b}")(x)
+                    x = block_cls(planes, stride, downsample, d, p, *lower, name=f"layer{stage + 1}_{b}")(x)
                 return x
 
             x = (nn.remat(run_stage) if self.remat == "stage" else run_stage)(self, x)

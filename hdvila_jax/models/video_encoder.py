@@ -1,4 +1,4 @@
-"""Hybrid spatiotemporal video encoder (SPEC section 2).
+"""Hybrid spatiotemporal video encoder (docs/fidelity.md §2).
 
 Per clip: the HR middle frame goes through ``cnn_hr`` (C2..C5) and ``grid_hr``
 (1x1 conv, 2x2 max-pool, GELU) to the stride-64 grid; HR C4 taken every 4th row and
@@ -16,6 +16,7 @@ from flax import linen as nn
 from hdvila_jax.models.config import ModelConfig
 from hdvila_jax.models.conv import Conv
 from hdvila_jax.models.layers import at_least_float32, exact_gelu, max_pool
+from hdvila_jax.models.platform import resolve_platform
 from hdvila_jax.models.resnet import ResNet
 from hdvila_jax.models.timesformer import TimeSformer
 
@@ -39,7 +40,8 @@ class HybridVideoEncoder(nn.Module):
     """``img_middle [B, C, H, W, 3]`` + ``img_other [B, C, F-1, H/4, W/4, 3]`` -> grid ``[B, C, H/64, W/64, D]``.
 
     Its stages are methods, so that each can be run (and timed) on its own: :meth:`backbones`,
-    :meth:`grids`, ``timesformer`` and :meth:`fuse_middle`.
+    :meth:`grids`, ``timesformer`` and :meth:`fuse_middle`. Convolutions and max-pools are lowered
+    for ``config.lowering_platform`` ("" = the default backend), with ``config.onednn_conv``.
     """
 
     config: ModelConfig
@@ -47,9 +49,11 @@ class HybridVideoEncoder(nn.Module):
     def setup(self):
         cfg = self.config
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        conv1x1 = lambda: Conv(cfg.hidden_size, dtype=dtype, param_dtype=pdtype)
-        self.cnn_hr = ResNet(cfg.resnet_depth, 4, dtype, pdtype, cfg.active_remat)
-        self.cnn_lr = ResNet(cfg.resnet_depth, 3, dtype, pdtype, cfg.active_remat)
+        self.platform = resolve_platform(cfg.lowering_platform)
+        lower = dict(lowering_platform=self.platform, onednn=cfg.onednn_conv)
+        conv1x1 = lambda: Conv(cfg.hidden_size, dtype=dtype, param_dtype=pdtype, **lower)
+        self.cnn_hr = ResNet(cfg.resnet_depth, 4, dtype, pdtype, cfg.active_remat, **lower)
+        self.cnn_lr = ResNet(cfg.resnet_depth, 3, dtype, pdtype, cfg.active_remat, **lower)
         self.grid_hr = conv1x1()
         self.grid_lr = conv1x1()
         self.fuse = conv1x1()
@@ -73,7 +77,7 @@ class HybridVideoEncoder(nn.Module):
     def grids(self, hr_c4: jax.Array, hr_c5: jax.Array, lr_c4: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Backbone features -> the HR grid ``[N, h, w, D]`` and the TimeSformer's input ``[N, F, h, w, D]``
         (LR grids in time order with the HR C4 grid in the middle)."""
-        hr_grid = exact_gelu(max_pool(self.grid_hr(hr_c5), 2, 2))
+        hr_grid = exact_gelu(max_pool(self.grid_hr(hr_c5), 2, 2, platform=self.platform))
         self.sow("intermediates", "hr_grid", hr_grid)
         hr_c4_down = hr_c4[:, ::4, ::4]
         self.sow("intermediates", "hr_stage3_down", hr_c4_down)
