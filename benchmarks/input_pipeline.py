@@ -73,11 +73,11 @@ def measure_records(workdir: str, s: dict, threads: int, workers: int, bytes_per
     from hdvila_jax.data.pipeline import make_train_iterator
     data = get_data_config("paper", root=workdir)
     data.train_files = os.path.join(workdir, "records", "train-*.tfrecord")
-    data.crop_size = s["crop"]
     data.num_parallel_calls = threads
     data.num_workers = workers
     data.prefetch_buffer_size = 2 * threads * s["batch"]
-    config = ml_collections.ConfigDict({"batch_size": s["batch"], "data": data})
+    config = ml_collections.ConfigDict({"batch_size": s["batch"], "data": data,
+                                        "model": {"crop_size": s["crop"], "num_frames": NUM_FRM}})
     iterator = make_train_iterator(config, 0, 1)
     for _ in range(2 if workers else 1):  # warm-up: threads or worker processes, tokenizer, first reads
         next(iterator)

@@ -27,7 +27,6 @@ def tiny_setting(stage: int, quick: bool = False) -> ml_collections.ConfigDict:
     if quick:
         return config
     config.model.update(TINY_MODEL)
-    config.data.crop_size = TINY_MODEL["crop_size"]
     config.data.train_n_clips = 2
     config.data.max_txt_len = 12
     config.batch_size = 4

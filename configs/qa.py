@@ -1,4 +1,4 @@
-"""Video QA fine-tuning (SPEC_DOWNSTREAM section 4): MSRVTT-QA, TGIF FrameQA (open-ended) and
+"""Video QA fine-tuning (docs/fidelity.md §13): MSRVTT-QA, TGIF FrameQA (open-ended) and
 TGIF Action / Transition (multiple choice), the whole stage-2 model plus a new head.
 
 Fine-tune a converted stage-2 checkpoint (all of it but ``cls``/``t_proj``/``v_proj`` is taken,
@@ -22,21 +22,19 @@ Variants: msrvtt_qa, tgif_frame, tgif_action, tgif_transition (the original's re
 custom_mc (your multiple-choice questions, TGIF-Action recipe). batch_size is GLOBAL and counts every
 micro-batch: the original ran B examples per GPU x 4 accumulation steps on G GPUs and did not
 record G; we use G = 8, so batch_size = 8 x B x 4 split into grad_accum_steps = 4 micro-batches.
-The micro-batch losses are averaged (the original sums them: quirk 22).
+The micro-batch losses are averaged (the original sums them: docs/fidelity.md Q22).
 """
 import ml_collections
 
-from configs import stage2 as stage2_configs
-from configs.retrieval import ORIGINAL_GPUS
-from configs.stage1 import ALIGN, CNN, base_config, copy_run_fields, optimizer_config
+from configs.common import BERT_VOCAB, ORIGINAL_GPUS, base_config, downstream_optimizer
 
 TRANSFORMER = r"^(text|fusion|heads)/"
-# The original's name-substring rule (SPEC_DOWNSTREAM quirk 15): BERT LayerNorm scales (text and
+# The original's name-substring rule (docs/fidelity.md Q15): BERT LayerNorm scales (text and
 # cross-modal layers) and everything named *embed* are not decayed; BatchNorm and TimeSformer norms are.
 NO_DECAY = r"(^|/)bias$|embed|^(text|fusion)/.*norm/scale$"
 ACCUM = 4
 
-# SPEC_DOWNSTREAM 4.6: geometry (records), text length, aggregation, per-GPU batch train/test,
+# docs/fidelity.md §13.6: geometry (records), text length, aggregation, per-GPU batch train/test,
 # epochs, lr (all groups), schedule, milestones (epochs), weight decay (all groups), num_valid,
 # head outputs (0: multiple choice), question type.
 RECIPES = {
@@ -63,15 +61,9 @@ DATA = {
 
 def qa_optimizer(lr: float, weight_decay: float, schedule: str, milestones: tuple[int, ...],
                  warmup: float = 0.1) -> ml_collections.ConfigDict:
-    """AdamW over the three groups of the original, one lr and weight decay for all of them."""
-    optimizer = optimizer_config(lr, weight_decay, dict(transformer=TRANSFORMER, cnn=CNN, align=ALIGN))
-    for group in optimizer.groups.values():
-        group.schedule = schedule
-    optimizer.no_decay = NO_DECAY
-    optimizer.warmup_ratio = warmup  # QA configs have no warmup_ratio: the argparse default 0.1
-    optimizer.decay_milestone_epochs = milestones
-    optimizer.skip_last_halving = True  # the original's multi_step (SPEC_DOWNSTREAM quirk 10)
-    return optimizer
+    """AdamW over the three groups of the original, one lr and weight decay for all of them. QA
+    configs have no warmup_ratio: the original's is the argparse default 0.1."""
+    return downstream_optimizer(TRANSFORMER, (lr,) * 3, (weight_decay,) * 3, schedule, NO_DECAY, warmup, milestones)
 
 
 def _qa_base(variant: str, qa_type: str, aggregation: str) -> ml_collections.ConfigDict:
@@ -92,12 +84,11 @@ def _paper(name: str) -> ml_collections.ConfigDict:
     config.model.crop_size = recipe["crop"]
     config.model.num_qa_outputs = recipe["outputs"]
     config.model.max_position_embeddings = 512
-    config.data.crop_size = recipe["crop"]
     config.data.max_txt_len = recipe["max_txt_len"]
     config.data.train_n_clips, config.data.inference_n_clips = 1, 8
     config.data.train_files = f"{records}/train-*.tfrecord"
     config.data.val_files = f"{records}/{val_split}-*.tfrecord"
-    config.data.vocab_file = "data/bert-base-uncased/vocab.txt"
+    config.data.vocab_file = BERT_VOCAB
     config.data.ans2label = ans2label
     config.batch_size = recipe["batch"][0] * ORIGINAL_GPUS * ACCUM
     config.grad_accum_steps = ACCUM
@@ -112,12 +103,8 @@ def _paper(name: str) -> ml_collections.ConfigDict:
 
 
 def _demo(qa_type: str) -> ml_collections.ConfigDict:
-    stage2 = stage2_configs.get_config("demo")
-    config = _qa_base("demo", qa_type, "mean")
-    config.model = stage2.model  # the demo pretraining runs fix the model shape
+    config = _qa_base("demo", qa_type, "mean")  # the model of the demo pretraining runs (they fix its shape)
     config.model.num_qa_outputs = 0  # open-ended: the answer vocabulary's size
-    config.data = stage2.data
-    config.data.mlm_probability = 0.0
     config.data.flip_prob = 0.0  # the demo asks which way the shape moves: a flip would change the answer
     prefix = "qa" if qa_type == "open" else "qa_mc"
     config.data.train_files = f"demo_data/records/{prefix}_train-*.tfrecord"
@@ -125,13 +112,9 @@ def _demo(qa_type: str) -> ml_collections.ConfigDict:
     config.data.ans2label = "demo_data/records/qa_train_ans2label.json" if qa_type == "open" else ""
     config.init.restore = "runs/demo_stage2/checkpoints"
     config.init.demo_config = "stage2:demo"
-    config.batch_size = 16
-    config.eval_batch_size = 50
     # 600 open-ended questions (3 per training video): 188 steps (multiple choice: 200, below).
     config.epochs = 5.0 if qa_type == "open" else 15.0
     config.total_steps = 0
-    config.log_every_steps = 10
-    config.ckpt_every_steps = 50
     config.eval_every_steps = 50
     config.optimizer = qa_optimizer(2e-4, 1e-4, "warmup_linear", (), warmup=0.1)
     config.optimizer.groups.transformer.lr = 1e-3  # the new head starts from scratch (at 2e-4 it barely moved)
@@ -155,15 +138,11 @@ def _demo(qa_type: str) -> ml_collections.ConfigDict:
 
 
 def _tiny() -> ml_collections.ConfigDict:
-    stage2 = stage2_configs.get_config("tiny")
     config = _qa_base("tiny", "open", "mean")
-    config.model = stage2.model
-    config.data = stage2.data
-    config.data.mlm_probability = 0.0
+    config.data.flip_prob = 0.0  # the demo questions, as in the demo: a flip would change "which way" answers
     config.data.train_files = "demo_data/records/qa_train-*.tfrecord"
     config.data.val_files = "demo_data/records/qa_test-*.tfrecord"
     config.data.ans2label = "demo_data/records/qa_train_ans2label.json"
-    copy_run_fields(config, stage2)
     config.optimizer = qa_optimizer(1e-3, 1e-4, "warmup_linear", (), warmup=0.0)
     return config
 
@@ -183,7 +162,7 @@ def _custom(recipe: str) -> ml_collections.ConfigDict:
     config.data.val_files = f"{CUSTOM_RECORDS}/val-*.tfrecord"
     config.data.ans2label = f"{CUSTOM_RECORDS}/train_ans2label.json" if recipe == "msrvtt_qa" else ""
     config.model.num_qa_outputs = 0 if recipe == "msrvtt_qa" else 1  # open-ended: the vocabulary's size
-    config.model.crop_size = config.data.crop_size = (640, 1024)  # records of --frame_size 720 1280
+    config.model.crop_size = (640, 1024)  # records of --frame_size 720 1280
     config.data.max_txt_len = 40
     config.batch_size, config.grad_accum_steps, config.eval_batch_size = 32, 1, 32
     config.epochs = 10.0

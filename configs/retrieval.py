@@ -1,4 +1,4 @@
-"""Text-video retrieval fine-tuning (SPEC_DOWNSTREAM section 3) and MSRVTT multiple choice (section 5).
+"""Text-video retrieval fine-tuning (docs/fidelity.md §12) and MSRVTT multiple choice (§14).
 
 Fine-tune a converted stage-2 checkpoint (its stage-1 dual encoder is taken, the rest dropped):
     python -m hdvila_jax.main --config=configs/retrieval.py:msrvtt --workdir=runs/msrvtt \
@@ -16,18 +16,16 @@ Fine-tune on your own captions (records of python -m data_pipelines.custom_datas
 
 Variants: msrvtt, didemo, lsmdc, actnet (the original's recipes), msrvtt_mc (eval only), demo, tiny,
 custom (your records, MSRVTT recipe), custom_tiny (your records, tiny model).
-Each recipe is the original's JSON config (SPEC_DOWNSTREAM 3.3). batch_size is GLOBAL: the
-original ran B examples per GPU on G GPUs and did not record G; we use G = 8.
+Each recipe is the original's JSON config (docs/fidelity.md §12.3). batch_size is GLOBAL: the
+original ran B examples per GPU on G GPUs and did not record G; we use G = 8 (common.ORIGINAL_GPUS).
 """
 import ml_collections
 
-from configs import stage1 as stage1_configs
-from configs.stage1 import ALIGN, CNN, base_config, copy_run_fields, optimizer_config
+from configs.common import BERT_VOCAB, ORIGINAL_GPUS, base_config, downstream_optimizer
 
 TRANSFORMER = r"^(text|contrastive)/"
-ORIGINAL_GPUS = 8
 # The original excludes from weight decay names containing 'bias', 'LayerNorm.weight' or 'embed'
-# (SPEC_DOWNSTREAM quirk 15): BERT LayerNorm scales are excluded, BatchNorm and TimeSformer norm
+# (docs/fidelity.md Q15): BERT LayerNorm scales are excluded, BatchNorm and TimeSformer norm
 # scales are decayed.
 NO_DECAY = r"(^|/)bias$|embed|^text/.*norm/scale$"
 
@@ -50,23 +48,15 @@ SPLITS = {"msrvtt": ("train", "test"), "didemo": ("train", "test"), "lsmdc": ("t
 
 
 def _recipe_optimizer(recipe: dict) -> ml_collections.ConfigDict:
-    groups = dict(transformer=TRANSFORMER, cnn=CNN, align=ALIGN)
-    optimizer = optimizer_config(0.0, 0.0, groups)
-    for name, lr, wd in zip(("transformer", "cnn", "align"), recipe["lr"], recipe["wd"]):
-        group = optimizer.groups[name]
-        group.lr, group.weight_decay, group.schedule = lr, wd, "multi_step"
-    optimizer.no_decay = NO_DECAY
-    optimizer.warmup_ratio = recipe["warmup"]
-    optimizer.decay_milestone_epochs = recipe["milestones"]
-    optimizer.skip_last_halving = True  # the original's multi_step (SPEC_DOWNSTREAM quirk 10)
-    return optimizer
+    return downstream_optimizer(TRANSFORMER, recipe["lr"], recipe["wd"], "multi_step", NO_DECAY, recipe["warmup"],
+                                recipe["milestones"])
 
 
 def _retrieval_base(variant: str) -> ml_collections.ConfigDict:
     config = base_config(1, "paper" if variant in RECIPES or variant == "msrvtt_mc" else variant)
     config.task = "retrieval"
     config.seed = 24
-    config.temperature = 0.08  # loss_config.temp; the top-level 'temp' of the original is dead (quirk 1)
+    config.temperature = 0.08  # loss_config.temp; the top-level 'temp' of the original is dead (docs/fidelity.md Q1)
     config.best_metric = "t2v_R1"  # the original keeps model_best.pt by text-to-video R@1
     config.data.flip_prob = 1 / 3  # horizontal flip of the whole clip in training
     config.data.mc_files = ""  # MSRVTT multiple-choice records: evaluated when set
@@ -77,13 +67,12 @@ def _paper(dataset: str) -> ml_collections.ConfigDict:
     recipe = RECIPES[dataset]
     config = _retrieval_base(dataset)
     config.model.num_frames = recipe["frames"]
-    config.data.num_frm = recipe["frames"]
     config.data.train_n_clips, config.data.inference_n_clips = recipe["clips"]
     config.data.max_txt_len = 50
     train, test = SPLITS[dataset]
     config.data.train_files = f"data/{dataset}/records/{train}-*.tfrecord"
     config.data.val_files = f"data/{dataset}/records/{test}-*.tfrecord"
-    config.data.vocab_file = "data/bert-base-uncased/vocab.txt"
+    config.data.vocab_file = BERT_VOCAB
     config.batch_size = recipe["batch"][0] * ORIGINAL_GPUS
     config.eval_batch_size = recipe["batch"][1] * ORIGINAL_GPUS
     config.epochs = float(recipe["epochs"])
@@ -96,37 +85,23 @@ def _paper(dataset: str) -> ml_collections.ConfigDict:
 
 
 def _demo() -> ml_collections.ConfigDict:
-    stage1 = stage1_configs.get_config("demo")
-    config = _retrieval_base("demo")
-    config.model = stage1.model  # the demo stage-1 run fixes the model shape
-    config.data = stage1.data
-    config.data.flip_prob = 1 / 3
+    config = _retrieval_base("demo")  # the model of the demo stage-1 run (its checkpoint fixes the shape)
     # The demo's downstream split: the demo videos captioned in words pretraining never saw.
     config.data.train_files = "demo_data/records/retrieval_train-*.tfrecord"
     config.data.val_files = "demo_data/records/retrieval_test-*.tfrecord"
     config.data.mc_files = "demo_data/records/mc_test-*.tfrecord"
     config.init.restore = "runs/demo_stage1/checkpoints"
     config.init.demo_config = "stage1:demo"
-    config.batch_size = 16
-    config.eval_batch_size = 50
     config.epochs = 12.0  # 200 videos / 16 = 12.5 steps per epoch: 150 steps
     config.total_steps = 0
-    config.log_every_steps = 10
     config.eval_every_steps = 50
-    config.ckpt_every_steps = 50
     config.optimizer = _recipe_optimizer(dict(lr=(1e-4, 1e-4, 1e-4), wd=(1e-4, 1e-4, 1e-4),
                                               milestones=(8,), warmup=0.05))
     return config
 
 
 def _tiny() -> ml_collections.ConfigDict:
-    stage1 = stage1_configs.get_config("tiny")
     config = _retrieval_base("tiny")
-    config.model = stage1.model
-    config.data = stage1.data
-    config.data.flip_prob = 1 / 3
-    config.data.mc_files = ""
-    copy_run_fields(config, stage1)
     config.optimizer = _recipe_optimizer(dict(lr=(1e-3, 1e-3, 1e-3), wd=(1e-4, 1e-4, 1e-3), milestones=(1,),
                                               warmup=0.0))
     return config

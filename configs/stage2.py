@@ -1,5 +1,5 @@
 """Stage-2 pretraining: masked language modelling over the cross-modal encoder, with every
-stage-1 part frozen (SPEC sections 5 and 7).
+stage-1 part frozen (docs/fidelity.md §5 and §7).
 
 Run (paper recipe) from a stage-1 run's checkpoints:
     python -m hdvila_jax.main --config=configs/stage2.py --workdir=runs/stage2 \
@@ -15,35 +15,26 @@ used) or one step's directory inside it.
 """
 import ml_collections
 
-from configs import stage1 as stage1_configs
-from configs.stage1 import STAGE1_PARTS, base_config, copy_run_fields, optimizer_config
+from configs.common import STAGE1_PARTS, base_config, optimizer_config
 
 
 def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
     """Stage-2 config for ``variant`` in {paper, demo, tiny}."""
-    stage1 = stage1_configs.get_config(variant or "paper")
-    config = base_config(2, variant or "paper")
-    config.model = stage1.model  # the stage-1 checkpoint fixes the model shape
-    config.data = stage1.data
+    variant = variant or "paper"
+    config = base_config(2, variant)  # the model of stage 1's variant: its checkpoint fixes the shape
     config.data.mlm_probability = 0.15
-    config.batch_size = 2048
-    config.grad_accum_steps = 2
-    config.total_steps = 560_000  # 10 epochs of your records at this batch; the paper gives only "7 days"
     config.optimizer = optimizer_config(5e-5, 1e-3, dict(transformer=r"^(fusion|heads)/"), frozen=STAGE1_PARTS)
-    if variant == "demo":
+    if variant == "paper":
+        config.batch_size = 2048
+        config.grad_accum_steps = 2
+        config.total_steps = 560_000  # 10 epochs of your records at this batch; the paper gives only "7 days"
+    elif variant == "demo":
         config.init.stage1_checkpoint = "runs/demo_stage1/checkpoints"
         config.init.demo_config = "stage1:demo"  # trained first when that run has no checkpoint
         config.total_steps = 150
-        config.batch_size = 16
-        config.grad_accum_steps = 1
-        config.eval_batch_size = 50
-        config.log_every_steps = 10
         config.eval_every_steps = 150
-        config.ckpt_every_steps = 50
         config.optimizer.groups.transformer.lr = 2e-4
     elif variant == "tiny":
-        copy_run_fields(config, stage1)
-        config.grad_accum_steps = 1
         config.optimizer.groups.transformer.lr = 1e-3
         config.optimizer.warmup_ratio = 0.0
     return config

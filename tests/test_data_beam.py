@@ -117,7 +117,8 @@ def test_train_iterator_reads_beam_shards(builds):
     root = builds["records"].parent
     write_vocab(str(root / "vocab.txt"), ["a green circle moves left right up down", "tiny one two"])
     data = get_data_config("tiny", root=str(root))
-    config = ml_collections.ConfigDict({"batch_size": 2, "data": data})
+    model = {"crop_size": h.FRAME_HW, "num_frames": 7}  # the whole stored frame
+    config = ml_collections.ConfigDict({"batch_size": 2, "data": data, "model": model})
     batch = next(make_train_iterator(config, 0, 1))
     assert batch["img_middle"].shape == (2, 1, *h.FRAME_HW, 3)
 

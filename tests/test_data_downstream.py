@@ -2,7 +2,6 @@
 original's strided clip layout, training flips and the multiple-choice batch."""
 from __future__ import annotations
 
-import glob
 import json
 
 import av
@@ -10,26 +9,19 @@ import ml_collections
 import numpy as np
 import pytest
 
-from data_pipelines.clip_plan import plan_clip
 from data_pipelines.downstream_annotations import read_retrieval_annotations
 from data_pipelines.geometry import bicubic_resize, bilinear_resize, nearest_resize
 from data_pipelines.synthetic_videos import write_mp4
 from data_pipelines.vocab import write_vocab
 from hdvila_jax.data.config import get_data_config
 from hdvila_jax.data.pipeline import make_eval_iterator, make_train_iterator
-from hdvila_jax.data.records import parse_clip_record
 from hdvila_jax.data.text import ThreadLocalTokenizer
-from hdvila_jax.data.tfrecord_source import TFRecordDataSource
+from hdvila_jax.video.clip_plan import plan_clip
 from tests import data_helpers as h
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 HW, LR_HW = (64, 96), (16, 24)
-
-
-def _records(pattern: str) -> dict:
-    source = TFRecordDataSource(sorted(glob.glob(pattern)))
-    return {r.clip_id: r for r in (parse_clip_record(source[i]) for i in range(len(source)))}
 
 
 def _torch_resize(image: np.ndarray, hw: tuple[int, int], mode: str) -> np.ndarray:
@@ -76,7 +68,7 @@ def test_retrieval_formats(tmp_path):
 
 
 def test_strided_layout_is_the_originals_inference_sampling():
-    """SPEC_DOWNSTREAM 2.4: short rule with K clips, then c[::int(len(c)/K)][:K]."""
+    """docs/fidelity.md §11.4: short rule with K clips, then c[::int(len(c)/K)][:K]."""
     for n, rate, num_frm, k in [(120, 4, 7, 4), (61, 4, 7, 4), (40, 2, 11, 8), (300, 3, 11, 4), (27, 4, 13, 8)]:
         half = (num_frm - 1) // 2
         r = rate if n >= 2 * half * rate + k else (n - k) // (2 * half)
@@ -136,7 +128,7 @@ def test_mc_records_and_report(mc_build):
     assert reasons["204"].startswith("missing video file") and "video_missing.mp4" in reasons["204"]
     counts = mc_build["report"]["skipped_counts"]
     assert counts["wrong option count"] == counts["empty option"] == 1 and counts["bad answer"] == 2
-    records = _records(str(mc_build["root"] / "records" / "mc_test-*.tfrecord"))
+    records = h.records_by_id(str(mc_build["root"] / "records" / "mc_test-*.tfrecord"))
     assert set(records) == {"100", "101", "102"}  # clip_id = qid, video_id = clip name
     for i in range(3):
         record = records[str(100 + i)]
@@ -145,7 +137,7 @@ def test_mc_records_and_report(mc_build):
 
 
 def test_msrvtt_geometry_hr_is_bicubic_of_nearest_lr(mc_build):
-    record = _records(str(mc_build["root"] / "records" / "mc_test-*.tfrecord"))["101"]
+    record = h.records_by_id(str(mc_build["root"] / "records" / "mc_test-*.tfrecord"))["101"]
     assert (record.frame_height, record.frame_width) == HW
     with av.open(str(mc_build["videos"] / "video1.mp4")) as container:  # decoded as the builder does
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
@@ -165,9 +157,9 @@ def test_msrvtt_geometry_hr_is_bicubic_of_nearest_lr(mc_build):
 
 def _reader_config(root, pattern: str, batch_size: int, **overrides) -> ml_collections.ConfigDict:
     data = get_data_config("tiny", root=str(root))
-    data.update(train_files=pattern, val_files=pattern, crop_size=(48, 64), train_n_clips=2,
-                inference_n_clips=4, **overrides)
-    return ml_collections.ConfigDict({"batch_size": batch_size, "data": data})
+    data.update(train_files=pattern, val_files=pattern, train_n_clips=2, inference_n_clips=4, **overrides)
+    return ml_collections.ConfigDict({"batch_size": batch_size, "data": data,
+                                      "model": {"crop_size": (48, 64), "num_frames": 7}})
 
 
 def test_mc_eval_batch(mc_build):
@@ -253,7 +245,7 @@ def test_frame_folder_report(frames_build):
 
 
 def test_frame_folder_records(frames_build):
-    records = _records(str(frames_build["root"] / "records" / "train-*.tfrecord"))
+    records = h.records_by_id(str(frames_build["root"] / "records" / "train-*.tfrecord"))
     assert set(records) == {"didemo/a", "b", "c"}
     assert [records[k].num_frames for k in ("didemo/a", "b", "c")] == [30, 26, 28]
     videos = frames_build["videos"]

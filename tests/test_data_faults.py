@@ -40,9 +40,9 @@ def root(pristine, tmp_path):
 
 def _config(root, batch_size=NUM_TRAIN, **overrides) -> ml_collections.ConfigDict:
     data = get_data_config("tiny", root=str(root))
-    data.crop_size = (48, 64)
     data.update(overrides)
-    return ml_collections.ConfigDict({"batch_size": batch_size, "data": data})
+    return ml_collections.ConfigDict({"batch_size": batch_size, "data": data,
+                                      "model": {"crop_size": (48, 64), "num_frames": 7}})
 
 
 def _shards(root, split="train"):

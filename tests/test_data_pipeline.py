@@ -26,13 +26,13 @@ def demo_root(tmp_path_factory):
     return root
 
 
-def _config(root, batch_size=4, **overrides) -> ml_collections.ConfigDict:
+def _config(root, batch_size=4, crop_size=(48, 64), **overrides) -> ml_collections.ConfigDict:
     data = get_data_config("tiny", root=str(root))
-    data.crop_size = (48, 64)
     data.train_n_clips = 2
     data.inference_n_clips = 4
     data.update(overrides)
-    return ml_collections.ConfigDict({"batch_size": batch_size, "data": data})
+    return ml_collections.ConfigDict({"batch_size": batch_size, "data": data,
+                                      "model": {"crop_size": crop_size, "num_frames": 7}})
 
 
 def _take(iterator, n):
@@ -123,8 +123,7 @@ def test_eval_visits_every_example_once(demo_root):
 
 
 def test_eval_uses_even_clips_and_centre_crop(demo_root):
-    config = _config(demo_root, batch_size=NUM_VAL + 1)
-    config.data.crop_size = (64, 96)
+    config = _config(demo_root, batch_size=NUM_VAL + 1, crop_size=(64, 96))
     batch = next(make_eval_iterator(config, 0, 1))
     assert batch["valid"].tolist() == [True] * NUM_VAL + [False]
     # Clips evenly spread over the video: the moving shape is at four distinct places.
@@ -155,8 +154,8 @@ def static_root(tmp_path_factory):
 def test_hr_and_lr_crops_are_aligned(static_root):
     data = get_data_config("tiny", root=str(static_root))
     data.train_files = str(static_root / "records" / "train-*.tfrecord")
-    data.crop_size = (64, 96)
-    config = ml_collections.ConfigDict({"batch_size": 4, "data": data})
+    model = {"crop_size": (64, 96), "num_frames": 7}
+    config = ml_collections.ConfigDict({"batch_size": 4, "data": data, "model": model})
     offsets_seen = set()
     for batch in _take(make_train_iterator(config, 0, 1), 3):
         for middle, others in zip(batch["img_middle"].reshape(-1, 64, 96, 3),

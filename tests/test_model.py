@@ -4,9 +4,12 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 import torch
+from absl import flags
+from ml_collections import config_flags
 
 from configs import model as model_configs
 from hdvila_jax.models import HDVILA, ConfigError, model_config_from_dict
@@ -29,6 +32,8 @@ BF16_RTOL = 5e-2
     ("resnet_depth", 42, "resnet_depth"),
     ("dtype", "float8", "dtype"),
     ("remat_policy", "everything", "remat_policy"),
+    ("lowering_platform", "cuda", "lowering_platform"),
+    ("onednn_conv", "yes", "onednn_conv"),
     ("crop_size", (64, 64 * 101), "max_grid_col_position_embeddings"),
 ])
 def test_bad_config_names_the_field(field, value, message):
@@ -43,11 +48,41 @@ def test_unknown_config_field_is_an_error():
         model_config_from_dict({**model_configs.get_config("tiny").to_dict(), "hiden_size": 64})
 
 
+def _other_value(value):
+    """A valid-looking value of ``value``'s type that differs from it, written as on a command line."""
+    if isinstance(value, bool):
+        return not value, str(not value)
+    if isinstance(value, (int, float)):
+        return value * 2 + 1, repr(value * 2 + 1)
+    if isinstance(value, tuple):
+        other = tuple(v * 2 for v in value)
+        return other, repr(other)
+    return value + "x", value + "x"
+
+
+def test_paper_model_config_is_model_config_defaults():
+    # configs/model.py writes no default of its own: paper is ModelConfig() field for field, with
+    # the same types (tuples stay tuples), and tiny differs only where TINY says.
+    defaults = dataclasses.asdict(ModelConfig())
+    paper = model_configs.get_config("paper").to_dict()
+    assert paper == defaults and {k: type(v) for k, v in paper.items()} == {k: type(v) for k, v in defaults.items()}
+    assert model_config_from_dict(paper) == ModelConfig()
+    tiny = model_configs.get_config("tiny").to_dict()
+    assert {k for k in tiny if tiny[k] != defaults[k]} == set(model_configs.TINY)
+
+
 @pytest.mark.parametrize("variant", ["paper", "tiny"])
 def test_every_model_field_can_be_overridden_from_the_command_line(variant):
-    # ml_collections refuses --config.model.X for a key the ConfigDict lacks.
-    keys = set(model_configs.get_config(variant).to_dict())
-    assert keys == {f.name for f in dataclasses.fields(ModelConfig)}
+    # ml_collections refuses --config.model.X for a key the ConfigDict lacks (and a value of another type).
+    config = ml_collections.ConfigDict({"model": model_configs.get_config(variant)})
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    assert set(config.model) == fields
+    values = {name: _other_value(config.model[name]) for name in fields}
+    argv = ["prog", *(f"--config.model.{name}={text}" for name, (_, text) in values.items())]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_dict("config", config, flag_values=flag_values, sys_argv=argv)
+    flag_values(argv)
+    assert {name: flag_values.config.model[name] for name in fields} == {name: v for name, (v, _) in values.items()}
 
 
 def test_paper_config_is_the_spec():
