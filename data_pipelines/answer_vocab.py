@@ -1,4 +1,4 @@
-"""Building the open-ended QA answer vocabulary (SPEC_DOWNSTREAM 4.3) from a split's answers; the
+"""Building the open-ended QA answer vocabulary (docs/fidelity.md §13.3) from a split's answers; the
 format and its reader are in `hdvila_jax.data.answers`."""
 from __future__ import annotations
 

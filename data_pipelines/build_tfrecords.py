@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="stored HR frame size (LR is a quarter); default 720 1280 for --geometry "
                              "resize, 720 1152 (LR 180x288) for msrvtt and frames, 768 768 (LR 192x192) for tgif")
     parser.add_argument("--sample_rate", type=int, default=defaults.sample_rate,
-                        help="frame stride between the 7 frames of a clip (SPEC §1)")
+                        help="frame stride between the 7 frames of a clip (docs/fidelity.md §1)")
     parser.add_argument("--num_frm", type=int, default=defaults.num_frm)
     parser.add_argument("--min_clips", type=int, default=defaults.min_clips,
                         help="clips the short-video rule must leave room for (max of train/inference n_clips)")

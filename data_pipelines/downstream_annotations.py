@@ -1,4 +1,4 @@
-"""Readers of the downstream tasks' annotation files (SPEC_DOWNSTREAM 3.3 and 5).
+"""Readers of the downstream tasks' annotation files (docs/fidelity.md §12.3 and §14).
 
 - `retrieval` (MSRVTT train9k/test1k-A, DiDeMo/ActivityNet paragraphs, LSMDC): one JSON object
   per line with `clip_id`, `text` (a string or a list of strings, all kept as the record's

@@ -1,4 +1,4 @@
-"""Pipeline B's frame folders (DiDeMo, LSMDC, ActivityNet; SPEC_DOWNSTREAM 2.5 and 6).
+"""Pipeline B's frame folders (DiDeMo, LSMDC, ActivityNet; docs/fidelity.md §11.5 and §15).
 
 `decode_frames.py` of the original writes, per clip, `<videos>/video_frames/<clip_id>/` (full
 size) and `<videos>/video_frames_lr/<clip_id>/` (180x288), both holding

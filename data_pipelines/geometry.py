@@ -1,4 +1,4 @@
-"""The original's frame resizes, in numpy/TF (SPEC_DOWNSTREAM 2.5), for the downstream geometries.
+"""The original's frame resizes, in numpy/TF (docs/fidelity.md §11.5), for the downstream geometries.
 
 - `nearest_resize`: PyTorch's `F.interpolate(mode="nearest")` (its default), used by pipeline A
   to bring every MSRVTT frame to 180x288: source index `floor(i * in / out)` in float32.
@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 CUBIC_A = -0.75
-TGIF_PAD_VALUE = 127  # the original's pad value (its config says 1; SPEC_DOWNSTREAM quirk 5)
+TGIF_PAD_VALUE = 127  # the original's pad value (its config says 1; docs/fidelity.md Q5)
 
 
 def _nearest_index(in_size: int, out_size: int) -> np.ndarray:

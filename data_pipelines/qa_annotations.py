@@ -1,4 +1,4 @@
-"""Readers of the video QA annotation files (SPEC_DOWNSTREAM 4.3, 4.4), and the answer-vocabulary
+"""Readers of the video QA annotation files (docs/fidelity.md §13.3, §13.4), and the answer-vocabulary
 filter of the open-ended ones.
 
 - `msrvtt_qa`: `video_id`, `question`, `answer` (a string), `answer_type`; video
@@ -7,7 +7,7 @@ filter of the open-ended ones.
   `<videos>/<gif_name>.mp4`, else `<videos>/<gif_name>.gif` (first existing).
 - `tgif_mc` (TGIF Action and Transition): `gif_name`, `question`, `options` (exactly 5 non-empty
   strings), `answer` (the index of the correct option); videos as for FrameQA. The record's texts
-  are "question option_i" (one space, no [SEP]; SPEC_DOWNSTREAM 2.6).
+  are "question option_i" (one space, no [SEP]; docs/fidelity.md §11.6).
 
 Every question is its own record, whose `clip_id` (as a string) and `video_index` are the
 question id: the 0-based line number in the file, as in the original. Open-ended records carry

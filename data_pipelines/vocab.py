@@ -5,7 +5,7 @@ import re
 import string
 from typing import Iterable
 
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # [PAD] = 0
+RESERVED_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # [PAD] = 0
 
 
 def words_of(texts: Iterable[str]) -> set[str]:
@@ -20,7 +20,7 @@ def wordpiece_vocab(texts: Iterable[str]) -> list[str]:
     """Specials, the words of `texts`, then single characters and ##characters, so that any
     ASCII word outside the captions still splits into pieces instead of [UNK]."""
     characters = string.ascii_lowercase + string.digits
-    tokens = list(SPECIAL_TOKENS) + sorted(words_of(texts))
+    tokens = list(RESERVED_TOKENS) + sorted(words_of(texts))
     tokens += [c for c in characters + string.punctuation]
     tokens += [f"##{c}" for c in characters]
     seen, vocab = set(), []

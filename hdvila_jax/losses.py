@@ -1,4 +1,4 @@
-"""Training objectives of HD-VILA (SPEC section 5)."""
+"""Training objectives of HD-VILA (docs/fidelity.md §5)."""
 from __future__ import annotations
 
 import jax

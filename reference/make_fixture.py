@@ -1,13 +1,13 @@
-"""Parity fixtures (``../shared/fixtures`` format) made by the PyTorch port of the original HD-VILA.
+"""Parity fixtures (format: docs/fidelity.md §17) made by the PyTorch port of the original HD-VILA.
 
     python -m reference.make_fixture --out DIR --stage 2 --hw 128 192 --batch 2 --clips 2 \
         --seq 12 --resnet-depth 18 --score-agg mean --bert-mean 0 --seed 3
     python -m reference.make_fixture --out DIR --task retrieval --frames 11 --batch 4 --clips 3
     python -m reference.make_fixture --out DIR --task qa --score-agg mean --answers 11 --clips 3
     python -m reference.make_fixture --out DIR --task mc --score-agg lse --answers 5
-    python -m reference.make_fixture --check ../shared/fixtures/stage1_tiny   # port vs a fixture
+    python -m reference.make_fixture --check $HDVILA_PARITY_FIXTURES/stage1_tiny   # port vs a fixture
 
-``--task`` writes a downstream task fixture (``../shared/fixtures/tasks`` format, no ResNet stage maps):
+``--task`` writes a downstream task fixture (the task format of docs/fidelity.md §17, no ResNet stage maps):
 ``retrieval`` (stage 1, the retrieval loss at temperature 0.08, the MSRVTT multiple-choice inputs and outputs);
 ``qa`` / ``mc`` (the stage-2 video QA models, ``--answers`` answers or choices, the training loop's loss with
 the clip aggregation ``--score-agg``, the original's ``score_agg_func``).

@@ -1,7 +1,7 @@
 """Our converter + model reproduce the original PyTorch HD-VILA on every parity fixture.
 
-Fixtures: every folder under ``$HDVILA_PARITY_FIXTURES`` (default ``../shared/fixtures``), and every
-downstream task folder under ``$HDVILA_TASK_FIXTURES`` (default ``../shared/fixtures/tasks``) whose
+Fixtures: every folder under ``$HDVILA_PARITY_FIXTURES`` (default ``shared/fixtures`` beside the repo), and every
+downstream task folder under ``$HDVILA_TASK_FIXTURES`` (default ``shared/fixtures/tasks``) whose
 ``task.name`` is served here (``retrieval``: features, ``sim_t2v``, the summed task loss, the MSRVTT
 multiple-choice features, scores and (exactly) predictions; ``qa`` / ``mc``: per-clip logits
 ``[K, B, C]``, clip-aggregated logits, (exactly) predictions, per-example and mean loss, head input

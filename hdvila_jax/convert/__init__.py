@@ -24,10 +24,10 @@ __all__ = ["ConversionError", "ConversionReport", "convert_hdvila", "export_hdvi
 
 
 def convert_hdvila(state_dict: StateDict, cfg: ModelConfig, stage: int) -> dict:
-    """A full HD-VILA state_dict (SPEC section 6 layout) -> ``{'params', 'batch_stats'}`` of numpy arrays.
+    """A full HD-VILA state_dict (layout: docs/fidelity.md §6) -> ``{'params', 'batch_stats'}`` of numpy arrays.
 
     With ``cfg.num_qa_outputs`` > 0 and ``stage`` 2 the state_dict is a video QA model's
-    (``transformer.classifier.*`` head, no ``t_proj``/``v_proj``/``cls``; SPEC_DOWNSTREAM 4.1).
+    (``transformer.classifier.*`` head, no ``t_proj``/``v_proj``/``cls``; docs/fidelity.md §13.1).
 
     Every model variable must come from the checkpoint; keys the reference never reads
     (``cnn_low.layer4``, ``timesformer.norm``, ...) are ignored, any other extra key is an error.

@@ -1,5 +1,5 @@
 """Name rules from the PyTorch layouts (torchvision/mmdetection ResNet, HF BERT, the
-HD-VILA state_dict of SPEC section 6) to our Flax parameter tree."""
+HD-VILA state_dict of docs/fidelity.md §6) to our Flax parameter tree."""
 from __future__ import annotations
 
 from hdvila_jax.convert.loader import Rules, Target

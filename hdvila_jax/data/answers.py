@@ -1,6 +1,6 @@
 """The answer vocabulary of open-ended video QA: the original's ``ans2label`` json (answer string ->
 label), the format of its ``train_ans2label.json`` / ``frameqa_trainval_ans2label.json``
-(SPEC_DOWNSTREAM 4.3). Read here by the input pipeline (labels) and the evaluation (answer
+(docs/fidelity.md §13.3). Read here by the input pipeline (labels) and the evaluation (answer
 strings); built by ``data_pipelines.answer_vocab``."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Which stored candidate middles and which crop an example uses (SPEC §1).
+"""Which stored candidate middles and which crop an example uses (docs/fidelity.md §1).
 
 Training draws `n_clips` distinct candidates at random (sorted) and one random crop for the
 whole example; evaluation spreads `n_clips` evenly over the candidates and crops at the
@@ -21,7 +21,7 @@ def random_middles(num_candidates: int, n_clips: int, rng: np.random.Generator) 
 
 
 def even_middles(num_candidates: int, n_clips: int) -> np.ndarray:
-    """`n_clips` evenly spaced candidate positions: `c[::len(c) // n][:n]` as in SPEC §1."""
+    """`n_clips` evenly spaced candidate positions: `c[::len(c) // n][:n]` as in docs/fidelity.md §1."""
     if n_clips > num_candidates:
         raise ValueError(f"{n_clips} clips requested but the record has {num_candidates} candidate "
                          "middles; rebuild with a larger --min_clips/--num_candidates")

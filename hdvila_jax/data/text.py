@@ -1,4 +1,4 @@
-"""BERT uncased WordPiece tokenisation and MLM masking (SPEC §1 and §5)."""
+"""BERT uncased WordPiece tokenisation and MLM masking (docs/fidelity.md §1 and §5)."""
 from __future__ import annotations
 
 import os

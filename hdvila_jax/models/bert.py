@@ -1,4 +1,4 @@
-"""BERT pieces (post-LN, exact GELU) for the text and cross-modal encoders (SPEC section 4).
+"""BERT pieces (post-LN, exact GELU) for the text and cross-modal encoders (docs/fidelity.md §4).
 
 Parameter names: ``embeddings/{word,position,token_type,norm}``, per layer
 ``layer_{i}/{query,key,value,attn_out,attn_norm,ffn_in,ffn_out,ffn_norm}`` with the

@@ -158,7 +158,7 @@ class HDVILA(nn.Module):
                     itm_logits=self.heads.itm(aggregate_clips(pooled, agg)))
 
     def qa_logits(self, batch: Batch, deterministic: bool = True) -> jax.Array:
-        """Video QA scores ``[K, B, C]``, clip-major as the original (SPEC_DOWNSTREAM 4.1).
+        """Video QA scores ``[K, B, C]``, clip-major as the original (docs/fidelity.md §13.1).
 
         Open-ended: text ``[B, L]``, C = ``num_qa_outputs`` answers. Multiple choice: text
         ``[B, C, L]`` (question + option i), run as rows ``b*C + i`` of ``[B*C, L]``, every clip's

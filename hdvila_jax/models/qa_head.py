@@ -11,7 +11,7 @@ class QAClassifier(nn.Module):
     """``transformer.classifier`` of the original: Dropout, Linear(D, 2D), ReLU, Linear(2D, out).
 
     The dropout rate is BERT's ``hidden_dropout_prob`` (0.1), as in the original (its config key
-    ``dropout`` is never read, SPEC_DOWNSTREAM 2.2).
+    ``dropout`` is never read, docs/fidelity.md §11.2).
 
     Parameters ``hidden`` (classifier.0) and ``out`` (classifier.2), N(0, 0.02) kernels, zero biases.
     The hidden layer (after the ReLU) is sown as ``head_hidden``.

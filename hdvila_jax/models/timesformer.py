@@ -1,4 +1,4 @@
-"""TimeSformer with divided space-time attention over grids of features (SPEC section 3).
+"""TimeSformer with divided space-time attention over grids of features (docs/fidelity.md §3).
 
 Input and output are ``[N, T, H, W, D]``: no patch embedding and no cls token, the
 grid cells are the tokens. ``pos_embed`` (native grid, e.g. 10x16) and ``time_embed``

@@ -1,6 +1,6 @@
 """Which frames of a clip the builder stores: candidate middles and their LR neighbours.
 
-SPEC §1: a clip is `num_frm` frames `rate` apart, centred on a middle frame taken from
+docs/fidelity.md §1: a clip is `num_frm` frames `rate` apart, centred on a middle frame taken from
 `[half * rate, n - half * rate)` with `half = (num_frm - 1) // 2`; if the video is too short
 for `min_clips` middles, `rate = floor((n - min_clips) / (num_frm - 1))`.
 
@@ -10,7 +10,7 @@ candidates is at least `rate` it is rounded down to a multiple of `rate`, so nei
 candidates share LR frames (a candidate three strides from the next shares three of
 its six neighbours).
 
-Layout `strided` instead stores the original's inference clips exactly (SPEC_DOWNSTREAM 2.4):
+Layout `strided` instead stores the original's inference clips exactly (docs/fidelity.md §11.4):
 `c[::int(len(c) / K)][:K]` with `c = [half * rate, n - half * rate)` and K = `num_candidates`,
 which then also plays the role of `min_clips` in the short-video rule.
 """
@@ -41,7 +41,7 @@ class ClipPlan:
 
 
 def effective_sample_rate(num_frames: int, sample_rate: int, num_frm: int, min_clips: int) -> int:
-    """The stride of SPEC §1, reduced for short videos; raises ClipTooShortError."""
+    """The stride of docs/fidelity.md §1, reduced for short videos; raises ClipTooShortError."""
     span = num_frm - 1
     if num_frames < span * sample_rate + min_clips:
         sample_rate = (num_frames - min_clips) // span
