@@ -31,10 +31,8 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from hdvila_jax import accelerators, hlo_profile
-from hdvila_jax.models import HDVILA, platform
-from hdvila_jax.tasks import get_task, qa_eval
-from hdvila_jax.train import evaluation, train_state
+from hdvila_jax import accelerators, hlo_profile, variables_io
+from hdvila_jax.models import HDVILA
 from hdvila_jax.train.step_builder import BuiltStep, build_step, eval_batch_shapes, memory_per_device
 
 class AotError(RuntimeError):
@@ -85,21 +83,16 @@ def compiled_report(compiled: jax.stages.Compiled, devices_per_chip: int, chip: 
 
 
 def eval_step_lowered(built: BuiltStep) -> jax.stages.Lowered | None:
-    """The config's eval step lowered for ``built``'s mesh and the config's eval batch: QA prediction
-    (``qa_eval.make_predict_fn``) for QA tasks, else retrieval encoding (``evaluation.make_encode_fn``);
-    None when the config evaluates nothing (no ``data.val_files``)."""
+    """The config's eval step (its task's ``eval_step``: QA prediction, or retrieval encoding) lowered
+    for ``built``'s mesh and the config's eval batch; None when the config evaluates nothing (no
+    ``data.val_files``). ``built.model_cfg`` is lowered for the mesh's platform."""
     config, model_cfg, mesh = built.config, built.model_cfg, built.mesh
     if not config.data.val_files:
         return None
-    task, model = get_task(config), HDVILA(model_cfg)
-    if task.objective == "qa":
-        step = qa_eval.make_predict_fn(model, task.qa_type, task.aggregation)
-    else:
-        step = evaluation.make_encode_fn(model)
-    batch = built.abstract_batch(eval_batch_shapes(config, model_cfg))
-    variables = train_state.sharded_variable_shapes(config, model_cfg, mesh)
-    with platform.lowering_platform(built.platform):
-        return step.lower(variables, batch)
+    step, inputs = built.task.eval_step(HDVILA(model_cfg))
+    batch = built.abstract_batch(eval_batch_shapes(config, model_cfg, built.task))
+    variables = variables_io.sharded_variable_shapes(config, model_cfg, mesh)
+    return step.lower(variables, {k: batch[k] for k in inputs})
 
 
 def compile_for_topology(config: ml_collections.ConfigDict, topology: str, per_chip_batch: int | None = None,
@@ -126,7 +119,7 @@ def compile_for_topology(config: ml_collections.ConfigDict, topology: str, per_c
                   per_chip_batch=config.batch_size / config.grad_accum_steps / chips,
                   grad_accum_steps=config.grad_accum_steps,
                   dtype=dtype, remat=built.model_cfg.active_remat or "none", stage=config.stage,
-                  task=get_task(config).name)
+                  task=built.task.name)
     start = time.perf_counter()
     compiled = built.lower().compile()
     report.update(compile_s=time.perf_counter() - start,

@@ -14,7 +14,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from hdvila_jax import config_files
-from hdvila_jax.train import checkpointing
+from hdvila_jax.variables_io import has_checkpoint
 
 MAKE_DEMO = "data_pipelines.make_demo"  # the command (python -m) that writes the demo records
 
@@ -31,17 +31,6 @@ def prepare_demo_data(config: ml_collections.ConfigDict) -> None:
         subprocess.run(command, check=True)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("demo data ready")
-
-
-def has_checkpoint(directory: str) -> bool:
-    """Whether ``directory`` holds a checkpoint of a run."""
-    if not os.path.isdir(directory):
-        return False
-    existing = checkpointing.Checkpointer(directory, keep=1, read_only=True)
-    try:
-        return existing.latest_step() is not None
-    finally:
-        existing.close()
 
 
 def prepare_demo_init(config: ml_collections.ConfigDict, config_file: str,

@@ -25,11 +25,11 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from hdvila_jax import config_files, sharding
+from hdvila_jax import config_files, sharding, variables_io
 from hdvila_jax.data.records import ClipRecord
 from hdvila_jax.data.text import ThreadLocalTokenizer
+from hdvila_jax.inference import encode_batches, make_encode_fn, padded_batches
 from hdvila_jax.models import HDVILA, ModelConfig, model_config_from_dict
-from hdvila_jax.train import checkpointing, train_state
 from hdvila_jax.video.clips import FrameOptions, clip_pixels, clip_windows, frames_clip, read_clip
 from hdvila_jax.video.decode import VideoError, probe_video
 
@@ -104,12 +104,12 @@ def restore_stage1_variables(config: ml_collections.ConfigDict, model_cfg: Model
         raise EncoderError(f"--{flag} is empty: pass a checkpoints dir, a step dir or converted variables")
     if not os.path.isdir(checkpoint):
         raise EncoderError(f"--{flag}={checkpoint!r} does not exist")
-    target = train_state.sharded_variable_shapes(config, model_cfg, mesh, stage=1)
+    target = variables_io.sharded_variable_shapes(config, model_cfg, mesh, stage=1)
     try:
-        variables, origin, _ = checkpointing.restore_variables_subset(checkpoint, target, flag)
-    except checkpointing.CheckpointError as err:
-        raise EncoderError(f"--{str(err)[len('config.'):]}") from err
-    return variables, origin
+        restored = variables_io.restore_variables(checkpoint, target, f"--{flag}")
+    except variables_io.CheckpointError as err:
+        raise EncoderError(str(err)) from err
+    return restored.variables, restored.directory
 
 
 def _resolve_vocab(config: ml_collections.ConfigDict, config_path: str | None) -> str:
@@ -132,21 +132,21 @@ class Encoder:
         self.mesh = mesh
         self.variables = variables
         self.origin = origin
-        self.crop_hw = tuple(int(s) for s in config.data.crop_size)
+        self.crop_hw = tuple(int(s) for s in config.model.crop_size)
         self.n_clips = int(config.data.inference_n_clips)
-        self.frame_options = (frame_options or FrameOptions.for_crop(self.crop_hw, int(config.data.num_frm))).validate()
-        if self.frame_options.num_frm != config.data.num_frm:
-            raise EncoderError(f"frame options num_frm={self.frame_options.num_frm} differs from config.data.num_frm="
-                               f"{config.data.num_frm}")
+        num_frames = self.model_cfg.num_frames
+        self.frame_options = (frame_options or FrameOptions.for_crop(self.crop_hw, num_frames)).validate()
+        if self.frame_options.num_frm != num_frames:
+            raise EncoderError(f"frame options num_frm={self.frame_options.num_frm} differs from "
+                               f"config.model.num_frames={num_frames}")
         shards = sharding.data_parallel_size(mesh)
         batch_size = int(config.get("eval_batch_size", shards) if batch_size is None else batch_size)
         self.batch_size = max(shards, -(-batch_size // shards) * shards)  # rounded up to split over the mesh
         self.workers = workers or min(4, os.cpu_count() or 1)
         self.tokenizer = ThreadLocalTokenizer(config.data.vocab_file)
         model = HDVILA(self.model_cfg)
-        self._encode_text = jax.jit(lambda v, ids, mask: model.apply(v, ids, mask, method=HDVILA.encode_text)[1])
-        self._encode_video = jax.jit(lambda v, middle, other: model.apply(v, middle, other,
-                                                                          method=HDVILA.encode_video)[1])
+        self._encode_text = make_encode_fn(model, ("text",))
+        self._encode_video = make_encode_fn(model, ("video",))
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str, config: ml_collections.ConfigDict | str | None = None, *,
@@ -156,7 +156,7 @@ class Encoder:
         the run's config.json beside ``checkpoint``) restored from ``checkpoint`` (a run's checkpoints
         dir, a step dir or converted variables) onto the local devices. ``frame_options``: how clips are
         stored (a FrameOptions, the ``<split>_build.json`` of records to match, or a dict of fields
-        changed from the default: frames with the paper's margins around ``data.crop_size``). ``mesh``: axes sizes (default ``config.mesh``)."""
+        changed from the default: frames with the paper's margins around ``model.crop_size``). ``mesh``: axes sizes (default ``config.mesh``)."""
         config_path = None if config is not None else find_run_config(checkpoint)
         config = resolve_config(config, checkpoint)
         for key in ("model", "data", "mesh"):
@@ -170,7 +170,7 @@ class Encoder:
                 raise EncoderError(f"frame_options={frame_options!r}: {e}") from e
         if isinstance(frame_options, dict):
             try:
-                frame_options = FrameOptions.for_crop(tuple(config.data.crop_size), int(config.data.num_frm),
+                frame_options = FrameOptions.for_crop(tuple(config.model.crop_size), int(config.model.num_frames),
                                                       **frame_options)
             except (TypeError, ValueError) as e:
                 raise EncoderError(f"frame_options={frame_options!r}: {e}") from e
@@ -184,18 +184,14 @@ class Encoder:
         """Width D of the embeddings."""
         return int(self.model_cfg.hidden_size)
 
-    def _batches(self, arrays: Sequence[np.ndarray], count: int) -> Iterator[tuple[int, list[jax.Array]]]:
-        """(real rows, global arrays) of each fixed-size batch of ``arrays``' first ``count`` rows, zero-padded."""
-        for start in range(0, count, self.batch_size):
-            real = min(self.batch_size, count - start)
-            padded = []
-            for array in arrays:
-                chunk = np.asarray(array[start:start + real])
-                if real < self.batch_size:
-                    pad = np.zeros((self.batch_size - real, *chunk.shape[1:]), chunk.dtype)
-                    chunk = np.concatenate([chunk, pad])
-                padded.append(chunk)
-            yield real, list(sharding.global_batch(dict(enumerate(padded)), self.mesh).values())
+    def _encode(self, encode: Callable, arrays: dict[str, np.ndarray], count: int, desc: str = "",
+                progress: bool = False) -> np.ndarray:
+        """The ``[count, D]`` features ``encode`` (``inference.make_encode_fn``) gives for ``arrays``,
+        in fixed-size batches padded to split over the mesh."""
+        batches = tqdm(padded_batches(arrays, count, self.batch_size), total=-(-count // self.batch_size),
+                       desc=desc, unit="batch", disable=not progress)
+        features = encode_batches(encode, self.variables, batches, self.mesh, tuple(arrays))
+        return np.asarray(next(iter(features.values())), np.float32)
 
     def encode_texts(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         """Normalised text embeddings float32 ``[len(texts), D]`` (``data.max_txt_len`` tokens)."""
@@ -206,12 +202,8 @@ class Encoder:
             return np.zeros((0, self.dim), np.float32)
         ids, mask = (np.stack(x) for x in zip(*(self.tokenizer.encode(t, self.config.data.max_txt_len)
                                                 for t in texts)))
-        out = []
-        batches = self._batches([ids, mask], len(texts))
-        for real, (ids_b, mask_b) in tqdm(batches, total=-(-len(texts) // self.batch_size), desc="texts",
-                                          unit="batch", disable=not progress):
-            out.append(np.asarray(self._encode_text(self.variables, ids_b, mask_b), np.float32)[:real])
-        return np.concatenate(out)
+        return self._encode(self._encode_text, dict(text_input_ids=ids, text_input_mask=mask), len(texts), "texts",
+                            progress)
 
     def embed_records(self, records: Sequence[ClipRecord]) -> np.ndarray:
         """Normalised video embeddings ``[len(records), D]`` of in-memory (or parsed) clip records, each
@@ -220,10 +212,7 @@ class Encoder:
             return np.zeros((0, self.dim), np.float32)
         pixels = [clip_pixels(record, self.crop_hw) for record in records]
         middle, other = np.stack([p[0] for p in pixels]), np.stack([p[1] for p in pixels])
-        out = []
-        for real, (middle_b, other_b) in self._batches([middle, other], len(records)):
-            out.append(np.asarray(self._encode_video(self.variables, middle_b, other_b), np.float32)[:real])
-        return np.concatenate(out)
+        return self._encode(self._encode_video, dict(img_middle=middle, img_other=other), len(records))
 
     def read_video(self, video: Video, clip_seconds: float | None = None, stride_seconds: float | None = None,
                    fps: float = 0.0, name: str | None = None) -> VideoClips:

@@ -8,7 +8,7 @@ Each set is the variant of that name of the --config file (loaded by path): its 
 clip, clips per video and text length (DiDeMo and ActivityNet records hold paragraphs: paragraph-to-
 video, as the original). The model is the checkpoint's own (its run's config.json; converted weights
 without one: the variant's model) and is evaluated by the trainer's eval-only mode
-(``trainer.evaluate_checkpoint``, metrics also in ``<workdir>/<set>/metrics.jsonl``). Sets whose
+(``eval_only.evaluate_checkpoint``, metrics also in ``<workdir>/<set>/metrics.jsonl``). Sets whose
 records are missing are listed as missing. Prints one markdown table (t2v and v2t R@1/5/10, MedR,
 MnR) and writes all metrics as JSON.
 """
@@ -22,10 +22,9 @@ import sys
 import ml_collections
 from absl import app, flags
 
-from hdvila_jax import config_files, multihost
+from hdvila_jax import config_files, eval_only, multihost
 from hdvila_jax.encoder import find_run_config
-from hdvila_jax.train import trainer
-from hdvila_jax.train.config_checks import TrainConfigError
+from hdvila_jax.tasks.base import TrainConfigError
 
 SETS = ("msrvtt", "didemo", "lsmdc", "actnet")
 COLUMNS = ("R1", "R5", "R10", "MedR", "MeanR")
@@ -42,10 +41,9 @@ def set_config(config_file: str, name: str, checkpoint: str, data_root: str | No
             if value.startswith("data/"):
                 config.data[key] = os.path.join(data_root, value[len("data/"):])
     if run_config is not None:
-        num_frm = config.data.num_frm
+        num_frames = config.model.num_frames  # the set's frames per clip (its records)
         config.model = ml_collections.ConfigDict(run_config.model.to_dict())
-        config.model.num_frames = num_frm
-        config.data.crop_size = tuple(config.model.crop_size)
+        config.model.num_frames = num_frames
         config.data.vocab_file = run_config.data.vocab_file
         config.data.max_txt_len = min(config.data.max_txt_len, int(config.model.max_position_embeddings))
         config.mesh = ml_collections.ConfigDict(run_config.mesh.to_dict())
@@ -69,7 +67,7 @@ def evaluate_sets(config_file: str, names: list[str], checkpoint: str, workdir: 
         if not glob.glob(config.data.val_files):
             results[name] = {"missing": config.data.val_files}
             continue
-        results[name] = trainer.evaluate_checkpoint(config, os.path.join(workdir, name))
+        results[name] = eval_only.evaluate_checkpoint(config, os.path.join(workdir, name))
     return results
 
 

@@ -12,7 +12,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from hdvila_jax import demo, multihost
+from hdvila_jax import demo, eval_only, multihost
+from hdvila_jax.config_checks import check_config
 from hdvila_jax.train import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Trainer config file[:variant].", lock_config=True)
@@ -27,14 +28,14 @@ def main(argv):
     logging.info("process %d/%d (%s), %d local / %d global devices", jax.process_index(), jax.process_count(), how,
                  jax.local_device_count(), jax.device_count())
     config = _CONFIG.value
-    trainer.check_config(config)  # a bad config fails before any data is made or anything compiles
+    _, task = check_config(config)  # the one check: a bad config fails before any data is made or anything compiles
     demo.prepare_demo_data(config)
     if _MODE.value == "train":
         demo.prepare_demo_init(config, config_flags.get_config_filename(flags.FLAGS["config"]),
                                trainer.train_and_evaluate)
-        trainer.train_and_evaluate(config, _WORKDIR.value)
+        trainer.train_and_evaluate(config, _WORKDIR.value, task)
     else:
-        trainer.evaluate_checkpoint(config, _WORKDIR.value)
+        eval_only.evaluate_checkpoint(config, _WORKDIR.value, task)
 
 
 if __name__ == "__main__":

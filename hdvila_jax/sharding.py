@@ -112,5 +112,8 @@ def data_parallel_size(mesh: Mesh) -> int:
 
 
 def gather_to_host(x: jax.Array) -> np.ndarray:
-    """A (sharded, possibly multi-process) array as one numpy array on every process."""
+    """A (sharded, possibly multi-process) array as one numpy array on every process; an array on
+    this process's devices alone (e.g. over a mesh of the local devices) is read as it is."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))

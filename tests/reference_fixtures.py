@@ -1,7 +1,7 @@
-"""Loading the reference-output fixtures (``../shared/fixtures`` layout) and running our model on them.
+"""Loading the reference-output fixtures (layout: docs/fidelity.md §17) and running our model on them.
 
-Serves both roots: the pretraining fixtures (``../shared/fixtures``) and the downstream task fixtures
-(``../shared/fixtures/tasks``, folders whose ``config.json`` has a ``task`` object).
+Serves both roots: the pretraining fixtures (``$HDVILA_PARITY_FIXTURES``) and the downstream task fixtures
+(``$HDVILA_TASK_FIXTURES``, folders whose ``config.json`` has a ``task`` object).
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from hdvila_jax.convert.reference_config import model_config_from_reference
 from hdvila_jax.convert.rules import hdvila_rules
 from hdvila_jax.losses import contrastive_loss
 from hdvila_jax.models import HDVILA, ModelConfig
-from hdvila_jax.tasks.qa import qa_loss
-from hdvila_jax.tasks.retrieval import multiple_choice_scores, retrieval_loss
+from hdvila_jax.tasks.qa_loss import qa_loss
+from hdvila_jax.tasks.retrieval import RETRIEVAL_DIRECTION_WEIGHT, multiple_choice_scores
 from tests.model_helpers import relative_error
 
 # Tolerances of the fixtures' README: relative error per tensor (float32), of the losses and of
@@ -46,12 +46,12 @@ STAGE1_TEMPERATURE = 0.05
 
 
 def fixtures_root() -> pathlib.Path:
-    """``$HDVILA_PARITY_FIXTURES`` or ``../shared/fixtures`` next to the repo."""
+    """``$HDVILA_PARITY_FIXTURES``, else ``shared/fixtures`` in the directory that holds the repo."""
     return pathlib.Path(os.environ.get("HDVILA_PARITY_FIXTURES", DEFAULT_ROOT))
 
 
 def task_fixtures_root() -> pathlib.Path:
-    """``$HDVILA_TASK_FIXTURES`` or ``../shared/fixtures/tasks`` next to the repo."""
+    """``$HDVILA_TASK_FIXTURES``, else ``shared/fixtures/tasks`` in the directory that holds the repo."""
     return pathlib.Path(os.environ.get("HDVILA_TASK_FIXTURES", DEFAULT_TASK_ROOT))
 
 
@@ -114,7 +114,7 @@ def loss_spec(meta: dict) -> tuple[str, float]:
 def fixture_loss(out: dict, kind: str, temperature: float) -> jax.Array:
     """The fixture's ``loss`` from our model outputs (see :func:`loss_spec`)."""
     if kind == "retrieval":
-        return retrieval_loss(out["text_features"], out["video_features"], temperature)[0]
+        return contrastive_loss(out["text_features"], out["video_features"], temperature, RETRIEVAL_DIRECTION_WEIGHT)[0]
     if kind == "infonce":
         return contrastive_loss(out["text_features"], out["video_features"], temperature)[0]
     return out["mlm_loss"]

@@ -166,9 +166,14 @@ def test_command_line_writes_orbax_checkpoint(tmp_path, stage2_vars):
            "--model_config.crop_size=(64, 128)", *overrides, "--stage=2",
            f"--hdvila={tmp_path / 'hdvila.pt'}", f"--output={tmp_path / 'out'}"]
     subprocess.run(cmd, check=True, cwd=os.path.dirname(os.path.dirname(__file__)), capture_output=True)
-    assert_trees_equal(restore_variables(tmp_path / "out"), stage2_vars)
-    # The trainer starts from it as init.stage1_checkpoint / init.restore (variables only).
-    from hdvila_jax.train.checkpointing import restore_variables as trainer_restore
-    restored, origin = trainer_restore(str(tmp_path / "out"), stage2_vars, "init.stage1_checkpoint")
-    assert origin == str(tmp_path / "out")
-    assert_trees_equal(restored, stage2_vars)
+    assert_trees_equal(restore_variables(tmp_path / "out").variables, stage2_vars)
+    # The trainer starts from it as init.stage1_checkpoint / init.restore (variables only): restored
+    # into a target tree, the stage-1 part alone out of the stage-2 checkpoint.
+    restored = restore_variables(str(tmp_path / "out"), stage2_vars, "config.init.stage1_checkpoint")
+    assert restored.directory == str(tmp_path / "out") and restored.unused == [] and restored.step == 0
+    assert_trees_equal(restored.variables, stage2_vars)
+    stage1_part = {name: {k: v for k, v in stage2_vars[name].items() if k in ("video", "text", "contrastive")}
+                   for name in ("params", "batch_stats")}
+    subset = restore_variables(str(tmp_path / "out"), stage1_part, "config.init.stage1_checkpoint")
+    assert_trees_equal(subset.variables, stage1_part)
+    assert subset.unused and all(not p.split("/")[1] in ("video", "text", "contrastive") for p in subset.unused)

@@ -8,7 +8,7 @@ import pytest
 from hdvila_jax import Encoder, EncoderError
 from hdvila_jax.models import HDVILA, model_config_from_dict
 from hdvila_jax.search.build import encode_records
-from hdvila_jax import sharding
+from hdvila_jax import sharding, variables_io
 from hdvila_jax.train import train_state
 from hdvila_jax.video.clips import FrameOptions, clip_windows
 from tests import data_helpers, own_videos, train_helpers
@@ -35,7 +35,7 @@ def test_file_embedding_equals_record_embedding(setup):
     names = ["wide.mp4", "clips/qcif.mp4"]
     annotations = str(root / "clips.jsonl")
     data_helpers.write_jsonl(annotations, [{"clip_id": n, "text": "a caption"} for n in names])
-    options = FrameOptions.for_crop(tuple(config.data.crop_size), config.data.num_frm, sample_rate=3)
+    options = FrameOptions.for_crop(tuple(config.model.crop_size), config.model.num_frames, sample_rate=3)
     out = str(root / "records")
     data_helpers.build(os.path.dirname(videos["wide.mp4"]), annotations, out, "--num_candidates", "8",
                        frame_hw=(options.frame_height, options.frame_width), sample_rate=3, num_shards=1)
@@ -56,6 +56,19 @@ def test_file_embedding_equals_record_embedding(setup):
     assert np.abs(from_files[0] - from_files[1]).max() > 1e-3
     assert [e.starts.tolist() for e in encoded] == [[0.0], [0.0]]
     np.testing.assert_allclose([e.ends[0] for e in encoded], [6.0, 10.0], atol=0.11)
+
+
+def test_old_run_config_with_data_crop_and_frames_loads(setup, tmp_path):
+    # A run's config.json from before the crop and frame count were the model's alone holds
+    # data.crop_size and data.num_frm too; nothing reads them (here they even disagree with the model).
+    config, variables, _, _, _ = setup
+    old = config.copy_and_resolve_references()
+    old.data.crop_size, old.data.num_frm = (128, 128), 9
+    (tmp_path / "config.json").write_text(old.to_json_best_effort(indent=2))
+    variables_io.save_variables(tmp_path / "variables", variables)
+    encoder = Encoder.from_checkpoint(str(tmp_path / "variables"))
+    assert encoder.crop_hw == tuple(config.model.crop_size) and encoder.frame_options.num_frm == 7
+    assert (encoder.frame_options.frame_height, encoder.frame_options.frame_width) == (72, 240)
 
 
 def test_windows_bad_files_and_texts(setup):

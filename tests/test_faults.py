@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from hdvila_jax import variables_io
 from hdvila_jax.data.tfrecord_source import record_offsets
-from hdvila_jax.train import checkpointing, trainer
+from hdvila_jax.train import trainer
 from tests import train_helpers
 from tests.data_helpers import flip_byte
 
@@ -60,7 +61,7 @@ def test_every_checkpoint_damaged_is_an_error_not_a_fresh_start(demo_root, tmp_p
             os.remove(meta)
         else:
             shutil.rmtree(meta)
-    with pytest.raises(checkpointing.CheckpointError, match="no checkpoint in .* could be restored"):
+    with pytest.raises(variables_io.CheckpointError, match="no checkpoint in .* could be restored"):
         trainer.train_and_evaluate(_config(demo_root, total_steps=4), workdir)
     assert os.path.isdir(os.path.join(workdir, "checkpoints", "2"))  # left for inspection
 
@@ -94,7 +95,7 @@ def test_disk_full_while_saving_is_a_clear_error_and_keeps_the_previous_checkpoi
             f.truncate(stat.f_bavail * stat.f_frsize - 2 ** 20)
             f.seek(0)
             f.write(b"\0" * (stat.f_bavail * stat.f_frsize - 2 ** 20))
-        with pytest.raises(checkpointing.CheckpointError, match="disk full: .* newest complete checkpoint is step 2, intact"):
+        with pytest.raises(variables_io.CheckpointError, match="disk full: .* newest complete checkpoint is step 2, intact"):
             trainer.train_and_evaluate(_config(demo_root, total_steps=4), workdir)
         os.remove(os.path.join(disk, "ballast"))
         assert train_helpers.steps_on_disk(workdir) == [2]

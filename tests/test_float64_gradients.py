@@ -51,7 +51,7 @@ def _relative(a, b) -> float:
 
 
 def _retrieval_loss64(text, video, temperature):
-    """``hdvila_jax.tasks.retrieval.retrieval_loss`` in the features' dtype (that one computes in float32):
+    """the retrieval loss (``contrastive_loss`` with both directions summed) in the features' dtype (that one computes in float32):
     ``CE(T V^T / t, I) + CE(V T^T / t, I)``, each averaged over rows."""
     import jax
     import jax.numpy as jnp
@@ -75,7 +75,8 @@ def compare_float64(folder: pathlib.Path) -> dict:
 
     from hdvila_jax.convert import convert_hdvila
     from hdvila_jax.models import HDVILA
-    from hdvila_jax.tasks.retrieval import retrieval_loss
+    from hdvila_jax.losses import contrastive_loss
+    from hdvila_jax.tasks.retrieval import RETRIEVAL_DIRECTION_WEIGHT
     from tests.reference_fixtures import (MODEL_INPUTS, grad_norms_by_torch_name, load_fixture, loss_spec,
                                           ours_in_reference_layout, rebuild_state_dict)
     from reference.make_fixture import _load, run_reference
@@ -104,8 +105,8 @@ def compare_float64(folder: pathlib.Path) -> dict:
     out, inter, grads = run(variables, batch)
     leaves = jax.tree_util.tree_leaves((out, grads))
     assert all(x.dtype == jnp.float64 for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)), "not float64"
-    # The float64 loss above is retrieval_loss's formula: same value at float32 precision.
-    loss32 = retrieval_loss(out["text_features"], out["video_features"], temperature)[0]
+    # The float64 loss above is the retrieval loss's formula: same value at float32 precision.
+    loss32 = contrastive_loss(out["text_features"], out["video_features"], temperature, RETRIEVAL_DIRECTION_WEIGHT)[0]
     assert abs(float(loss32) - float(out["loss"])) <= 1e-5 * abs(float(out["loss"]))
     ours = ours_in_reference_layout(out, inter, meta, stage)
     b, n, length = inputs["msrvtt_mc_text_input_ids"].shape

@@ -3,8 +3,10 @@
 - ``hdvila_jax`` never imports the scripts around it (``configs``, ``data_pipelines``, ``benchmarks``,
   ``reference``, ``tests``), neither with an import statement nor through ``importlib``.
 - The parts of ``hdvila_jax`` (its subpackages and top-level modules) import each other without a
-  cycle, and the lower layers never reach up: the graph reads main -> train -> tasks -> models / data /
-  losses.
+  cycle, and the lower layers never reach up: the graph reads main -> train -> config_checks ->
+  tasks -> inference / variables_io -> models / data / losses.
+- Inference (the Encoder, search, evaluation of a checkpoint) never reaches training, not even through
+  another part: restoring variables and encoding live below ``train``.
 """
 from __future__ import annotations
 
@@ -22,9 +24,14 @@ LOWER_LAYERS = {
     "losses": ("train", "tasks", "search", "main", "models", "data"),
     "kernels": ("train", "tasks", "search", "main", "models", "data"),
     "sharding": ("train", "tasks", "search", "main", "models", "data"),
-    "tasks": ("train", "search", "main"),
-    "train": ("search", "main"),
+    "variables_io": ("train", "tasks", "search", "main", "inference", "config_checks"),
+    "inference": ("train", "tasks", "search", "main", "variables_io", "config_checks"),
+    "tasks": ("train", "search", "main", "config_checks", "eval_only", "encoder"),
+    "config_checks": ("train", "search", "main", "eval_only", "encoder"),
+    "train": ("search", "main", "eval_only", "encoder"),
 }
+# parts that serve a trained model and must not depend on the training code, directly or not
+INFERENCE = ("encoder", "search", "evaluate", "eval_only", "inference", "variables_io")
 
 
 def _sources() -> list[pathlib.Path]:
@@ -137,6 +144,25 @@ def test_lower_layers_never_import_higher_ones(lower):
     assert not bad, "\n".join(bad)
 
 
+def _reachable(graph: dict[str, dict[str, list[str]]], start: str) -> dict[str, list[str]]:
+    """Every part ``start`` imports directly or through other parts -> the chain of parts to it."""
+    paths = {start: [start]}
+    todo = [start]
+    while todo:
+        node = todo.pop()
+        for nxt in sorted(graph.get(node, {})):
+            if nxt not in paths:
+                paths[nxt] = paths[node] + [nxt]
+                todo.append(nxt)
+    return paths
+
+
+@pytest.mark.parametrize("part", INFERENCE)
+def test_inference_never_reaches_training(part):
+    reached = _reachable(_graph(), part)
+    assert "train" not in reached, " -> ".join(reached.get("train", []))
+
+
 def test_the_checks_see_imports_of_every_kind():
     """The parser finds plain, from-, relative, in-function and importlib imports, and the cycle finder a cycle."""
     source = ("import configs.model\nfrom . import qa\nfrom ..train import sharding\n"
@@ -146,3 +172,4 @@ def test_the_checks_see_imports_of_every_kind():
     assert "hdvila_jax.tasks.qa" in names and "hdvila_jax.train.sharding" in names
     assert _cycle({"a": {"b": []}, "b": {"c": []}, "c": {"a": []}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b": []}, "b": {}}) is None
+    assert _reachable({"a": {"b": []}, "b": {"c": []}}, "a")["c"] == ["a", "b", "c"]

@@ -113,7 +113,7 @@ def test_index_config_copies_and_checks_records(tmp_path):
 # End to end: train a small stage-1 model on the 16 demo videos, index them, query with their captions.
 SEARCH_TRAINING = {
     "total_steps": 30, "batch_size": 16, "eval_batch_size": 8, "eval_every_steps": 1000, "ckpt_every_steps": 30,
-    "log_every_steps": 10, "model.crop_size": (64, 128), "data.crop_size": (64, 128),
+    "log_every_steps": 10, "model.crop_size": (64, 128),
     # The demo model's width and depth, warmup, no dropout (the tiny model at lr 1e-3 without warmup
     # stayed at chance: loss ln 16 with a vanishing gradient).
     "model.hidden_size": 64, "model.num_hidden_layers": 4, "model.num_attention_heads": 4,

@@ -1,6 +1,6 @@
 """The retrieval loss on a batch sharded over 8 devices takes its negatives from the whole global batch:
 loss and gradient equal the 1-device values, and differ from averaging per-device losses."""
-from tests import train_helpers
+from benchmarks.reporting import run_on_forced_devices
 
 EIGHT_DEVICES = r"""
 import json
@@ -9,7 +9,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from configs import model as model_configs
 from hdvila_jax.models import HDVILA, model_config_from_dict
 from hdvila_jax.models.variables import init_variables
-from hdvila_jax.tasks.retrieval import retrieval_loss
+from hdvila_jax.losses import contrastive_loss
+from hdvila_jax.tasks.retrieval import RETRIEVAL_DIRECTION_WEIGHT
 
 TEMPERATURE = 0.08
 values = model_configs.get_config("tiny").to_dict()
@@ -27,7 +28,7 @@ batch = dict(img_middle=rng.integers(0, 256, (b, 1, h, w, 3), dtype=np.uint8),
 
 def loss_fn(params, batch):
     out = model.apply({**variables, "params": params}, batch, stage=1, deterministic=True)
-    return retrieval_loss(out["text_features"], out["video_features"], TEMPERATURE)[0]
+    return contrastive_loss(out["text_features"], out["video_features"], TEMPERATURE, RETRIEVAL_DIRECTION_WEIGHT)[0]
 
 loss_and_grad = jax.jit(jax.value_and_grad(loss_fn))
 
@@ -53,7 +54,7 @@ print("RESULT" + json.dumps(dict(loss8=float(loss8), loss1=float(loss1), local=n
 
 
 def test_retrieval_loss_uses_the_global_batch():
-    r = train_helpers.run_on_forced_devices(EIGHT_DEVICES)
+    r = run_on_forced_devices(EIGHT_DEVICES)
     assert abs(r["loss8"] - r["loss1"]) < 1e-5 * r["loss1"], r
     assert r["grad_norm1"] > 0 and r["grad_diff"] < 1e-4 * r["grad_norm1"], r
     # 8 pairs at temperature 0.08: the loss is about 2 ln 8; one pair alone gives exactly 0.

@@ -1,4 +1,4 @@
-"""Video QA (SPEC_DOWNSTREAM 4): the multiple-choice row layout, the clip-aggregated losses, accuracy,
+"""Video QA (docs/fidelity.md §13): the multiple-choice row layout, the clip-aggregated losses, accuracy,
 the QA parameter tree and its converter. Parity with the original is in test_reference_parity.py."""
 import jax
 import jax.numpy as jnp
@@ -10,7 +10,7 @@ from hdvila_jax.convert.rules import hdvila_rules
 from hdvila_jax.models import HDVILA
 from hdvila_jax.models.qa_head import flatten_choices
 from hdvila_jax.models.variables import example_batch, init_variables
-from hdvila_jax.tasks.qa import aggregate_logits, qa_accuracy, qa_loss, qa_loss_per_example, unflatten_choices
+from hdvila_jax.tasks.qa_loss import aggregate_logits, qa_accuracy, qa_loss, qa_loss_per_example, unflatten_choices
 from tests.model_helpers import random_batch, small_config
 
 

@@ -10,15 +10,15 @@ import pytest
 from flax import traverse_util
 
 from configs import qa as qa_configs
-from hdvila_jax import sharding, variables_io
+from hdvila_jax import eval_only, sharding, variables_io
+from hdvila_jax.config_checks import check_config
 from hdvila_jax.models import model_config_from_dict
-from hdvila_jax.models.variables import init_variables
-from hdvila_jax.tasks import get_task
+from hdvila_jax.models.variables import abstract_variables, init_variables
+from hdvila_jax.tasks.base import TrainConfigError
+from hdvila_jax.tasks.qa import qa_task
 from hdvila_jax.tasks.qa_eval import Question, prediction_rows, qa_metrics
-from hdvila_jax.train import train_state, trainer
-from hdvila_jax.train.config_checks import TrainConfigError, check_config
+from hdvila_jax.train import startup, train_state, trainer
 from hdvila_jax.train.optimizer import make_optimizer
-from hdvila_jax.train.recipe import resolve_qa_outputs
 from tests import train_helpers
 from tests.test_train_step import NO_DROPOUT, assert_accumulation_matches, run_steps
 
@@ -87,37 +87,37 @@ def test_resolve_qa_outputs(tmp_path):
     with open(path, "w") as f:
         json.dump({"red": 0, "left": 1, "circle": 2}, f)
     config = qa_config(**{"model.num_qa_outputs": 0, "data.ans2label": path})
-    assert resolve_qa_outputs(config).model.num_qa_outputs == 3
+    assert qa_task(config).resolve(config).model.num_qa_outputs == 3
     config.model.num_qa_outputs = 1500  # the original's fixed head size is kept
-    assert resolve_qa_outputs(config).model.num_qa_outputs == 1500
+    assert qa_task(config).resolve(config).model.num_qa_outputs == 1500
     config.model.num_qa_outputs = 2
     with pytest.raises(ValueError, match="smaller than the 3 answers"):
-        resolve_qa_outputs(config)
+        qa_task(config).resolve(config)
     mc = qa_config("multiple_choice")
     mc.model.num_qa_outputs = 0
-    assert resolve_qa_outputs(mc).model.num_qa_outputs == 1
+    assert qa_task(mc).resolve(mc).model.num_qa_outputs == 1
     mc.model.num_qa_outputs = 4
     with pytest.raises(ValueError, match="multiple choice"):
-        resolve_qa_outputs(mc)
+        qa_task(mc).resolve(mc)
     with open(path, "w") as f:
         json.dump({"red": 0, "left": 2}, f)
     with pytest.raises(ValueError, match="0..1"):
-        resolve_qa_outputs(config)
+        qa_task(config).resolve(config)
 
 
 def test_fine_tuning_from_stage2_takes_all_but_the_new_head(tmp_path):
     config = qa_config()
-    model_cfg = check_config(config)
+    model_cfg, task = check_config(config)
     pretrain_cfg = model_config_from_dict({**config.model.to_dict(), "num_qa_outputs": 0})
     stage2 = init_variables(pretrain_cfg, jax.random.PRNGKey(3), 2)
     path = str(tmp_path / "stage2")
     variables_io.save_variables(path, stage2)
     config.init.restore = path
     mesh = sharding.make_mesh(config.mesh)
-    opt = make_optimizer(config.optimizer, train_state.abstract_variables(model_cfg, 2)["params"], 10)
+    opt = make_optimizer(config.optimizer, abstract_variables(model_cfg, 2)["params"], 10)
     target = train_state.abstract_state(config, model_cfg, mesh, opt, train_state.state_specs(config, model_cfg,
                                                                                                mesh, opt))
-    variables, origin = trainer.fine_tuning_variables(config, model_cfg, mesh, target, get_task(config))
+    variables, origin = startup.fine_tuning_variables(config, model_cfg, mesh, target, task)
     assert "params/heads/qa_classifier" in origin and "params/contrastive" in origin
     got = traverse_util.flatten_dict(jax.device_get(variables["params"]), sep="/")
     stored = traverse_util.flatten_dict(stage2["params"], sep="/")
@@ -172,7 +172,7 @@ def test_paper_recipes():
         assert config.optimizer.groups.cnn.lr == 5e-5 and config.optimizer.groups.cnn.weight_decay == 0.1
     for name in ("msrvtt_qa", "tgif_frame", "tgif_action", "demo", "demo_mc", "tiny"):
         config = qa_configs.get_config(name)
-        assert get_task(config).stage == 2 and config.seed == 66
+        assert check_config(config)[1].stage == 2 and config.seed == 66
     with pytest.raises(ValueError, match="unknown qa variant"):
         qa_configs.get_config("msrvtt")
     assert os.path.basename(qa_configs.get_config("msrvtt_qa").data.ans2label) == "train_ans2label.json"
@@ -233,7 +233,7 @@ def test_open_ended_fine_tune_writes_metrics_predictions_and_best(demo_root, sta
     with open(os.path.join(workdir, "best", "best.json")) as f:
         best = json.load(f)
     # Eval mode on the kept best checkpoint reproduces its accuracy.
-    eval_metrics = trainer.evaluate_checkpoint(_demo_config(demo_root, "open", best["path"]), str(tmp_path / "eval"))
+    eval_metrics = eval_only.evaluate_checkpoint(_demo_config(demo_root, "open", best["path"]), str(tmp_path / "eval"))
     assert eval_metrics["qa_accuracy"] == best["value"]
 
 
@@ -264,8 +264,7 @@ def test_demo_multiple_choice_recipe_lets_the_option_signal_through():
     assert open_ended.model.hidden_dropout_prob == 0.1 and open_ended.optimizer.eps == 1e-6
     assert open_ended.data.inference_n_clips == 2
     assert sorted(open_ended.optimizer.groups) == ["align", "cnn", "transformer"] and not open_ended.optimizer.frozen
-    params = train_state.abstract_variables(model_config_from_dict(dict(mc.model.to_dict(), num_qa_outputs=1)),
-                                            2)["params"]
+    params = abstract_variables(model_config_from_dict(dict(mc.model.to_dict(), num_qa_outputs=1)), 2)["params"]
     labels = make_optimizer(mc.optimizer, params, 10).labels
     assert {label for path, label in labels.items() if path.startswith("video/")} == {"frozen"}
     assert labels["heads/qa_classifier/out/kernel"] == "transformer"

@@ -11,14 +11,14 @@ import pytest
 from flax import traverse_util
 
 from configs import retrieval
-from hdvila_jax import variables_io
+from hdvila_jax import eval_only, variables_io
 from hdvila_jax.losses import contrastive_loss
 from hdvila_jax.models import HDVILA, model_config_from_dict
 from hdvila_jax.models.variables import init_variables
 from hdvila_jax.tasks import get_task
-from hdvila_jax.tasks.retrieval import multiple_choice_accuracy, multiple_choice_scores, retrieval_loss
-from hdvila_jax.train import checkpointing, trainer
-from hdvila_jax.train.config_checks import TrainConfigError
+from hdvila_jax.tasks.retrieval import RETRIEVAL_DIRECTION_WEIGHT, multiple_choice_accuracy, multiple_choice_scores
+from hdvila_jax.train import trainer
+from hdvila_jax.tasks.base import TrainConfigError
 from hdvila_jax.train.recipe import resolve_epochs
 from tests import train_helpers
 from tests.model_helpers import relative_error
@@ -56,7 +56,8 @@ def test_retrieval_loss_sums_both_directions_and_task_dispatch():
     log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     log_softmax_t = logits.T - np.log(np.exp(logits.T).sum(1, keepdims=True))
     expected = -np.diag(log_softmax).mean() - np.diag(log_softmax_t).mean()
-    np.testing.assert_allclose(float(retrieval_loss(text, video, 0.08)[0]), expected, rtol=1e-5)
+    np.testing.assert_allclose(float(contrastive_loss(text, video, 0.08, RETRIEVAL_DIRECTION_WEIGHT)[0]), expected,
+                               rtol=1e-5)
     np.testing.assert_allclose(float(contrastive_loss(text, video, 0.08)[0]), expected / 2, rtol=1e-5)
     task = get_task(retrieval.get_config("tiny"))
     assert (task.name, task.stage, task.direction_weight, task.temperature) == ("retrieval", 1, 1.0, 0.08)
@@ -104,7 +105,7 @@ def test_recipes_follow_the_original():
             "actnet": (13, (4, 8), 32, 100, (5e-6,) * 3, 0.1)}.items():
         config = retrieval.get_config(name)
         assert (config.task, config.stage, config.temperature) == ("retrieval", 1, 0.08)
-        assert config.model.num_frames == config.data.num_frm == frames
+        assert config.model.num_frames == frames and "num_frm" not in config.data
         assert (config.data.train_n_clips, config.data.inference_n_clips) == clips
         assert (config.batch_size, config.epochs, config.optimizer.warmup_ratio) == (batch, epochs, warmup)
         groups = config.optimizer.groups
@@ -146,16 +147,16 @@ def test_fine_tune_from_stage2_checkpoint_then_eval_any_checkpoint(demo_root, st
     assert os.path.isdir(best["path"]) and best["path"].endswith(f"step_{best['step']}")
 
     # Eval mode on the stage-2 source (its stage-1 part) reproduces the step-0 zero-shot numbers.
-    zero_shot = trainer.evaluate_checkpoint(_config(demo_root, **{"init.restore": source}), str(tmp_path / "eval0"))
+    zero_shot = eval_only.evaluate_checkpoint(_config(demo_root, **{"init.restore": source}), str(tmp_path / "eval0"))
     for key in ("t2v_R1", "t2v_R5", "t2v_MeanR", "v2t_R1", "v2t_MeanR"):
         assert zero_shot[key] == pytest.approx(evals[0][key]), key
     # ... and on the kept best checkpoint, its recorded numbers.
-    at_best = trainer.evaluate_checkpoint(_config(demo_root, **{"init.restore": best["path"]}), str(tmp_path / "eval1"))
+    at_best = eval_only.evaluate_checkpoint(_config(demo_root, **{"init.restore": best["path"]}), str(tmp_path / "eval1"))
     for key in ("t2v_R1", "t2v_MeanR", "v2t_MeanR"):
         assert at_best[key] == pytest.approx(best["metrics"][key]), key
 
     # The fine-tuned text tower started from the source's and moved; fusion was never created.
-    final = checkpointing.restore_variables(os.path.join(workdir, "checkpoints"), None, "workdir")[0]
+    final = variables_io.restore_variables(os.path.join(workdir, "checkpoints")).variables
     flat = traverse_util.flatten_dict(final["params"], sep="/")
     assert not any(p.startswith("fusion/") or p.startswith("heads/") for p in flat)
     src = traverse_util.flatten_dict(source_variables["params"], sep="/")
@@ -174,5 +175,5 @@ def test_checkpoint_of_another_model_is_refused_by_name(demo_root, tmp_path):
     cfg = model_config_from_dict(other.model.to_dict())
     path = str(tmp_path / "wide")
     variables_io.save_variables(path, init_variables(cfg, jax.random.PRNGKey(0), stage=1))
-    with pytest.raises(checkpointing.CheckpointError, match="init.restore.*other shapes"):
+    with pytest.raises(variables_io.CheckpointError, match="init.restore.*other shapes"):
         trainer.train_and_evaluate(_config(demo_root, **{"init.restore": path}), str(tmp_path / "run"))

@@ -33,8 +33,8 @@ array.ArrayImpl._value = property(counted)
 
 reads_at_step = []  # host reads so far, at the dispatch of each train step
 real_build = trainer.build_step
-def recording_build(config):
-    built = real_build(config)
+def recording_build(config, **kwargs):
+    built = real_build(config, **kwargs)
     step = built.step
     def recorded(state, batch):
         reads_at_step.append(reads[0])

@@ -12,6 +12,7 @@ from flax import traverse_util
 
 from hdvila_jax.data import pipeline
 from hdvila_jax.train import trainer
+from hdvila_jax.train.pending_metrics import NonFiniteLossError
 from tests import train_helpers
 
 
@@ -143,7 +144,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(demo_root, tmp_pat
     monkeypatch.setattr(pipeline, "make_train_iterator", poisoned)
     config = train_helpers.tiny_config(1, demo_root, total_steps=6, ckpt_every_steps=2, eval_every_steps=1000)
     workdir = str(tmp_path / "run")
-    with pytest.raises(trainer.NonFiniteLossError, match="step 3: loss nan"):
+    with pytest.raises(NonFiniteLossError, match="step 3: loss nan"):
         trainer.train_and_evaluate(config, workdir)
     assert train_helpers.steps_on_disk(workdir) == [2]
     params = traverse_util.flatten_dict(train_helpers.checkpoint_params(workdir, 2), sep="/")

@@ -4,10 +4,10 @@ import numpy as np
 from flax import traverse_util
 
 from hdvila_jax import sharding
+from hdvila_jax.config_checks import check_config
 from hdvila_jax.models import HDVILA
 from hdvila_jax.models.variables import abstract_variables
 from hdvila_jax.train import train_state
-from hdvila_jax.train.config_checks import check_config
 from hdvila_jax.train.optimizer import make_optimizer
 from hdvila_jax.train.train_step import make_train_step
 from tests.train_helpers import synthetic_batch, tiny_config
@@ -17,19 +17,19 @@ NO_DROPOUT = {"model.hidden_dropout_prob": 0.0, "model.attention_probs_dropout_p
 
 
 def state_parts(config):
-    """The model config, mesh, optimizer and state specs of ``config`` on all local devices."""
-    model_cfg = check_config(config)
+    """The model config, task, mesh, optimizer and state specs of ``config`` on all local devices."""
+    model_cfg, task = check_config(config)
     mesh = sharding.make_mesh(config.mesh)
     opt = make_optimizer(config.optimizer, abstract_variables(model_cfg, config.stage)["params"], config.total_steps)
-    return model_cfg, mesh, opt, train_state.state_specs(config, model_cfg, mesh, opt)
+    return model_cfg, task, mesh, opt, train_state.state_specs(config, model_cfg, mesh, opt)
 
 
 def build(config):
     """Sharded fresh state and the jitted step on all local devices."""
-    model_cfg, mesh, opt, specs = state_parts(config)
+    model_cfg, task, mesh, opt, specs = state_parts(config)
     state = train_state.new_train_state(config, train_state.init_variables_sharded(config, model_cfg, mesh),
                                         mesh, specs, opt)
-    step = jax.jit(make_train_step(config, HDVILA(model_cfg), opt, mesh))
+    step = jax.jit(make_train_step(config, HDVILA(model_cfg), opt, mesh, task))
     return state, step, mesh
 
 
@@ -136,7 +136,8 @@ def test_dropout_key_impl_sets_the_state_key_and_the_masks():
     for impl, words in (("threefry2x32", 2), ("unsafe_rbg", 4), ("unsafe_rbg", 4)):
         config = tiny_config(1, "unused", rng_impl=impl, batch_size=4, **{"optimizer.warmup_ratio": 0.0})
         state, step, mesh = build(config)
-        target = train_state.abstract_state(config, *state_parts(config))
+        model_cfg, _, parts_mesh, opt, specs = state_parts(config)
+        target = train_state.abstract_state(config, model_cfg, parts_mesh, opt, specs)
         assert state["rng"].shape == target["rng"].shape == (words,) and state["rng"].dtype == np.uint32
         _, metrics = step(state, sharding.global_batch(synthetic_batch(config, 4), mesh))
         assert bool(metrics["finite"])

@@ -6,8 +6,10 @@ from configs import stage1, stage2
 from hdvila_jax import sharding
 from hdvila_jax.models import ConfigError
 from hdvila_jax.models.variables import abstract_variables
-from hdvila_jax.train import evaluation, optimizer
-from hdvila_jax.train.config_checks import TrainConfigError, check_config
+from hdvila_jax.config_checks import check_config
+from hdvila_jax.tasks.base import TrainConfigError
+from hdvila_jax.tasks.retrieval import retrieval_metrics
+from hdvila_jax.train import optimizer
 
 PATHS = ["text/encoder/layer_0/query/kernel", "text/encoder/layer_0/query/bias", "video/cnn_hr/conv1/kernel",
          "video/timesformer/pos_embed"]
@@ -26,7 +28,7 @@ def test_every_parameter_needs_exactly_one_rule():
 def test_paper_configs_cover_the_model_and_freeze_stage1_in_stage2():
     for module, stage in ((stage1, 1), (stage2, 2)):
         config = module.get_config("tiny")
-        params = abstract_variables(check_config(config), stage)["params"]
+        params = abstract_variables(check_config(config)[0], stage)["params"]
         opt = optimizer.make_optimizer(config.optimizer, params, 10)
         frozen = {p for p, label in opt.labels.items() if label == optimizer.FROZEN}
         stage1_paths = {p for p in opt.labels if p.split("/")[0] in ("video", "text", "contrastive")}
@@ -57,7 +59,7 @@ def test_schedules_match_the_reference_formulas():
     multi = optimizer.make_schedule("multi_step", 2.0, total_steps=100, warmup_steps=0, milestones=(10, 20))
     np.testing.assert_allclose([float(multi(c)) for c in (0, 8, 9, 18, 19, 50)], [2, 2, 1, 1, 0.5, 0.5])
     # Warmup (no decay while step <= warmup), fractional milestones, and the original's skipped
-    # halving past the last milestone (SPEC_DOWNSTREAM quirk 10): 0.5 -> 0.125, not 0.25.
+    # halving past the last milestone (docs/fidelity.md Q10): 0.5 -> 0.125, not 0.25.
     quirk = optimizer.make_schedule("multi_step", 1.0, total_steps=100, warmup_steps=4, milestones=(2.5, 6.5),
                                     skip_last_halving=True)
     np.testing.assert_allclose([float(quirk(c)) for c in (0, 3, 4, 5, 6, 90)], [0.25, 1, 0.5, 0.5, 0.125, 0.125])
@@ -80,7 +82,7 @@ def test_retrieval_metrics_on_a_known_similarity():
                     [0.0, 0.8, 0.1, 0.0],
                     [0.5, 0.6, 0.4, 0.0],
                     [0.0, 0.0, 0.9, 0.5]])
-    m = evaluation.retrieval_metrics(sim)
+    m = retrieval_metrics(sim)
     assert m["t2v_R1"] == 50.0 and m["t2v_R5"] == 100.0
     assert m["t2v_MedR"] == 1.5 and m["t2v_MeanR"] == (1 + 1 + 3 + 2) / 4
     # Columns: video 2 is beaten by text 3's 0.9 -> rank 1; others first.
@@ -88,7 +90,6 @@ def test_retrieval_metrics_on_a_known_similarity():
 
 
 @pytest.mark.parametrize("key,value,field", [
-    ("data.crop_size", (128, 192), "data.crop_size"),
     ("grad_accum_steps", 3, "grad_accum_steps"),
     ("temperature", 0.0, "temperature"),
     ("total_steps", 0, "total_steps"),
@@ -108,7 +109,6 @@ def test_bad_config_fails_naming_the_field(key, value, field):
 def test_bad_model_field_is_named():
     config = stage1.get_config("tiny")
     config.model.crop_size = (60, 192)
-    config.data.crop_size = (60, 192)
     with pytest.raises(ConfigError, match="crop_size"):
         check_config(config)
     config = stage2.get_config("tiny")

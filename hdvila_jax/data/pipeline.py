@@ -3,9 +3,10 @@
     make_train_iterator(config, process_index, process_count) -> grain DatasetIterator
     make_eval_iterator(config, process_index, process_count, batch_size=None) -> DatasetIterator
 
-`config.data` is a config of hdvila_jax/data/config.py; `config.batch_size` is the global
-batch, each process gets `batch_size // process_count` examples per batch. A batch is a
-dict of numpy arrays:
+`config.data` is a config of hdvila_jax/data/config.py; the crop (H, W) and the frames per clip
+are the model's, `config.model.crop_size` and `config.model.num_frames`; `config.batch_size` is
+the global batch, each process gets `batch_size // process_count` examples per batch. A batch is
+a dict of numpy arrays:
 
     img_middle      uint8 [B, clips, H, W, 3]        HR middle frames, RGB, NHWC
     img_other       uint8 [B, clips, 6, H/4, W/4, 3]  LR neighbours: 3 before, then 3 after
@@ -85,11 +86,12 @@ def list_files(pattern: str, field: str) -> list[str]:
 class ExampleDecoder:
     """Turns (record bytes, valid) into one example's arrays (the per-example work)."""
 
-    def __init__(self, data: ml_collections.ConfigDict, training: bool):
+    def __init__(self, config: ml_collections.ConfigDict, training: bool):
+        data = config.data
         self.training = training
         self.n_clips = data.train_n_clips if training else data.inference_n_clips
-        self.crop_hw = tuple(data.crop_size)
-        self.num_frm = data.num_frm
+        self.crop_hw = tuple(int(s) for s in config.model.crop_size)
+        self.num_frm = int(config.model.num_frames)
         self.max_txt_len = data.max_txt_len
         self.mlm_probability = data.mlm_probability
         self.flip_prob = data.flip_prob
@@ -108,7 +110,7 @@ class ExampleDecoder:
         record = parse_clip_record(data)
         if record.num_frm != self.num_frm:
             raise ValueError(f"clip {record.clip_id}: record built with num_frm={record.num_frm}, "
-                             f"config.data.num_frm={self.num_frm}")
+                             f"config.model.num_frames={self.num_frm}")
         frame_hw = (record.frame_height, record.frame_width)
         if self.training:
             candidates = sampling.random_middles(record.num_candidates, self.n_clips, rng)
@@ -205,7 +207,7 @@ def make_train_iterator(config: ml_collections.ConfigDict, process_index: int,
                .shuffle(seed=seed)
                .repeat(None)
                .map(_mark_valid)
-               .random_map(ExampleDecoder(data, training=True), seed=seed)
+               .random_map(ExampleDecoder(config, training=True), seed=seed)
                .to_iter_dataset(_read_options(data)))
     dataset = SkipCorrupt(dataset).batch(batch, drop_remainder=True)
     if data.num_workers > 0:
@@ -228,6 +230,12 @@ class _PadTo:
         return self.shard[0], False
 
 
+def eval_batch_count(total: int, process_count: int, local_batch: int) -> int:
+    """Batches of one pass over ``total`` records, each process reading every ``process_count``-th
+    record in batches of ``local_batch`` (the last padded)."""
+    return math.ceil(math.ceil(total / process_count) / local_batch)
+
+
 def make_eval_iterator(config: ml_collections.ConfigDict, process_index: int, process_count: int,
                        batch_size: int | None = None) -> grain.DatasetIterator:
     """One pass over the validation records: every record exactly once across processes,
@@ -235,10 +243,10 @@ def make_eval_iterator(config: ml_collections.ConfigDict, process_index: int, pr
     data = config.data
     batch = _per_process_batch(config, process_count, batch_size)
     shard, total = _process_shard(data.val_files, "val_files", process_index, process_count)
-    num_batches = math.ceil(math.ceil(total / process_count) / batch)
+    num_batches = eval_batch_count(total, process_count, batch)
     dataset = (grain.MapDataset.range(num_batches * batch)
                .map(_PadTo(shard))
-               .map(ExampleDecoder(data, training=False))
+               .map(ExampleDecoder(config, training=False))
                .to_iter_dataset(_read_options(data))
                .batch(batch, drop_remainder=False))
     return iter(dataset)

@@ -24,7 +24,7 @@ def example_batch(cfg: ModelConfig, batch: int = 1, clips: int = 1, text_len: in
 
 def initialize(cfg: ModelConfig, stage: int, rng: jax.Array) -> dict:
     """``model.init`` of the stage-``stage`` model; stage 2 with ``cfg.num_qa_outputs`` > 0 is the
-    video QA model (SPEC_DOWNSTREAM 4.1): the stage-2 encoder (with ``pooler1``, no contrastive
+    video QA model (docs/fidelity.md §13.1): the stage-2 encoder (with ``pooler1``, no contrastive
     projections, no MLM/ITM heads) and ``heads/qa_classifier``."""
     model = HDVILA(cfg)
     if stage == 2 and cfg.num_qa_outputs > 0:
@@ -43,6 +43,8 @@ def init_variables(cfg: ModelConfig, rng: jax.Array, stage: int) -> dict:
     return _jitted_init(cfg, stage)(rng)
 
 
+@functools.lru_cache(maxsize=8)
 def abstract_variables(cfg: ModelConfig, stage: int) -> dict:
-    """Shapes and dtypes (``ShapeDtypeStruct``) of :func:`init_variables`, without computing anything."""
+    """Shapes and dtypes (``ShapeDtypeStruct``) of :func:`init_variables`, without computing anything
+    (traced once per model config and stage)."""
     return jax.eval_shape(functools.partial(initialize, cfg, stage), jax.random.PRNGKey(0))

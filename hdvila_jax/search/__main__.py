@@ -32,7 +32,7 @@ from hdvila_jax.search.index import SearchError, load_index
 from hdvila_jax.search.query import search_text
 from hdvila_jax.search.render import render_results
 from hdvila_jax.search.videos import DEFAULT_CLIP_SECONDS, build_video_index
-from hdvila_jax.train.config_checks import TrainConfigError
+from hdvila_jax.tasks.base import TrainConfigError
 from hdvila_jax.video.clips import FrameOptions
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "index: trainer config file[:variant] (--videos: default "

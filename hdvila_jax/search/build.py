@@ -12,7 +12,7 @@ import glob
 import io
 import math
 import os
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import ml_collections
@@ -22,13 +22,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from hdvila_jax import sharding
+from hdvila_jax.config_checks import check_config
 from hdvila_jax.data import pipeline
 from hdvila_jax.data.records import ClipRecord, parse_clip_record
 from hdvila_jax.data.tfrecord_source import TFRecordDataSource
+from hdvila_jax.encoder import restore_stage1_variables
+from hdvila_jax.inference import VIDEO_INPUTS, encode_batches, make_encode_fn
 from hdvila_jax.models import HDVILA
-from hdvila_jax.search import restore
 from hdvila_jax.search.index import SearchError, save_index
-from hdvila_jax.train.config_checks import check_config
 
 THUMBNAIL_SIZE = (160, 96)  # (width, height) box the thumbnail fits in
 THUMBNAIL_QUALITY = 85
@@ -46,34 +47,24 @@ def index_config(config: ml_collections.ConfigDict, records: str) -> ml_collecti
     return config
 
 
-def make_video_encoder(model: HDVILA) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
-    """Jitted ``(variables, img_middle, img_other) -> normalised video features [B, D]``."""
-    def encode(variables, img_middle, img_other):
-        return model.apply(variables, img_middle, img_other, method=HDVILA.encode_video)[1]
-    return jax.jit(encode)
-
-
 def encode_records(model: HDVILA, variables: Any, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                    batch_size: int, progress: bool = True) -> np.ndarray:
     """Video embeddings ``[N, D]`` of all records of ``config.data.val_files``, in record order."""
-    encode = make_video_encoder(model)
     process, processes = jax.process_index(), jax.process_count()
     local = batch_size // processes
     total = len(TFRecordDataSource(pipeline.list_files(config.data.val_files, "val_files")))
-    num_batches = math.ceil(math.ceil(total / processes) / local)
     batches = pipeline.make_eval_iterator(config, process, processes, batch_size=batch_size)
-    rows, features = [], []
-    for step, batch in enumerate(tqdm(batches, total=num_batches, desc="encoding videos", unit="batch",
-                                      disable=not progress or process != 0)):
-        # Process p reads records p, p + P, ...: its j-th example of batch `step` is this record.
-        record = process + processes * (step * local + np.arange(local, dtype=np.int32))
-        data = sharding.global_batch(dict(img_middle=batch["img_middle"], img_other=batch["img_other"],
-                                          record=record, valid=batch["valid"]), mesh)
-        video = encode(variables, data["img_middle"], data["img_other"])
-        keep = sharding.gather_to_host(data["valid"])
-        rows.append(sharding.gather_to_host(data["record"])[keep])
-        features.append(sharding.gather_to_host(video)[keep])
-    rows, features = np.concatenate(rows), np.concatenate(features)
+
+    def numbered():
+        """Each batch with the record index of its rows: process p reads records p, p + P, ..."""
+        for step, batch in enumerate(batches):
+            yield dict(batch, record=process + processes * (step * local + np.arange(local, dtype=np.int32)))
+
+    batches_shown = tqdm(numbered(), total=pipeline.eval_batch_count(total, processes, local), desc="encoding videos",
+                         unit="batch", disable=not progress or process != 0)
+    out = encode_batches(make_encode_fn(model, ("video",)), variables, batches_shown, mesh, VIDEO_INPUTS,
+                         carry=("record",))
+    rows, features = out["record"], out["video_features"]
     if sorted(rows.tolist()) != list(range(total)):
         raise RuntimeError(f"encoded {len(rows)} rows, expected each of the {total} records once")
     embeddings = np.empty_like(features, dtype=np.float32)
@@ -114,14 +105,14 @@ def build_index(config: ml_collections.ConfigDict, checkpoint: str, records: str
     """Encode every video of the ``records`` glob with the model of ``config`` restored from
     ``checkpoint``; write the index to ``out`` (process 0) and return its manifest."""
     config = index_config(config, records)
-    model_cfg = check_config(config)
+    model_cfg, _ = check_config(config)
     mesh = sharding.make_mesh(config.mesh)
     batch_size = config.eval_batch_size if batch_size is None else batch_size
     shards = math.lcm(sharding.data_parallel_size(mesh), jax.process_count())
     if batch_size <= 0 or batch_size % shards:
         raise SearchError(f"--batch_size={batch_size} must be a positive multiple of {shards} "
                           "(the batch shards of config.mesh and the process count)")
-    variables, origin = restore.restore_variables(config, model_cfg, mesh, checkpoint)
+    variables, origin = restore_stage1_variables(config, model_cfg, mesh, checkpoint)
     embeddings = encode_records(HDVILA(model_cfg), variables, config, mesh, batch_size, progress)
     manifest = dict(source="records", checkpoint=os.path.abspath(checkpoint), restored_from=origin,
                     records=os.path.abspath(records), count=len(embeddings), dim=int(embeddings.shape[1]),

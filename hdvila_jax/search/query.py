@@ -18,7 +18,7 @@ import numpy as np
 
 from hdvila_jax.encoder import Encoder
 from hdvila_jax.models import model_config_from_dict
-from hdvila_jax.search import restore
+from hdvila_jax.encoder import restore_stage1_variables
 from hdvila_jax.search.index import Index, SearchError
 from hdvila_jax import sharding
 
@@ -85,7 +85,7 @@ def text_encoder(index: Index, checkpoint: str | None = None) -> Encoder:
     config = ml_collections.ConfigDict(index.manifest["config"])
     model_cfg = model_config_from_dict(config.model.to_dict())
     mesh = sharding.make_mesh(QUERY_MESH)
-    variables, origin = restore.restore_variables(config, model_cfg, mesh, checkpoint or index.manifest["checkpoint"])
+    variables, origin = restore_stage1_variables(config, model_cfg, mesh, checkpoint or index.manifest["checkpoint"])
     return Encoder(config, variables, mesh, origin=origin)
 
 

@@ -1,4 +1,4 @@
-"""Video QA evaluation (SPEC_DOWNSTREAM 4.5): multi-clip predictions, accuracy overall and per
+"""Video QA evaluation (docs/fidelity.md §13.5): multi-clip predictions, accuracy overall and per
 answer type, and one prediction row per question for error analysis.
 
 Questions are identified by their record's ``video_index`` (the 0-based line of the annotation
@@ -15,18 +15,18 @@ from typing import Any, Callable, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from hdvila_jax import sharding
 from hdvila_jax.data.answers import load_ans2label
 from hdvila_jax.data.pipeline import list_files
 from hdvila_jax.data.records import parse_clip_record
 from hdvila_jax.data.tfrecord_source import TFRecordDataSource
 from hdvila_jax.models import HDVILA
-from hdvila_jax.sharding import gather_to_host
-from hdvila_jax.tasks import Task
-from hdvila_jax.tasks.qa import IMAGE_KEYS, aggregate_logits, qa_accuracy, qa_inputs
+from hdvila_jax.inference import encode_batches
+from hdvila_jax.tasks.base import TrainConfigError, eval_batches
+from hdvila_jax.tasks.qa_loss import IMAGE_KEYS, aggregate_logits, qa_accuracy, qa_model_inputs
 
 LABEL_KEYS = {"open": "qa_label", "multiple_choice": "mc_answer"}
 TEXT_KEYS = {"open": ("text_input_ids", "text_input_mask"),
@@ -58,12 +58,11 @@ def read_questions(pattern: str, field: str = "data.val_files") -> dict[int, Que
 
 
 def make_predict_fn(model: HDVILA, qa_type: str, aggregation: str) -> Callable[[Any, Mapping[str, jax.Array]],
-                                                                             jax.Array]:
-    """Jitted ``(variables, batch) -> prediction [B]``: argmax of the clip-aggregated logits, no dropout."""
+                                                                             dict[str, jax.Array]]:
+    """Jitted ``(variables, batch) -> {"pred": [B]}``: argmax of the clip-aggregated logits, no dropout."""
     def predict(variables, batch):
-        inputs, _ = qa_inputs(batch, qa_type)
-        logits = model.apply(variables, inputs, True, method=HDVILA.qa_logits)
-        return jnp.argmax(aggregate_logits(logits, aggregation), axis=-1).astype(jnp.int32)
+        logits = model.apply(variables, qa_model_inputs(batch, qa_type), True, method=HDVILA.qa_logits)
+        return {"pred": jnp.argmax(aggregate_logits(logits, aggregation), axis=-1).astype(jnp.int32)}
     return jax.jit(predict)
 
 
@@ -103,36 +102,36 @@ def evaluate_qa(predict: Callable, variables: Any, batches: Iterable[Mapping[str
                 label2ans: Mapping[int, str] | None) -> tuple[dict[str, float], list[dict]]:
     """Predict every (per-process) batch, gather all processes' predictions, drop padding; return the
     metrics and the prediction rows (ordered by question id)."""
-    keys = (*IMAGE_KEYS, *TEXT_KEYS[qa_type], LABEL_KEYS[qa_type], "video_index", "valid")
-    preds, labels, ids, valid = [], [], [], []
-    for local in batches:
-        batch = sharding.global_batch({k: local[k] for k in keys}, mesh)
-        preds.append(gather_to_host(predict(variables, batch)))
-        labels.append(gather_to_host(batch[LABEL_KEYS[qa_type]]))
-        ids.append(gather_to_host(batch["video_index"]))
-        valid.append(gather_to_host(batch["valid"]))
-    keep = np.concatenate(valid)
-    order = np.argsort(np.concatenate(ids)[keep], kind="stable")
-    pred, label, qid = (np.concatenate(x)[keep][order] for x in (preds, labels, ids))
+    out = encode_batches(predict, variables, batches, mesh, (*IMAGE_KEYS, *TEXT_KEYS[qa_type]),
+                         carry=(LABEL_KEYS[qa_type], "video_index"))
+    order = np.argsort(out["video_index"], kind="stable")
+    pred, label, qid = out["pred"][order], out[LABEL_KEYS[qa_type]][order], out["video_index"][order]
     metrics = qa_metrics(pred, label, [questions[q].answer_type for q in qid.tolist()])
     return metrics, prediction_rows(qid, pred, label, questions, label2ans)
 
 
 class QAEvaluator:
-    """The QA evaluation of a task on the records ``val_files``: ``(variables, mesh, batches) ->
-    (metrics, prediction rows)``."""
+    """Accuracy (overall, per answer type) of a QA task on ``data.val_files``, with every question's
+    prediction written to ``workdir/predictions/step_N.jsonl`` (by process 0)."""
 
-    def __init__(self, task: Task, model: HDVILA, val_files: str, ans2label: str):
-        self.task = task
-        self.predict = make_predict_fn(model, task.qa_type, task.aggregation)
-        self.questions = read_questions(val_files)
+    def __init__(self, config: ml_collections.ConfigDict, model: HDVILA, workdir: str, qa_type: str,
+                 aggregation: str):
+        if not config.data.val_files:
+            raise TrainConfigError("config.data.val_files is empty: task qa evaluates on its records")
+        self.config, self.workdir, self.qa_type = config, workdir, qa_type
+        self.predict = make_predict_fn(model, qa_type, aggregation)
+        self.questions = read_questions(config.data.val_files)
         self.label2ans = None
-        if task.qa_type == "open":
-            self.label2ans = {index: answer for answer, index in load_ans2label(ans2label).items()}
+        if qa_type == "open":
+            self.label2ans = {index: answer for answer, index in load_ans2label(config.data.ans2label).items()}
 
-    def __call__(self, variables: Any, mesh: Mesh,
-                 batches: Iterable[Mapping[str, np.ndarray]]) -> tuple[dict[str, float], list[dict]]:
-        return evaluate_qa(self.predict, variables, batches, mesh, self.task.qa_type, self.questions, self.label2ans)
+    def __call__(self, variables: Any, mesh: Mesh, step: int) -> dict[str, float]:
+        batches = eval_batches(self.config, self.config.data.val_files)
+        metrics, rows = evaluate_qa(self.predict, variables, batches, mesh, self.qa_type, self.questions,
+                                    self.label2ans)
+        if jax.process_index() == 0:
+            write_predictions(os.path.join(self.workdir, "predictions", f"step_{step}.jsonl"), rows)
+        return metrics
 
 
 def write_predictions(path: str, rows: list[dict]) -> None:

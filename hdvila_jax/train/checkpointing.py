@@ -20,17 +20,12 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
-from flax import traverse_util
 
-from hdvila_jax import variables_io
+from hdvila_jax.variables_io import CheckpointError
 
 State = dict[str, Any]
 VARIABLE_KEYS = ("params", "batch_stats")
 TRAIN_KEYS = ("opt_state", "step", "rng")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint path holds no usable checkpoint."""
 
 
 class Checkpointer:
@@ -117,64 +112,3 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
-
-
-def variables_directory(path: str, field: str) -> str:
-    """The orbax directory of the ``{'params', 'batch_stats'}`` tree behind ``path``: a converted
-    variables checkpoint, a step directory (its ``variables`` item) or a run's checkpoint
-    directory (its latest step)."""
-    path = os.path.abspath(path)
-    if os.path.isfile(os.path.join(path, "_METADATA")):
-        return path
-    if os.path.isdir(os.path.join(path, "variables")):
-        return os.path.join(path, "variables")
-    if not os.path.isdir(path):
-        raise CheckpointError(f"config.{field}={path!r} does not exist")
-    checkpointer = Checkpointer(path, keep=1, read_only=True)
-    step = checkpointer.latest_step()
-    checkpointer.close()
-    if step is None:
-        raise CheckpointError(f"config.{field}={path!r} holds no checkpoint step")
-    return os.path.join(path, str(step), "variables")
-
-
-def checkpoint_shapes(directory: str) -> dict[str, tuple[int, ...]]:
-    """Shape of every leaf stored in a variables directory, by '/'-joined path (``params/text/...``)."""
-    metadata = ocp.PyTreeCheckpointer().metadata(directory).item_metadata
-    tree = dict(metadata.tree if hasattr(metadata, "tree") else metadata)
-    return {path: tuple(leaf.shape) for path, leaf in traverse_util.flatten_dict(tree, sep="/").items()}
-
-
-def restore_variables(path: str, target: Any, field: str) -> tuple[dict, str]:
-    """``{'params', 'batch_stats'}`` (exactly ``target``'s tree, or all when None) from any path
-    :func:`variables_directory` accepts; ``field`` names the config key holding ``path`` for error
-    messages. Returns the variables and the directory they came from."""
-    directory = variables_directory(path, field)
-    return variables_io.restore_variables(directory, target), directory
-
-
-def restore_variables_subset(path: str, target: dict, field: str) -> tuple[dict, str, list[str]]:
-    """The part of a (larger) checkpoint's variables that ``target`` names, e.g. the stage-1
-    model out of a stage-2 checkpoint. Returns the variables, their directory and the stored
-    leaf paths that were not taken. A leaf of ``target`` missing from the checkpoint or of
-    another shape raises an error naming it."""
-    directory = variables_directory(path, field)
-    stored = checkpoint_shapes(directory)
-    wanted = traverse_util.flatten_dict(target, sep="/")
-    missing = sorted(set(wanted) - set(stored))
-    if missing:
-        raise CheckpointError(f"config.{field}={path!r} lacks {len(missing)} variables the model needs, e.g. "
-                              + ", ".join(missing[:5]))
-    wrong = [f"{p} {stored[p]} (model {tuple(leaf.shape)})" for p, leaf in wanted.items()
-             if stored[p] != tuple(leaf.shape)]
-    if wrong:
-        raise CheckpointError(f"config.{field}={path!r} has variables of other shapes than the model: "
-                              + ", ".join(wrong[:5]))
-    restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding, global_shape=s.shape,
-                                                               dtype=s.dtype), target)
-    try:
-        restored = ocp.PyTreeCheckpointer().restore(directory, args=ocp.args.PyTreeRestore(
-            item=target, restore_args=restore_args, partial_restore=True))
-    except ValueError as e:
-        raise CheckpointError(f"config.{field}={path!r}: {e}") from e
-    return restored, directory, sorted(set(stored) - set(wanted))

@@ -1,4 +1,4 @@
-"""AdamW with parameter groups chosen by name (SPEC section 7).
+"""AdamW with parameter groups chosen by name (docs/fidelity.md §7).
 
 ``config.optimizer.groups`` maps a group name to ``match`` (regex searched in parameter
 paths such as ``text/encoder/layer_0/query/kernel``), ``lr``, ``weight_decay`` and
@@ -82,11 +82,11 @@ def make_schedule(kind: str, lr: float, total_steps: int, warmup_steps: int,
     (``warmup_linear``), warmup then x``gamma`` from each milestone step on (``multi_step``),
     or constant. The reference counts updates from 1, so update 0 already has lr/warmup.
 
-    ``multi_step`` follows the downstream code (SPEC_DOWNSTREAM 2.3): no decay while
+    ``multi_step`` follows the downstream code (docs/fidelity.md §11.3): no decay while
     ``step <= warmup``; afterwards ``gamma ** i`` with ``i`` the number of milestones with
     ``step >= m`` (milestones may be fractional steps, from epochs x steps per epoch). With
     ``skip_last_halving`` the factor past the last milestone is ``gamma ** (n + 1)``, the
-    original's quirk (SPEC_DOWNSTREAM 7.10)."""
+    original's quirk (docs/fidelity.md Q10)."""
     if kind not in SCHEDULES:
         raise OptimizerConfigError(f"schedule must be one of {SCHEDULES}, got {kind!r}")
     warmup = max(int(warmup_steps), 0)

@@ -1,7 +1,6 @@
 """Turning a task's recipe into numbers for the records at hand: epochs (the original's
-``num_train_epochs`` and step-decay epochs) into optimizer steps, the number of evaluations
-(``num_valid``) into an evaluation interval, and an open-ended QA head's size from its answer
-vocabulary."""
+``num_train_epochs`` and step-decay epochs) into optimizer steps, and the number of evaluations
+(``num_valid``) into an evaluation interval."""
 from __future__ import annotations
 
 import math
@@ -9,10 +8,8 @@ import math
 import ml_collections
 from absl import logging
 
-from hdvila_jax.data.answers import load_ans2label
 from hdvila_jax.data.pipeline import list_files
 from hdvila_jax.data.tfrecord_source import TFRecordDataSource
-from hdvila_jax.tasks import get_task
 
 
 def resolve_epochs(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -33,28 +30,4 @@ def resolve_epochs(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     logging.info("%s epochs of %d training records at batch %d: %d steps, lr milestones at steps %s",
                  config.epochs, num_train, config.batch_size, resolved.total_steps,
                  [round(m, 1) for m in resolved.optimizer.decay_milestones])
-    return resolved
-
-
-def resolve_qa_outputs(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """``config`` with the QA head's output count set: 1 for multiple choice; for open-ended QA
-    the answer vocabulary's size when ``model.num_qa_outputs`` is 0 (the original uses
-    ``max(len(ans2label), 1500)`` outputs for MSRVTT-QA, set explicitly in its config). Other
-    tasks are returned unchanged."""
-    task = get_task(config)
-    if task.objective != "qa":
-        return config
-    resolved = config.copy_and_resolve_references()
-    if task.qa_type == "multiple_choice":
-        if config.model.num_qa_outputs not in (0, 1):
-            raise ValueError(f"config.model.num_qa_outputs={config.model.num_qa_outputs}: multiple choice scores "
-                             "each option with one output (use 1)")
-        resolved.model.num_qa_outputs = 1
-        return resolved
-    answers = len(load_ans2label(config.data.ans2label))
-    if config.model.num_qa_outputs == 0:
-        resolved.model.num_qa_outputs = answers
-    elif config.model.num_qa_outputs < answers:
-        raise ValueError(f"config.model.num_qa_outputs={config.model.num_qa_outputs} is smaller than the "
-                         f"{answers} answers of config.data.ans2label={config.data.ans2label!r}")
     return resolved

@@ -4,12 +4,12 @@ step, and the step's abstract (shape-only) inputs.
 
 The devices may be real (the trainer) or a TPU topology's (``jax.experimental.topologies``, for
 compiling ahead of time on any host); the model is traced for their platform (convolution
-and max-pool lowerings, ``hdvila_jax.models.platform``).
+and max-pool lowerings: the model config's ``lowering_platform``, set here from the mesh).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -17,17 +17,14 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from hdvila_jax.models import HDVILA, ModelConfig
-from hdvila_jax.tasks import get_task
 from hdvila_jax import sharding
+from hdvila_jax.config_checks import check_batch_sizes, check_config
+from hdvila_jax.models import HDVILA, ModelConfig, model_config_from_dict
+from hdvila_jax.models.variables import abstract_variables
+from hdvila_jax.tasks.base import BatchShapes, Task
 from hdvila_jax.train import train_state
-from hdvila_jax.train.config_checks import TrainConfigError, check_config
 from hdvila_jax.train.optimizer import Optimizer, make_optimizer
-from hdvila_jax.train.train_state import abstract_variables
 from hdvila_jax.train.train_step import jit_train_step
-
-BatchShapes = dict[str, tuple[tuple[int, ...], Any]]
-MC_CHOICES = 5  # candidate answers of a multiple-choice QA question (TGIF Action / Transition)
 
 
 def memory_per_device(compiled: jax.stages.Compiled) -> dict[str, int]:
@@ -39,47 +36,14 @@ def memory_per_device(compiled: jax.stages.Compiled) -> dict[str, int]:
     return dict(row, peak=row["arguments"] + row["outputs"] - row["aliased"] + row["temporaries"])
 
 
-def check_batch_sizes(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
-    """Every (micro-)batch must split evenly over the batch shards and processes."""
-    shards = sharding.data_parallel_size(mesh)
-    micro = config.batch_size // config.grad_accum_steps
-    if micro % shards:
-        raise TrainConfigError(f"config.batch_size {config.batch_size} / grad_accum_steps {config.grad_accum_steps} "
-                               f"= {micro} does not split over {shards} batch shards (config.mesh)")
-    if config.eval_batch_size % shards:
-        raise TrainConfigError(f"config.eval_batch_size {config.eval_batch_size} does not split over {shards} "
-                               "batch shards (config.mesh)")
+def train_batch_shapes(config: ml_collections.ConfigDict, model_cfg: ModelConfig, task: Task) -> BatchShapes:
+    """The global train batch of ``config``'s ``task``: ``batch_size`` examples of ``train_n_clips`` clips."""
+    return task.batch_shapes(config, model_cfg, config.batch_size, config.data.train_n_clips, train=True)
 
 
-def batch_shapes(config: ml_collections.ConfigDict, model_cfg: ModelConfig, batch_size: int, clips: int,
-                 mlm: bool) -> BatchShapes:
-    """A global batch of ``config``'s task, ``name -> (shape, dtype)``, as the input pipeline makes it:
-    frames and text; MLM labels (``mlm``); an open question's answer label; or, for multiple-choice QA,
-    the candidate answers ``[B, C, L]`` and the index of the right one."""
-    b, (h, w), length = batch_size, model_cfg.crop_size, config.data.max_txt_len
-    shapes = dict(img_middle=((b, clips, h, w, 3), jnp.uint8),
-                  img_other=((b, clips, model_cfg.num_frames - 1, h // 4, w // 4, 3), jnp.uint8),
-                  text_input_ids=((b, length), jnp.int32), text_input_mask=((b, length), jnp.int32))
-    task = get_task(config)
-    if mlm:
-        shapes["mlm_labels"] = ((b, length), jnp.int32)
-    if task.objective == "qa" and task.qa_type == "multiple_choice":
-        shapes.update(mc_text_input_ids=((b, MC_CHOICES, length), jnp.int32),
-                      mc_text_input_mask=((b, MC_CHOICES, length), jnp.int32), mc_answer=((b,), jnp.int32))
-    elif task.objective == "qa":
-        shapes["qa_label"] = ((b,), jnp.int32)
-    return shapes
-
-
-def train_batch_shapes(config: ml_collections.ConfigDict, model_cfg: ModelConfig) -> BatchShapes:
-    """The global train batch of ``config`` (see :func:`batch_shapes`)."""
-    return batch_shapes(config, model_cfg, config.batch_size, config.data.train_n_clips,
-                        mlm=get_task(config).objective == "mlm")
-
-
-def eval_batch_shapes(config: ml_collections.ConfigDict, model_cfg: ModelConfig) -> BatchShapes:
-    """The global eval batch of ``config``: ``eval_batch_size`` examples of ``inference_n_clips`` clips."""
-    return batch_shapes(config, model_cfg, config.eval_batch_size, config.data.inference_n_clips, mlm=False)
+def eval_batch_shapes(config: ml_collections.ConfigDict, model_cfg: ModelConfig, task: Task) -> BatchShapes:
+    """The global eval batch of ``config``'s ``task``: ``eval_batch_size`` examples of ``inference_n_clips`` clips."""
+    return task.batch_shapes(config, model_cfg, config.eval_batch_size, config.data.inference_n_clips, train=False)
 
 
 @dataclasses.dataclass
@@ -92,6 +56,7 @@ class BuiltStep:
     optimizer: Optimizer
     specs: dict
     step: Callable
+    task: Task
 
     @property
     def platform(self) -> str:
@@ -103,7 +68,7 @@ class BuiltStep:
 
     def batch_shapes(self) -> BatchShapes:
         """Global batch ``name -> (shape, dtype)`` of the config."""
-        return train_batch_shapes(self.config, self.model_cfg)
+        return train_batch_shapes(self.config, self.model_cfg, self.task)
 
     def abstract_batch(self, shapes: BatchShapes | None = None) -> dict[str, jax.ShapeDtypeStruct]:
         """``shapes`` (default: the train batch's) as sharded ``ShapeDtypeStruct``s."""
@@ -139,14 +104,22 @@ class BuiltStep:
         return train_state.new_train_state(self.config, variables, self.mesh, self.specs, self.optimizer)
 
 
-def build_step(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> BuiltStep:
-    """Check ``config``, build its mesh over ``devices`` (default: all), optimizer, state shardings
-    and the jitted, sharded, donating train step, traced for the devices' platform."""
-    model_cfg = check_config(config)
+def build_step(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None,
+               task: Task | None = None) -> BuiltStep:
+    """Build ``config``'s mesh over ``devices`` (default: all), optimizer, state shardings and the
+    jitted, sharded, donating train step of ``task``, traced for the devices' platform. Without
+    ``task`` the config is checked first and its task made here (the AOT compiler, benchmarks);
+    the trainer passes the task of the config it checked."""
+    if task is None:
+        model_cfg, task = check_config(config)
+    else:
+        model_cfg = model_config_from_dict(config.model.to_dict())
     mesh = sharding.make_mesh(config.mesh, devices)
+    if not model_cfg.lowering_platform:
+        model_cfg = dataclasses.replace(model_cfg, lowering_platform=mesh.devices.flat[0].platform)
     check_batch_sizes(config, mesh)
     optimizer = make_optimizer(config.optimizer, abstract_variables(model_cfg, config.stage)["params"],
                                config.total_steps)
     specs = train_state.state_specs(config, model_cfg, mesh, optimizer)
-    step = jit_train_step(config, HDVILA(model_cfg), optimizer, mesh, specs)
-    return BuiltStep(config, model_cfg, mesh, optimizer, specs, step)
+    step = jit_train_step(config, HDVILA(model_cfg), optimizer, mesh, specs, task)
+    return BuiltStep(config, model_cfg, mesh, optimizer, specs, step, task)

@@ -19,32 +19,11 @@ from jax.sharding import Mesh, PartitionSpec as P
 from hdvila_jax import sharding
 from hdvila_jax.models import ModelConfig
 from hdvila_jax.models import variables as model_variables
+from hdvila_jax.models.variables import abstract_variables
+from hdvila_jax.variables_io import variable_specs
 from hdvila_jax.train.optimizer import Optimizer
 
 State = dict[str, Any]
-
-
-@functools.lru_cache(maxsize=8)
-def abstract_variables(model_cfg: ModelConfig, stage: int) -> dict:
-    """Shapes of ``{'params', 'batch_stats'}`` (traced once per model config and stage)."""
-    return model_variables.abstract_variables(model_cfg, stage)
-
-
-def variable_specs(config: ml_collections.ConfigDict, model_cfg: ModelConfig, mesh: Mesh,
-                   stage: int | None = None) -> dict:
-    """PartitionSpecs of ``{'params', 'batch_stats'}`` of the ``stage`` (default ``config.stage``) model."""
-    rules = [tuple(rule) for rule in config.sharding_rules]
-    return {name: sharding.param_specs(tree, mesh, rules, config.fsdp_min_size)
-            for name, tree in abstract_variables(model_cfg, stage or config.stage).items()}
-
-
-def sharded_variable_shapes(config: ml_collections.ConfigDict, model_cfg: ModelConfig, mesh: Mesh,
-                            stage: int | None = None) -> dict:
-    """``ShapeDtypeStruct``s with shardings of the ``stage`` model's variables (a restore target)."""
-    stage = stage or config.stage
-    return jax.tree.map(lambda s, spec: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=jax.NamedSharding(mesh, spec)),
-                        abstract_variables(model_cfg, stage), variable_specs(config, model_cfg, mesh, stage),
-                        is_leaf=lambda x: isinstance(x, P))
 
 
 def opt_state_specs(optimizer: Optimizer, params: Any, param_specs: Any) -> Any:
