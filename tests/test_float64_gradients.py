@@ -148,15 +148,20 @@ def cases_root(tmp_path_factory):
 def test_float64_outputs_and_gradient_norms_match_torch_port(name, cases_root):
     from reference.make_fixture import make_fixture
 
-    folder = make_fixture(cases_root / name, check_roundoff=False, **CASES[name])
+    assert_float64_agrees(make_fixture(cases_root / name, check_roundoff=False, **CASES[name]))
+
+
+def assert_float64_agrees(folder: pathlib.Path) -> None:
+    """Our model and the port, both in float64 on the retrieval fixture ``folder``: the same outputs (to
+    OUTPUT_RTOL), multiple-choice predictions and gradient L2 norms (to GRAD_RTOL)."""
     r = run_float64_subprocess(folder)
     assert r["mc_pred_equal"]
     bad = {k: e for k, e in r["out_err"].items() if not e <= OUTPUT_RTOL}
-    assert not bad, f"{name}: float64 outputs differ from the port's float64 outputs: {bad}"
+    assert not bad, f"{folder.name}: float64 outputs differ from the port's float64 outputs: {bad}"
     ours, ref = r["ours64"], r["ref64"]
     atol = GRAD_ATOL_FRACTION * max(ref.values())
     bad = {k: (ours[k], n) for k, n in ref.items() if not abs(ours[k] - n) <= GRAD_RTOL * n + atol}
-    assert not bad, f"{name}: float64 gradient norms (ours, port) beyond {GRAD_RTOL} * ref + {atol:.1e}: {bad}"
+    assert not bad, f"{folder.name}: float64 gradient norms (ours, port) beyond {GRAD_RTOL} * ref + {atol:.1e}: {bad}"
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hdvila_jax.encoder import EncoderError
 from hdvila_jax.search import SearchError, load_index, render, save_index, search, top_k
 from hdvila_jax.search.build import index_config
 from tests import train_helpers
@@ -159,7 +160,8 @@ def test_index_rejects_checkpoint_of_another_model(trained, tmp_path):
     config, checkpoints, _ = trained
     other = config.copy_and_resolve_references()
     other.model.hidden_size = 2 * config.model.hidden_size
-    with pytest.raises(SearchError, match="--checkpoint=.*other shapes"):
+    # The checkpoint is restored as the Encoder restores it: its EncoderError names --checkpoint.
+    with pytest.raises(EncoderError, match="--checkpoint=.*other shapes"):
         build_index(other, checkpoints, config.data.train_files, str(tmp_path / "idx"), progress=False)
     assert not os.path.exists(tmp_path / "idx")
 
