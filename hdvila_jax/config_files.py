@@ -1,6 +1,6 @@
 """Loading trainer configs by file path, as ``ml_collections.config_flags`` does: ``FILE.py[:variant]``
 is that file's ``get_config(variant)`` (``get_config()`` without a variant), a ``.json`` file its
-contents (e.g. the ``config.json`` the trainer writes into a run directory). The library never
+contents (e.g. the ``config.json`` the trainer writes into a run directory; local or ``gs://``). The library never
 imports ``configs`` by module name; a config file in a package (``configs/stage1.py`` imports
 ``configs.model``) is loaded with the folder holding that package importable."""
 from __future__ import annotations
@@ -13,6 +13,8 @@ import sys
 from typing import Iterator
 
 import ml_collections
+
+from hdvila_jax import storage
 
 
 class ConfigFileError(ValueError):
@@ -37,11 +39,12 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     """``"configs/retrieval.py:msrvtt"`` -> that file's ``get_config("msrvtt")``; ``"run/config.json"``
     -> its contents as a ConfigDict."""
     path, variant = (spec, "") if spec.endswith(".json") else spec.partition(":")[::2]
-    if not os.path.isfile(path):
+    if storage.is_remote(path) and not path.endswith(".json"):
+        raise ConfigFileError(f"config file {path!r}: only .json configs are read from gs://; python configs are local")
+    if not storage.isfile(path):
         raise ConfigFileError(f"config file {path!r} does not exist")
     if path.endswith(".json"):
-        with open(path, encoding="utf-8") as f:
-            return ml_collections.ConfigDict(json.load(f))
+        return ml_collections.ConfigDict(json.loads(storage.read_text(path)))
     name = "hdvila_config_" + os.path.splitext(os.path.basename(path))[0]
     module_spec = importlib.util.spec_from_file_location(name, path)
     if module_spec is None or module_spec.loader is None:

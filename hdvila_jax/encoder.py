@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from hdvila_jax import config_files, sharding, variables_io
+from hdvila_jax import config_files, sharding, storage, variables_io
 from hdvila_jax.data.records import ClipRecord
 from hdvila_jax.data.text import ThreadLocalTokenizer
 from hdvila_jax.inference import encode_batches, make_encode_fn, padded_batches
@@ -69,12 +69,13 @@ class VideoClips:
 
 def find_run_config(checkpoint: str) -> str | None:
     """The ``config.json`` of the run a checkpoint belongs to, looked for in the checkpoint path and
-    up to three folders above it (a run dir, its ``checkpoints/``, a step dir, its ``variables``)."""
-    path = os.path.abspath(checkpoint)
+    up to three folders above it (a run dir, its ``checkpoints/``, a step dir, its ``variables``);
+    local or ``gs://``."""
+    path = storage.absolute(checkpoint)
     for _ in range(4):
-        if os.path.isfile(os.path.join(path, RUN_CONFIG)):
-            return os.path.join(path, RUN_CONFIG)
-        path = os.path.dirname(path)
+        if storage.isfile(storage.join(path, RUN_CONFIG)):
+            return storage.join(path, RUN_CONFIG)
+        path = storage.dirname(path)
     return None
 
 
@@ -102,7 +103,7 @@ def restore_stage1_variables(config: ml_collections.ConfigDict, model_cfg: Model
     in their shardings over ``mesh``, and the directory they came from. Errors name ``--flag``."""
     if not checkpoint:
         raise EncoderError(f"--{flag} is empty: pass a checkpoints dir, a step dir or converted variables")
-    if not os.path.isdir(checkpoint):
+    if not storage.isdir(checkpoint):
         raise EncoderError(f"--{flag}={checkpoint!r} does not exist")
     target = variables_io.sharded_variable_shapes(config, model_cfg, mesh, stage=1)
     try:
@@ -115,10 +116,10 @@ def restore_stage1_variables(config: ml_collections.ConfigDict, model_cfg: Model
 def _resolve_vocab(config: ml_collections.ConfigDict, config_path: str | None) -> str:
     """``config.data.vocab_file`` as given, else relative to the run directory of ``config_path``."""
     vocab = config.data.vocab_file
-    if os.path.exists(vocab) or not config_path or os.path.isabs(vocab):
+    if storage.exists(vocab) or not config_path or storage.is_remote(vocab) or os.path.isabs(vocab):
         return vocab
-    beside = os.path.join(os.path.dirname(config_path), vocab)
-    return beside if os.path.exists(beside) else vocab
+    beside = storage.join(storage.dirname(config_path), vocab)
+    return beside if storage.exists(beside) else vocab
 
 
 class Encoder:
@@ -162,7 +163,7 @@ class Encoder:
         for key in ("model", "data", "mesh"):
             if key not in config:
                 raise EncoderError(f"the config lacks '{key}': pass a trainer config (configs/*.py[:variant])")
-        config.data.vocab_file = os.path.abspath(_resolve_vocab(config, config_path))
+        config.data.vocab_file = storage.absolute(_resolve_vocab(config, config_path))
         if isinstance(frame_options, str):
             try:
                 frame_options = FrameOptions.from_build_json(frame_options)

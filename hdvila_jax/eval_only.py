@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import ml_collections
 from absl import logging
 
-from hdvila_jax import sharding, variables_io
+from hdvila_jax import sharding, storage, variables_io
 from hdvila_jax.config_checks import check_batch_sizes, check_config
 from hdvila_jax.metrics_writer import MetricsWriter
 from hdvila_jax.models import HDVILA, model_config_from_dict
@@ -27,8 +26,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, task: T
     check_batch_sizes(config, mesh)
     config = task.resolve(config)
     model_cfg = model_config_from_dict(config.model.to_dict())
-    own = os.path.join(workdir, "checkpoints")
-    source, field = (own, "workdir") if os.path.isdir(own) else (config.init.restore, "config.init.restore")
+    own = storage.join(workdir, "checkpoints")
+    source, field = (own, "workdir") if storage.isdir(own) else (config.init.restore, "config.init.restore")
     if not source:
         raise TrainConfigError(f"eval mode: {own} has no checkpoints and config.init.restore is empty")
     target = variables_io.sharded_variable_shapes(config, model_cfg, mesh)
@@ -36,7 +35,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, task: T
     if restored.unused:
         logging.info("eval of the stage-%d model: %d stored arrays of %s not used", config.stage, len(restored.unused),
                      restored.directory)
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     metrics = task.evaluator(config, HDVILA(model_cfg), workdir)(restored.variables, mesh, restored.step)
     writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
     writer.write(restored.step, {f"eval/{k}": v for k, v in metrics.items()})

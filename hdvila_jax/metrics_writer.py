@@ -3,16 +3,27 @@
 TensorBoard scalars are written with TensorFlow's raw ``tf.summary.write`` and the
 ``scalars`` plugin metadata (what ``tf.summary.scalar`` writes), so the ``tensorboard``
 package is only needed to view them.
+
+A local workdir: ``metrics.jsonl`` is appended to and the events are written in place. A ``gs://``
+workdir (objects cannot be appended to, and ``tf.io.gfile`` must not touch gs://: it cannot reach an
+emulator): ``metrics.jsonl``'s earlier lines are read once at start and the whole object is rewritten,
+with them and every line since, on each write; the TensorBoard events file is written to a local
+temporary folder and uploaded whole through ``hdvila_jax.storage`` to ``<workdir>/tensorboard/`` after
+each write and on close (each writer has its own events file, so a resumed run adds one).
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from typing import Mapping
+
+from hdvila_jax import storage
 
 
 class MetricsWriter:
-    """Appends ``{"step": s, **metrics}`` JSON lines and TensorBoard scalars; only process 0 writes."""
+    """Writes ``{"step": s, **metrics}`` JSON lines and TensorBoard scalars; only process 0 writes."""
 
     def __init__(self, workdir: str, enabled: bool = True):
         self.enabled = enabled
@@ -24,21 +35,50 @@ class MetricsWriter:
         self._tf = tf
         self._scalar = summary_pb2.SummaryMetadata(
             plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-        self._summary = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+        self._remote = storage.is_remote(workdir)
+        self._jsonl_path = storage.join(workdir, "metrics.jsonl")
+        self._events_dir = storage.join(workdir, "tensorboard")
+        if self._remote:
+            earlier = storage.read_text(self._jsonl_path) if storage.isfile(self._jsonl_path) else ""
+            self._lines = [line + "\n" for line in earlier.splitlines() if line.strip()]
+            self._local_events = tempfile.mkdtemp(prefix="hdvila_tensorboard_")
+            self._summary = tf.summary.create_file_writer(self._local_events)
+        else:
+            self._jsonl = open(self._jsonl_path, "a")
+            self._summary = tf.summary.create_file_writer(self._events_dir)
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
         if not self.enabled:
             return
         values = {k: float(v) for k, v in metrics.items()}
-        self._jsonl.write(json.dumps({"step": int(step), **values}) + "\n")
-        self._jsonl.flush()
+        line = json.dumps({"step": int(step), **values}) + "\n"
+        if self._remote:
+            self._lines.append(line)
+            storage.write_text(self._jsonl_path, "".join(self._lines))
+        else:
+            self._jsonl.write(line)
+            self._jsonl.flush()
         with self._summary.as_default(step=int(step)):
             for name, value in values.items():
                 self._tf.summary.write(name, self._tf.constant(value, self._tf.float32), metadata=self._scalar)
         self._summary.flush()
+        if self._remote:
+            self._upload_events()
+
+    def _upload_events(self) -> None:
+        """Copy each local events file, whole, to ``<workdir>/tensorboard/`` (a gs:// workdir)."""
+        for name in sorted(os.listdir(self._local_events)):
+            local = os.path.join(self._local_events, name)
+            if os.path.isfile(local):
+                with open(local, "rb") as f:
+                    storage.write_bytes(storage.join(self._events_dir, name), f.read())
 
     def close(self) -> None:
-        if self.enabled:
+        if not self.enabled:
+            return
+        self._summary.close()
+        if self._remote:
+            self._upload_events()
+            shutil.rmtree(self._local_events, ignore_errors=True)
+        else:
             self._jsonl.close()
-            self._summary.close()

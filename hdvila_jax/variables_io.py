@@ -4,7 +4,7 @@ one restore layer under training and inference alike.
 A variables path may be a converted variables checkpoint (``hdvila_jax.convert``), a step directory
 of a run (its ``variables`` item) or a run's checkpoint directory (its latest step). Restoring
 takes exactly what a target tree names, sharded as its ``ShapeDtypeStruct``s say: all of a stage-1
-model, or the stage-1 part of a stage-2 checkpoint.
+model, or the stage-1 part of a stage-2 checkpoint. Paths are local or ``gs://`` (``hdvila_jax.storage``).
 """
 from __future__ import annotations
 
@@ -16,11 +16,10 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
 from flax import traverse_util
 from jax.sharding import Mesh, PartitionSpec as P
 
-from hdvila_jax import sharding
+from hdvila_jax import sharding, storage
 from hdvila_jax.models import ModelConfig
 from hdvila_jax.models.variables import abstract_variables
 
@@ -46,19 +45,19 @@ class RestoredVariables:
 
 
 def save_variables(path: str | os.PathLike, variables: dict[str, Any]) -> None:
-    """Write ``variables`` to a new orbax checkpoint directory ``path`` (absolute or relative)."""
-    path = os.path.abspath(os.fspath(path))
-    if os.path.exists(path):
+    """Write ``variables`` to a new orbax checkpoint directory ``path`` (absolute, relative or gs://)."""
+    path = storage.absolute(path)
+    if storage.exists(path):
         raise FileExistsError(f"refusing to overwrite existing checkpoint directory {path}")
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(path, variables)
+    checkpointer.save(storage.path(path), variables)
     checkpointer.wait_until_finished()
 
 
 def latest_step(directory: str) -> int | None:
     """The newest complete step of a run's checkpoint directory (None without one)."""
     options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-    manager = ocp.CheckpointManager(epath.Path(os.path.abspath(directory)), options=options)
+    manager = ocp.CheckpointManager(storage.path(storage.absolute(directory)), options=options)
     try:
         return manager.latest_step()
     finally:
@@ -67,28 +66,28 @@ def latest_step(directory: str) -> int | None:
 
 def has_checkpoint(directory: str) -> bool:
     """Whether ``directory`` is a run's checkpoint directory holding a complete step."""
-    return os.path.isdir(directory) and latest_step(directory) is not None
+    return storage.isdir(directory) and latest_step(directory) is not None
 
 
 def variables_directory(path: str, field: str) -> str:
     """The orbax directory of the ``{'params', 'batch_stats'}`` tree behind ``path`` (see the module
     docstring); ``field`` names the config key or flag holding ``path`` in error messages."""
-    path = os.path.abspath(path)
-    if os.path.isfile(os.path.join(path, "_METADATA")):
+    path = storage.absolute(path)
+    if storage.isfile(storage.join(path, "_METADATA")):
         return path
-    if os.path.isdir(os.path.join(path, "variables")):
-        return os.path.join(path, "variables")
-    if not os.path.isdir(path):
+    if storage.isdir(storage.join(path, "variables")):
+        return storage.join(path, "variables")
+    if not storage.isdir(path):
         raise CheckpointError(f"{field}={path!r} does not exist")
     step = latest_step(path)
     if step is None:
         raise CheckpointError(f"{field}={path!r} holds no checkpoint step")
-    return os.path.join(path, str(step), "variables")
+    return storage.join(path, str(step), "variables")
 
 
 def checkpoint_shapes(directory: str) -> dict[str, tuple[int, ...]]:
     """Shape of every leaf stored in a variables directory, by '/'-joined path (``params/text/...``)."""
-    metadata = ocp.PyTreeCheckpointer().metadata(directory).item_metadata
+    metadata = ocp.PyTreeCheckpointer().metadata(storage.path(directory)).item_metadata
     tree = dict(metadata.tree if hasattr(metadata, "tree") else metadata)
     return {path: tuple(leaf.shape) for path, leaf in traverse_util.flatten_dict(tree, sep="/").items()}
 
@@ -103,7 +102,7 @@ def restore_variables(path: str | os.PathLike, target: Any = None, field: str = 
     path = os.fspath(path)
     directory = variables_directory(path, field)
     if target is None:
-        return RestoredVariables(ocp.StandardCheckpointer().restore(directory), directory, [])
+        return RestoredVariables(ocp.StandardCheckpointer().restore(storage.path(directory)), directory, [])
     stored = checkpoint_shapes(directory)
     wanted = traverse_util.flatten_dict(target, sep="/")
     missing = sorted(set(wanted) - set(stored))
@@ -117,7 +116,7 @@ def restore_variables(path: str | os.PathLike, target: Any = None, field: str = 
                               + ", ".join(wrong[:5]))
     restore_args = jax.tree.map(_restore_args, target)
     try:
-        restored = ocp.PyTreeCheckpointer().restore(directory, args=ocp.args.PyTreeRestore(
+        restored = ocp.PyTreeCheckpointer().restore(storage.path(directory), args=ocp.args.PyTreeRestore(
             item=target, restore_args=restore_args, partial_restore=True))
     except ValueError as e:
         raise CheckpointError(f"{field}={path!r}: {e}") from e

@@ -4,7 +4,8 @@
   ``reference``, ``tests``), neither with an import statement nor through ``importlib``.
 - The parts of ``hdvila_jax`` (its subpackages and top-level modules) import each other without a
   cycle, and the lower layers never reach up: the graph reads main -> train -> config_checks ->
-  tasks -> inference / variables_io -> models / data / losses.
+  tasks -> inference / variables_io -> models / data / losses, and ``storage`` (the path layer) is at the
+  bottom.
 - Inference (the Encoder, search, evaluation of a checkpoint) never reaches training, not even through
   another part: restoring variables and encoding live below ``train``.
 """
@@ -19,6 +20,9 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "hdvila_jax"
 SCRIPTS = ("configs", "data_pipelines", "benchmarks", "reference", "tests")
 # part -> the parts it must never import (directly); each list names every higher layer
 LOWER_LAYERS = {
+    # the path layer under everything that reads or writes files
+    "storage": ("train", "tasks", "search", "main", "models", "data", "losses", "kernels", "sharding", "variables_io",
+                "inference", "config_checks", "config_files", "metrics_writer", "encoder", "eval_only", "evaluate"),
     "models": ("train", "tasks", "search", "main"),
     "data": ("train", "tasks", "search", "main", "models"),
     "losses": ("train", "tasks", "search", "main", "models", "data"),

@@ -9,14 +9,12 @@ stored best.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from typing import Mapping
 
 import jax
 from jax.experimental import multihost_utils
 
-from hdvila_jax import variables_io
+from hdvila_jax import storage, variables_io
 
 
 class BestCheckpoint:
@@ -24,12 +22,11 @@ class BestCheckpoint:
 
     def __init__(self, workdir: str, metric: str):
         self.metric = metric
-        self.directory = os.path.join(os.path.abspath(workdir), "best")
-        self.record_path = os.path.join(self.directory, "best.json")
+        self.directory = storage.join(storage.absolute(workdir), "best")
+        self.record_path = storage.join(self.directory, "best.json")
         self.record = None
-        if os.path.isfile(self.record_path):
-            with open(self.record_path) as f:
-                self.record = json.load(f)
+        if storage.isfile(self.record_path):
+            self.record = json.loads(storage.read_text(self.record_path))
 
     @property
     def best_value(self) -> float | None:
@@ -42,18 +39,19 @@ class BestCheckpoint:
         value = float(metrics[self.metric])
         if self.best_value is not None and value <= self.best_value:
             return False
-        path = os.path.join(self.directory, f"step_{step}")
-        if jax.process_index() == 0 and os.path.exists(path):  # a crash after saving, before the record
-            shutil.rmtree(path)
+        path = storage.join(self.directory, f"step_{step}")
+        if jax.process_index() == 0 and storage.exists(path):  # a crash after saving, before the record
+            storage.rmtree(path)
         multihost_utils.sync_global_devices("best checkpoint: path free")
         variables_io.save_variables(path, variables)
         previous = self.record
         self.record = {"step": int(step), "metric": self.metric, "value": value, "path": path,
                        "metrics": {k: float(v) for k, v in metrics.items()}}
         if jax.process_index() == 0:
-            with open(self.record_path + ".tmp", "w") as f:
-                json.dump(self.record, f, indent=1)
-            os.replace(self.record_path + ".tmp", self.record_path)
+            storage.write_text(self.record_path, json.dumps(self.record, indent=1))  # atomic
             if previous is not None and previous["path"] != path:
-                shutil.rmtree(previous["path"], ignore_errors=True)
+                try:
+                    storage.rmtree(previous["path"], missing_ok=True)
+                except OSError:  # as before: a previous best that cannot be removed is left behind
+                    pass
         return True

@@ -11,16 +11,15 @@ steps and are removed on start.
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
-from etils import epath
 from jax.experimental import multihost_utils
 
+from hdvila_jax import storage
 from hdvila_jax.variables_io import CheckpointError
 
 State = dict[str, Any]
@@ -29,14 +28,14 @@ TRAIN_KEYS = ("opt_state", "step", "rng")
 
 
 class Checkpointer:
-    """The checkpoints of one run directory (``<workdir>/checkpoints``)."""
+    """The checkpoints of one run directory (``<workdir>/checkpoints``, local or ``gs://``)."""
 
     def __init__(self, directory: str, keep: int, read_only: bool = False):
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=not read_only,
                                                create=not read_only, read_only=read_only,
                                                cleanup_tmp_directories=not read_only)
-        self.directory = os.path.abspath(directory)
-        self.manager = ocp.CheckpointManager(epath.Path(self.directory), options=options)
+        self.directory = storage.absolute(directory)
+        self.manager = ocp.CheckpointManager(storage.path(self.directory), options=options)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -91,14 +90,15 @@ class Checkpointer:
         return None
 
     def _set_aside(self, step: int) -> str:
-        """Rename a damaged step directory out of the way (by process 0); returns the new path."""
-        source = os.path.join(self.directory, str(step))
+        """Rename a damaged step directory out of the way (by process 0); returns the new path (on
+        gs:// the rename copies every object, then deletes the originals)."""
+        source = storage.join(self.directory, str(step))
         n = 0
-        while os.path.exists(f"{source}.damaged-{n}"):
+        while storage.exists(f"{source}.damaged-{n}"):
             n += 1
         target = f"{source}.damaged-{n}"
         if jax.process_index() == 0:
-            os.rename(source, target)
+            storage.rename(source, target)
         multihost_utils.sync_global_devices(f"set aside checkpoint step {step}")
         self.manager.reload()
         return target

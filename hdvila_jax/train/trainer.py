@@ -6,7 +6,6 @@ starts (resume, another run, converted weights, random) is ``startup``'s; eval-o
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
@@ -15,7 +14,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from hdvila_jax import sharding
+from hdvila_jax import sharding, storage
 from hdvila_jax.config_checks import check_config
 from hdvila_jax.data import pipeline
 from hdvila_jax.data.skip_corrupt import SKIP_COUNT_KEYS, pop_skip_counts
@@ -34,10 +33,9 @@ State = dict[str, Any]
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """The run's resolved config as ``<workdir>/config.json`` (by process 0)."""
+    """The run's resolved config as ``<workdir>/config.json`` (by process 0; replaced atomically)."""
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2) + "\n")
+        storage.write_text(storage.join(workdir, "config.json"), config.to_json_best_effort(indent=2) + "\n")
 
 
 def _variables(state: State) -> dict:
@@ -52,21 +50,22 @@ def _skip_metrics(local_counts: np.ndarray) -> dict[str, float]:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, task: Task | None = None) -> dict[str, float]:
-    """Train ``config`` in ``workdir`` (resuming when it holds checkpoints); return the last eval metrics.
+    """Train ``config`` in ``workdir`` (a local folder or ``gs://bucket/run``; resuming when it holds
+    checkpoints); return the last eval metrics.
     ``task``: the task of ``config`` as ``config_checks.check_config`` gave it (checked here when None).
 
     Between log, eval and checkpoint steps the loop only fetches batches and dispatches steps: the
     metrics stay on the device (:class:`PendingMetrics`) and preemption costs no collective."""
     if task is None:
         _, task = check_config(config)
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     config = resolve_epochs(task.resolve(config))
     built = build_step(config, task=task)
     mesh, model_cfg = built.mesh, built.model_cfg
     write_config(config, workdir)
 
     train_iter = pipeline.make_train_iterator(config, jax.process_index(), jax.process_count())
-    checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+    checkpointer = checkpointing.Checkpointer(storage.join(workdir, "checkpoints"), config.keep_checkpoints)
     writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
     best = BestCheckpoint(workdir, config.best_metric) if config.best_metric else None
     preemption = Preemption()

@@ -1,0 +1,250 @@
+"""The one path layer: local paths and ``gs://`` object paths behind the same small functions.
+
+Every file the trainer's run directory holds (orbax checkpoints, ``config.json``, ``metrics.jsonl``,
+TensorBoard events, ``best/``) and every run config or checkpoint the Encoder reads goes through here.
+
+Backend: ``etils.epath`` (the path type orbax takes; already a dependency through orbax), forced onto
+its fsspec backend, so ``gs://`` is served by ``gcsfs``. Not TensorFlow's ``tf.io.gfile``: its GCS
+filesystem has a fixed endpoint and cannot reach an emulator, so nothing here (nor orbax's metadata
+I/O, which goes through epath) uses it. Local paths, relative ones included, are used unchanged
+(``os``/``open`` semantics). Array data of orbax checkpoints is written by tensorstore, which talks
+to GCS itself.
+
+Importing this module sets up the environment once (``os.environ.setdefault``: what the caller set
+wins):
+
+- ``EPATH_USE_TF=false``: epath's gs:// backend is fsspec/gcsfs, not tf.io.gfile (epath reads this
+  once per process, so the module must be imported before the first gs:// epath is made);
+- ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false``: plain ``gcsfs.GCSFileSystem`` (its experimental
+  subclass asks the Storage Control gRPC API for each bucket's layout first, which an emulator does
+  not serve; it must be set before gcsfs is imported);
+- with ``STORAGE_EMULATOR_HOST=http://HOST:PORT`` set (the one variable an emulator needs; gcsfs and
+  google-cloud-storage honour it): ``TENSORSTORE_GCS_HTTP_URL`` (tensorstore's endpoint) from it and
+  ``GOOGLE_AUTH_TOKEN_FOR_TESTING`` (so tensorstore looks for no credentials), when they are unset.
+
+Without an emulator the same code talks to real GCS with the usual application-default credentials.
+gcsfs is imported only when a gs:// path is used (``pip install -e ".[gs]"``); its listing cache is
+off (``use_listings_cache=False``): tensorstore and other hosts write objects gcsfs does not see.
+
+On an object store: an object is written whole and appears complete or not at all (so
+:func:`write_text` is atomic on both kinds of path); nothing can be appended to; there are no
+directories (:func:`makedirs` is a no-op, a "directory" exists while an object lies under it); a
+rename is a copy then a delete, not atomic.
+"""
+from __future__ import annotations
+
+import glob as _glob
+import importlib.util
+import os
+import posixpath
+import re
+import shutil
+import uuid
+
+from etils import epath
+
+GS = "gs://"
+INSTALL_HINT = 'pip install -e ".[gs]"'
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def configure_environment() -> None:
+    """Set the variables of the module docstring where unset (idempotent; run on import and again
+    whenever a gs:// path is used, so an emulator named after the import is still honoured)."""
+    os.environ.setdefault("EPATH_USE_TF", "false")
+    os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST", "")
+    if emulator and emulator != "default":
+        url = emulator if emulator.startswith(("http://", "https://")) else f"http://{emulator}"
+        os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", url)
+        os.environ.setdefault("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")
+
+
+def _epath_fsspec_backend():
+    from etils.epath import backend
+    return backend.fsspec_backend
+
+
+def reset_filesystems() -> None:
+    """Drop the cached gcsfs instances (etils' and fsspec's): the next gs:// access makes a new one
+    that reads the environment again (after a fork, or when the emulator changes)."""
+    cached = getattr(type(_epath_fsspec_backend())._get_filesystem, "cache_clear", None)
+    if cached is not None:
+        cached()
+    import sys
+    if "gcsfs" in sys.modules:
+        sys.modules["gcsfs"].GCSFileSystem.clear_instance_cache()
+
+
+configure_environment()
+try:  # epath caches its TensorFlow decision once per process: make it read EPATH_USE_TF as set above
+    from etils.epath import gpath as _gpath
+    _gpath._is_tf_installed.cache_clear()
+except (ImportError, AttributeError):  # pragma: no cover -- another etils layout: the variable still counts
+    pass
+# etils keeps one gcsfs instance per process; a forked child (grain worker processes) must not reuse it
+os.register_at_fork(after_in_child=lambda: getattr(type(_epath_fsspec_backend())._get_filesystem,
+                                                   "cache_clear", lambda: None)())
+
+
+def is_remote(p: str | os.PathLike) -> bool:
+    """Whether ``p`` is a URL (``gs://bucket/x``, any ``scheme://``) rather than a local path."""
+    return bool(_SCHEME.match(os.fspath(p)))
+
+
+def _check_remote(p: str) -> None:
+    """A gs:// path needs gcsfs; other schemes are not supported."""
+    if not p.startswith(GS):
+        raise ValueError(f"{p!r}: only local paths and gs:// paths are supported")
+    configure_environment()
+    if importlib.util.find_spec("gcsfs") is None:
+        raise ImportError(f"{p} is a gs:// path, which needs gcsfs (not installed): {INSTALL_HINT}")
+    import fsspec.config
+    fsspec.config.conf.setdefault("gcs", {}).setdefault("use_listings_cache", False)
+
+
+def path(p: str | os.PathLike) -> epath.Path:
+    """``p`` as an ``epath.Path`` (what orbax takes): gs:// through fsspec/gcsfs, local as given."""
+    text = os.fspath(p)
+    if is_remote(text):
+        _check_remote(text)
+    return epath.Path(text)
+
+
+def absolute(p: str | os.PathLike) -> str:
+    """A local path made absolute (``os.path.abspath``); a gs:// path as it is, without a trailing
+    slash (``os.path.abspath`` would turn it into a local ``./gs:/bucket`` folder)."""
+    text = os.fspath(p)
+    if is_remote(text):
+        scheme, _, rest = text.partition("://")
+        return f"{scheme}://{rest.rstrip('/')}"
+    return os.path.abspath(text)
+
+
+def join(base: str | os.PathLike, *parts: str) -> str:
+    """``base/part/...``: ``/``-joined for a URL, ``os.path.join`` for a local path."""
+    text = os.fspath(base)
+    return posixpath.join(text, *parts) if is_remote(text) else os.path.join(text, *parts)
+
+
+def dirname(p: str | os.PathLike) -> str:
+    """The folder holding ``p``; a bucket root (``gs://bucket``) is its own folder."""
+    text = os.fspath(p)
+    if not is_remote(text):
+        return os.path.dirname(text)
+    text = absolute(text)
+    scheme, _, rest = text.partition("://")
+    return f"{scheme}://{posixpath.dirname(rest) or rest}"
+
+
+def exists(p: str | os.PathLike) -> bool:
+    """Whether a file or folder (on gs://: an object or a prefix with objects under it) is at ``p``."""
+    text = os.fspath(p)
+    return path(text).exists() if is_remote(text) else os.path.exists(text)
+
+
+def isdir(p: str | os.PathLike) -> bool:
+    """Whether ``p`` is a folder (on gs://: a prefix with objects under it)."""
+    text = os.fspath(p)
+    return path(text).is_dir() if is_remote(text) else os.path.isdir(text)
+
+
+def isfile(p: str | os.PathLike) -> bool:
+    """Whether ``p`` is a file (on gs://: an object)."""
+    text = os.fspath(p)
+    return path(text).is_file() if is_remote(text) else os.path.isfile(text)
+
+
+def makedirs(p: str | os.PathLike) -> None:
+    """Create folder ``p`` and its parents if missing; a no-op on gs:// (no directories there)."""
+    text = os.fspath(p)
+    if is_remote(text):
+        _check_remote(text)
+    else:
+        os.makedirs(text, exist_ok=True)
+
+
+def read_text(p: str | os.PathLike, encoding: str = "utf-8") -> str:
+    """The whole contents of the text file at ``p``."""
+    text = os.fspath(p)
+    if is_remote(text):
+        return path(text).read_text(encoding=encoding)
+    with open(text, encoding=encoding) as f:
+        return f.read()
+
+
+def read_bytes(p: str | os.PathLike) -> bytes:
+    """The whole contents of the file at ``p``."""
+    text = os.fspath(p)
+    if is_remote(text):
+        return path(text).read_bytes()
+    with open(text, "rb") as f:
+        return f.read()
+
+
+def write_bytes(p: str | os.PathLike, data: bytes) -> None:
+    """Replace the file at ``p`` with ``data``, atomically: a reader sees the old or the new contents,
+    never a part (locally a temporary file in the same folder, then ``os.replace``; on gs:// one
+    object upload, which is atomic). The folder is created if missing."""
+    text = os.fspath(p)
+    if is_remote(text):
+        path(text).write_bytes(data)
+        return
+    folder = os.path.dirname(os.path.abspath(text))
+    os.makedirs(folder, exist_ok=True)
+    # open(..., "xb") rather than mkstemp: the file gets the permissions open() gives (umask), not 0600
+    tmp = os.path.join(folder, f".{os.path.basename(text)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+        os.replace(tmp, text)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_text(p: str | os.PathLike, contents: str, encoding: str = "utf-8") -> None:
+    """Replace the text file at ``p`` with ``contents``, atomically (see :func:`write_bytes`)."""
+    write_bytes(p, contents.encode(encoding))
+
+
+def glob(pattern: str) -> list[str]:
+    """The paths matching ``pattern`` (``*``, ``?``, ``[...]``; ``**`` for any depth), sorted; gs://
+    patterns through gcsfs, returned as gs:// paths."""
+    if is_remote(pattern):
+        _check_remote(pattern)
+        fs = _epath_fsspec_backend().fs(pattern)
+        return sorted(GS + found for found in fs.glob(pattern))
+    return sorted(_glob.glob(pattern, recursive=True))
+
+
+def listdir(p: str | os.PathLike) -> list[str]:
+    """The names in folder ``p``, sorted."""
+    text = os.fspath(p)
+    if is_remote(text):
+        return sorted(child.name for child in path(text).iterdir())
+    return sorted(os.listdir(text))
+
+
+def rename(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move a file or folder to ``target`` (which must not exist). Locally ``os.rename`` (atomic);
+    on gs:// every object is copied, then deleted: not atomic."""
+    source, target = os.fspath(source), os.fspath(target)
+    if is_remote(source) != is_remote(target):
+        raise ValueError(f"cannot rename {source} to {target}: one is local, the other remote")
+    if is_remote(source):
+        path(source).rename(path(target))
+    else:
+        os.rename(source, target)
+
+
+def rmtree(p: str | os.PathLike, missing_ok: bool = False) -> None:
+    """Delete the folder ``p`` and everything under it (no error for a missing one if ``missing_ok``)."""
+    text = os.fspath(p)
+    if missing_ok and not exists(text):
+        return
+    if is_remote(text):
+        path(text).rmtree()
+    else:
+        shutil.rmtree(text)
