@@ -13,7 +13,7 @@ import ml_collections
 from absl import logging
 from jax.experimental import multihost_utils
 
-from hdvila_jax import config_files
+from hdvila_jax import config_files, storage
 from hdvila_jax.variables_io import has_checkpoint
 
 MAKE_DEMO = "data_pipelines.make_demo"  # the command (python -m) that writes the demo records
@@ -44,7 +44,7 @@ def prepare_demo_init(config: ml_collections.ConfigDict, config_file: str,
         return
     spec = config_files.sibling_spec(config_file, config.init.demo_config)
     demo = config_files.load_config(spec)
-    workdir = os.path.dirname(os.path.abspath(source))
+    workdir = storage.dirname(storage.absolute(source))
     logging.info("%s has no checkpoint: training %s into %s first", source, spec, workdir)
     prepare_demo_data(demo)
     prepare_demo_init(demo, spec.partition(":")[0], train)

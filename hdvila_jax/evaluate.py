@@ -22,7 +22,7 @@ import sys
 import ml_collections
 from absl import app, flags
 
-from hdvila_jax import config_files, eval_only, multihost
+from hdvila_jax import config_files, eval_only, multihost, storage
 from hdvila_jax.encoder import find_run_config
 from hdvila_jax.tasks.base import TrainConfigError
 
@@ -111,7 +111,7 @@ def main(argv: list[str]) -> None:
     print(markdown_table(results))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(dict(checkpoint=os.path.abspath(args.checkpoint), sets=results), f, indent=1)
+            json.dump(dict(checkpoint=storage.absolute(args.checkpoint), sets=results), f, indent=1)
         print(f"wrote {args.json}", file=sys.stderr)
 
 

@@ -249,7 +249,31 @@ def test_stage1_run_in_a_bucket_resumes_exactly_and_the_encoder_reads_it(gcs_buc
     assert texts.shape == (2, encoder.dim) and np.all(np.isfinite(texts))
     np.testing.assert_allclose(np.linalg.norm(texts, axis=1), 1.0, rtol=1e-3)
 
+    # a search index of local records built with the bucket's checkpoint records where it came from
+    from hdvila_jax.search import build_index
+    config = train_helpers.tiny_config(1, demo_root, total_steps=4)
+    manifest = build_index(config, f"{workdir}/checkpoints", config.data.val_files, str(tmp_path / "index"),
+                           progress=False)
+    assert manifest["checkpoint"] == f"{workdir}/checkpoints"
+    assert manifest["restored_from"] == f"{workdir}/checkpoints/4/variables"
+
     import tempfile
     assert not _gs_folders(tmp_path, tmp_path_factory.getbasetemp(), train_helpers.REPO + "/hdvila_jax",
                            train_helpers.REPO + "/tests")
     assert not [p for p in (train_helpers.REPO, tempfile.gettempdir()) if os.path.exists(os.path.join(p, "gs:"))]
+
+
+def test_demo_bootstrap_trains_into_the_run_folder_in_the_bucket(gcs_bucket, tmp_path, monkeypatch):
+    """A downstream demo whose init.restore is in a bucket with no checkpoint trains its pretraining run
+    into that bucket folder (not into a local "gs:" folder)."""
+    from configs import retrieval
+    from hdvila_jax import demo
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(demo, "prepare_demo_data", lambda config: None)
+    config = retrieval.get_config("demo")
+    config.init.restore = f"gs://{gcs_bucket}/demo_stage1/checkpoints"
+    trained = []
+    demo.prepare_demo_init(config, os.path.join(train_helpers.REPO, "configs", "retrieval.py"),
+                           lambda cfg, workdir: trained.append(workdir))
+    assert trained == [f"gs://{gcs_bucket}/demo_stage1"]
+    assert not _gs_folders(tmp_path)

@@ -21,7 +21,7 @@ from jax.experimental import multihost_utils
 from PIL import Image
 from tqdm import tqdm
 
-from hdvila_jax import sharding
+from hdvila_jax import sharding, storage
 from hdvila_jax.config_checks import check_config
 from hdvila_jax.data import pipeline
 from hdvila_jax.data.records import ClipRecord, parse_clip_record
@@ -43,7 +43,7 @@ def index_config(config: ml_collections.ConfigDict, records: str) -> ml_collecti
     config.data.val_files = records
     config.data.mlm_probability = 0.0
     if config.data.vocab_file:
-        config.data.vocab_file = os.path.abspath(config.data.vocab_file)
+        config.data.vocab_file = storage.absolute(config.data.vocab_file)
     return config
 
 
@@ -114,7 +114,7 @@ def build_index(config: ml_collections.ConfigDict, checkpoint: str, records: str
                           "(the batch shards of config.mesh and the process count)")
     variables, origin = restore_stage1_variables(config, model_cfg, mesh, checkpoint)
     embeddings = encode_records(HDVILA(model_cfg), variables, config, mesh, batch_size, progress)
-    manifest = dict(source="records", checkpoint=os.path.abspath(checkpoint), restored_from=origin,
+    manifest = dict(source="records", checkpoint=storage.absolute(checkpoint), restored_from=origin,
                     records=os.path.abspath(records), count=len(embeddings), dim=int(embeddings.shape[1]),
                     config=config.to_dict())
     if jax.process_index() == 0:
