@@ -146,8 +146,7 @@ class Encoder:
         self.workers = workers or min(4, os.cpu_count() or 1)
         self.tokenizer = ThreadLocalTokenizer(config.data.vocab_file)
         model = HDVILA(self.model_cfg)
-        self._encode_text = make_encode_fn(model, ("text",))
-        self._encode_video = make_encode_fn(model, ("video",))
+        self._encoders = {tower: make_encode_fn(model, (tower,)) for tower in ("text", "video")}
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str, config: ml_collections.ConfigDict | str | None = None, *,
@@ -185,14 +184,14 @@ class Encoder:
         """Width D of the embeddings."""
         return int(self.model_cfg.hidden_size)
 
-    def _encode(self, encode: Callable, arrays: dict[str, np.ndarray], count: int, desc: str = "",
+    def _encode(self, tower: str, arrays: dict[str, np.ndarray], count: int, desc: str = "",
                 progress: bool = False) -> np.ndarray:
-        """The ``[count, D]`` features ``encode`` (``inference.make_encode_fn``) gives for ``arrays``,
-        in fixed-size batches padded to split over the mesh."""
+        """The ``[count, D]`` features of ``tower`` ("text" or "video") for ``arrays``, in fixed-size
+        batches padded to split over the mesh."""
         batches = tqdm(padded_batches(arrays, count, self.batch_size), total=-(-count // self.batch_size),
                        desc=desc, unit="batch", disable=not progress)
-        features = encode_batches(encode, self.variables, batches, self.mesh, tuple(arrays))
-        return np.asarray(next(iter(features.values())), np.float32)
+        features = encode_batches(self._encoders[tower], self.variables, batches, self.mesh, tuple(arrays))
+        return np.asarray(features[f"{tower}_features"], np.float32)
 
     def encode_texts(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         """Normalised text embeddings float32 ``[len(texts), D]`` (``data.max_txt_len`` tokens)."""
@@ -203,7 +202,7 @@ class Encoder:
             return np.zeros((0, self.dim), np.float32)
         ids, mask = (np.stack(x) for x in zip(*(self.tokenizer.encode(t, self.config.data.max_txt_len)
                                                 for t in texts)))
-        return self._encode(self._encode_text, dict(text_input_ids=ids, text_input_mask=mask), len(texts), "texts",
+        return self._encode("text", dict(text_input_ids=ids, text_input_mask=mask), len(texts), "texts",
                             progress)
 
     def embed_records(self, records: Sequence[ClipRecord]) -> np.ndarray:
@@ -213,7 +212,7 @@ class Encoder:
             return np.zeros((0, self.dim), np.float32)
         pixels = [clip_pixels(record, self.crop_hw) for record in records]
         middle, other = np.stack([p[0] for p in pixels]), np.stack([p[1] for p in pixels])
-        return self._encode(self._encode_video, dict(img_middle=middle, img_other=other), len(records))
+        return self._encode("video", dict(img_middle=middle, img_other=other), len(records))
 
     def read_video(self, video: Video, clip_seconds: float | None = None, stride_seconds: float | None = None,
                    fps: float = 0.0, name: str | None = None) -> VideoClips:
