@@ -1,6 +1,6 @@
 """Input pipeline speed: pre-decoded TFRecords vs decoding the MP4 per example (the original).
 
-  python -m benchmarks.input_pipeline [--quick] [--json PATH] [--workdir DIR]
+  python -m benchmarks.input_pipeline [--quick] [--json PATH] [--workdir DIR] [--bucket gs://BUCKET/PREFIX]
 
 Synthesises a few 30 fps videos (720p; 360p with --quick), builds clip records from them,
 then measures examples/s and MB/s of
@@ -9,6 +9,8 @@ then measures examples/s and MB/s of
   original: per example, open the MP4 with PyAV, seek to each sampled clip, decode its 7
             frames at stride 12, random crop, bicubic 1/4 resize of the 6 neighbours
             (the reference dataset's work, in N processes).
+With --bucket the records are also uploaded there and read back from the bucket (the same reader:
+one ranged GET per record); set STORAGE_EMULATOR_HOST to measure against an emulator.
 Both produce 2 clips per example of a 640x1024 HR crop + 6 LR 160x256 frames (a 320x512 crop
 with --quick). MB/s counts the bytes read from disk per second (records, or MP4 bytes of the
 decoded span for the original) and the uint8 pixels produced per second.
@@ -67,12 +69,22 @@ def build_records(workdir: str, s: dict) -> dict:
         "--frame_size", str(s["frame"][0]), str(s["frame"][1]), "--sample_rate", str(RATE)]))
 
 
-def measure_records(workdir: str, s: dict, threads: int, workers: int, bytes_per_record: float) -> dict:
-    """The training reader with ``threads`` decoding threads in each of ``workers`` processes (0: in this one)."""
+def upload_records(workdir: str, bucket: str) -> str:
+    """Copy the records and their sidecars to ``bucket``; returns the glob of the uploaded shards."""
+    from hdvila_jax import storage
+    for local in storage.glob(os.path.join(workdir, "records", "*")):
+        storage.copy(local, storage.join(bucket, "records", os.path.basename(local)))
+    return storage.join(bucket, "records", "train-*.tfrecord")
+
+
+def measure_records(workdir: str, s: dict, threads: int, workers: int, bytes_per_record: float,
+                    train_files: str = "") -> dict:
+    """The training reader with ``threads`` decoding threads in each of ``workers`` processes (0: in
+    this one), reading ``train_files`` (default: the local records)."""
     from hdvila_jax.data.config import get_data_config
     from hdvila_jax.data.pipeline import make_train_iterator
     data = get_data_config("paper", root=workdir)
-    data.train_files = os.path.join(workdir, "records", "train-*.tfrecord")
+    data.train_files = train_files or os.path.join(workdir, "records", "train-*.tfrecord")
     data.num_parallel_calls = threads
     data.num_workers = workers
     data.prefetch_buffer_size = 2 * threads * s["batch"]
@@ -89,6 +101,7 @@ def measure_records(workdir: str, s: dict, threads: int, workers: int, bytes_per
     elapsed = time.perf_counter() - start
     iterator.close()
     path = f"records, {workers} processes" if workers else f"records, {threads} threads"
+    path = f"bucket {path}" if train_files else path
     return dict(path=path, workers=max(threads, workers), examples_per_s=count / elapsed,
                 read_mb_per_s=count * bytes_per_record / elapsed / 1e6, pixel_mb_per_s=pixels / elapsed / 1e6)
 
@@ -154,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--workdir", default="/tmp/hdvila_input_benchmark")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="threads / processes to try")
+    parser.add_argument("--bucket", default="", help="also read the records from here (gs://BUCKET/PREFIX)")
     args = parser.parse_args(argv)
     s = _settings(args.quick)
     workdir = os.path.join(args.workdir, "quick" if args.quick else "paper")
@@ -163,18 +177,22 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
     report = build_records(workdir, s)
     build_s = time.time() - start
+    remote = upload_records(workdir, args.bucket) if args.bucket else ""
     rows = []
     for workers in args.workers:
         rows.append(measure_records(workdir, s, workers, 0, report["bytes_per_record"]))
         rows.append(measure_records(workdir, s, 1, workers, report["bytes_per_record"]))
+        if remote:
+            rows.append(measure_records(workdir, s, workers, 0, report["bytes_per_record"], remote))
+            rows.append(measure_records(workdir, s, 1, workers, report["bytes_per_record"], remote))
         rows.append(measure_original(paths, s, workers))
-    header = f"{'path':<30}{'workers':>8}{'examples/s':>12}{'read MB/s':>11}{'pixel MB/s':>12}"
+    header = f"{'path':<37}{'workers':>8}{'examples/s':>12}{'read MB/s':>11}{'pixel MB/s':>12}"
     print(f"\nframes {s['frame'][0]}x{s['frame'][1]}, crop {s['crop'][0]}x{s['crop'][1]} + 6 LR, "
           f"{N_CLIPS} clips/example, {os.cpu_count()} CPUs; record {report['bytes_per_record'] / 1e6:.2f} MB/clip; "
           f"build {report['records']} clips in {build_s:.0f}s (2 workers, incl. start-up)")
     print(header)
     for r in rows:
-        print(f"{r['path']:<30}{r['workers']:>8}{r['examples_per_s']:>12.2f}{r['read_mb_per_s']:>11.1f}"
+        print(f"{r['path']:<37}{r['workers']:>8}{r['examples_per_s']:>12.2f}{r['read_mb_per_s']:>11.1f}"
               f"{r['pixel_mb_per_s']:>12.1f}")
     if args.json:
         with open(args.json, "w") as f:

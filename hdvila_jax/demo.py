@@ -2,7 +2,6 @@
 start from. Called by the entry point before the trainer; the trainer knows nothing of demos."""
 from __future__ import annotations
 
-import glob
 import os
 import subprocess
 import sys
@@ -22,7 +21,7 @@ MAKE_DEMO = "data_pipelines.make_demo"  # the command (python -m) that writes th
 def prepare_demo_data(config: ml_collections.ConfigDict) -> None:
     """Write the demo records (``python -m data_pipelines.make_demo``) when ``config.demo_data_dir``
     is set and ``config.data.train_files`` matches nothing; process 0 writes, all wait for it."""
-    if not config.demo_data_dir or glob.glob(config.data.train_files):
+    if not config.demo_data_dir or storage.glob(config.data.train_files):
         return
     if jax.process_index() == 0:
         logging.info("demo data missing: generating it in %s", config.demo_data_dir)

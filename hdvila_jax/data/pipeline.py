@@ -56,7 +56,6 @@ crop and fixed masking seeded by (seed, video_index).
 """
 from __future__ import annotations
 
-import glob
 import math
 
 import grain
@@ -64,6 +63,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
+from hdvila_jax import storage
 from hdvila_jax.data import sampling
 from hdvila_jax.data.answers import load_ans2label
 from hdvila_jax.data.frames import decode_clip_frames
@@ -74,10 +74,10 @@ from hdvila_jax.data.tfrecord_source import CorruptRecord, TFRecordDataSource
 
 
 def list_files(pattern: str, field: str) -> list[str]:
-    """The sorted files matching a glob pattern of config field `field`."""
+    """The sorted files matching a glob pattern of config field `field` (local or gs://)."""
     if not pattern:
         raise ValueError(f"config.data.{field} is empty; set it to a glob of clip-record shards")
-    files = sorted(glob.glob(pattern))
+    files = storage.glob(pattern)
     if not files:
         raise FileNotFoundError(f"config.data.{field}={pattern!r} matches no files")
     return files

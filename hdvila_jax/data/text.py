@@ -1,11 +1,12 @@
 """BERT uncased WordPiece tokenisation and MLM masking (docs/fidelity.md §1 and §5)."""
 from __future__ import annotations
 
-import os
 import threading
 
 import numpy as np
 from transformers import BertTokenizerFast
+
+from hdvila_jax import storage
 
 IGNORE_INDEX = -100
 MASK_REPLACE_PROB = 0.8  # of the selected tokens: [MASK]
@@ -13,22 +14,31 @@ RANDOM_OF_REST_PROB = 0.5  # of the rest: a random token (so 10% / 10% overall)
 
 
 def resolve_vocab_file(path: str) -> str:
-    """`path` itself, or `path/vocab.txt` when given a directory."""
-    vocab = os.path.join(path, "vocab.txt") if os.path.isdir(path) else path
-    if not os.path.isfile(vocab):
+    """`path` itself, or `path/vocab.txt` when given a directory (local or gs://)."""
+    vocab = storage.join(path, "vocab.txt") if storage.isdir(path) else path
+    if not storage.isfile(vocab):
         raise FileNotFoundError(f"data.vocab_file: no WordPiece vocab at {vocab}")
     return vocab
 
 
-def load_tokenizer(vocab_file: str) -> BertTokenizerFast:
-    """An uncased BERT fast tokenizer from a vocab.txt (or a directory holding one)."""
+def read_vocab(vocab_file: str) -> dict[str, int]:
+    """The WordPiece vocab of a vocab.txt (or a directory holding one, local or gs://): token -> line
+    number, each line's trailing whitespace dropped as the tokenizers library reads the file."""
     vocab = resolve_vocab_file(vocab_file)
-    tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True)
-    with open(vocab, encoding="utf-8") as f:
-        expected = sum(1 for _ in f)
-    if tokenizer.vocab_size != expected:
-        raise ValueError(f"{vocab}: tokenizer has {tokenizer.vocab_size} entries, file has {expected}")
-    return tokenizer
+    lines = storage.read_text(vocab).split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    tokens = {line.rstrip(): index for index, line in enumerate(lines)}
+    if len(tokens) != len(lines):
+        raise ValueError(f"{vocab}: {len(lines)} lines but {len(tokens)} distinct tokens")
+    return tokens
+
+
+def load_tokenizer(vocab_file: str | dict[str, int]) -> BertTokenizerFast:
+    """An uncased BERT fast tokenizer from a vocab.txt (or a directory holding one), or from the
+    vocab :func:`read_vocab` gave."""
+    vocab = read_vocab(vocab_file) if isinstance(vocab_file, str) else vocab_file
+    return BertTokenizerFast(vocab=dict(vocab), do_lower_case=True)
 
 
 class ThreadLocalTokenizer:
@@ -36,6 +46,7 @@ class ThreadLocalTokenizer:
 
     def __init__(self, vocab_file: str):
         self.vocab_file = vocab_file
+        self._vocab = read_vocab(vocab_file)  # read once (a gs:// file too); each thread builds from it
         self._local = threading.local()
         first = self.get()
         self.special_ids = np.asarray(sorted(first.all_special_ids), np.int32)
@@ -46,7 +57,7 @@ class ThreadLocalTokenizer:
     def get(self) -> BertTokenizerFast:
         tokenizer = getattr(self._local, "tokenizer", None)
         if tokenizer is None:
-            tokenizer = self._local.tokenizer = load_tokenizer(self.vocab_file)
+            tokenizer = self._local.tokenizer = load_tokenizer(self._vocab)
         return tokenizer
 
     def encode(self, text: str, max_len: int) -> tuple[np.ndarray, np.ndarray]:

@@ -3,8 +3,11 @@
 TFRecord framing per record: uint64 length, uint32 masked CRC-32C of the length, the
 payload, uint32 masked CRC-32C of the payload. The shard writer stores each file's record
 offsets in a JSON sidecar (``<file>.json``, key ``offsets``); files without one are
-indexed once by walking the length headers. Reads use ``os.pread`` so threads can share
-one open file, and every read checks both CRCs.
+indexed once by walking the length headers. Files may be local or ``gs://`` objects
+(``hdvila_jax.storage``): a record is read whole with one ranged read (``os.pread`` on a descriptor
+that threads share, or one ranged GET), from its offset to the next record's (the index gives
+both), and every read checks both CRCs. A bucket that stops answering is a ``StorageError``,
+not damage: the run stops rather than skipping records it could not fetch.
 
 Damage (bytes flipped, a file cut short, a shard that cannot be opened or indexed) is a
 :class:`CorruptRecordError` naming the shard and byte offset, or, with
@@ -18,13 +21,13 @@ import bisect
 import dataclasses
 import json
 import logging
-import os
 import struct
-import threading
 from typing import Sequence
 
 import google_crc32c
 import grain
+
+from hdvila_jax import storage
 
 _HEADER_BYTES = 12  # uint64 length + uint32 CRC
 _FOOTER_BYTES = 4  # uint32 CRC
@@ -75,52 +78,55 @@ def sidecar_path(path: str) -> str:
     return path + ".json"
 
 
-def _scan(path: str) -> tuple[list[int], CorruptRecord | None]:
-    """Offsets of the intact-looking records of a file, walking its length headers, and the
-    problem that stopped the walk before the end of the file (None if it reached it)."""
+def _scan(path: str) -> tuple[list[int], int, CorruptRecord | None]:
+    """Offsets of the intact-looking records of a file, walking its length headers (buffered reads),
+    the file's size, and the problem that stopped the walk before the end of the file (None if it
+    reached it)."""
     offsets = []
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
+    size = storage.size(path)
+    with storage.open_file(path, "rb") as f:
         position = 0
         while position < size:
             header = f.read(_HEADER_BYTES)
             if len(header) < _HEADER_BYTES:
-                return offsets, CorruptRecord(path, position, "truncated record header", "shard")
+                return offsets, size, CorruptRecord(path, position, "truncated record header", "shard")
             length = _checked_length(header)
             if length is None:
-                return offsets, CorruptRecord(path, position, "length CRC mismatch; rest of the file unread", "shard")
+                return offsets, size, CorruptRecord(path, position, "length CRC mismatch; rest of the file unread",
+                                                    "shard")
             end = position + _HEADER_BYTES + length + _FOOTER_BYTES
             if end > size:
-                return offsets, CorruptRecord(path, position, "record runs past the end of the file", "shard")
+                return offsets, size, CorruptRecord(path, position, "record runs past the end of the file", "shard")
             offsets.append(position)
             position = end
             f.seek(position)
-    return offsets, None
+    return offsets, size, None
 
 
 def scan_record_offsets(path: str) -> list[int]:
     """Offsets of every record in a TFRecord file, found by walking its length headers."""
-    return _intact(*_scan(path))
+    offsets, _, problem = _scan(path)
+    return _intact(offsets, problem)
 
 
-def _index(path: str) -> tuple[list[int], CorruptRecord | None]:
-    """Record offsets of a file (from its sidecar if present, else by scanning) and a problem
-    found while indexing it."""
+def _index(path: str) -> tuple[list[int], int, CorruptRecord | None]:
+    """Record offsets of a file (from its sidecar if present, else by scanning), its size, and a
+    problem found while indexing it."""
     try:
         sidecar = sidecar_path(path)
-        if os.path.exists(sidecar):
-            with open(sidecar) as f:
-                meta = json.load(f)
+        if storage.exists(sidecar):
+            meta = json.loads(storage.read_text(sidecar))
             if "offsets" in meta:
-                return list(meta["offsets"]), None
+                return list(meta["offsets"]), storage.size(path), None
         return _scan(path)
     except (OSError, ValueError) as e:  # unreadable file, or a sidecar that is not JSON
-        return [], CorruptRecord(path, 0, f"unreadable shard ({e})", "shard")
+        return [], 0, CorruptRecord(path, 0, f"unreadable shard ({e})", "shard")
 
 
 def record_offsets(path: str) -> list[int]:
     """Record offsets of a TFRecord file, from its sidecar if present, else by scanning."""
-    return _intact(*_index(path))
+    offsets, _, problem = _index(path)
+    return _intact(offsets, problem)
 
 
 class TFRecordDataSource(grain.sources.RandomAccessDataSource):
@@ -140,8 +146,10 @@ class TFRecordDataSource(grain.sources.RandomAccessDataSource):
         self._paths = list(paths)
         self._on_corrupt = on_corrupt
         self._entries: list[list[int | CorruptRecord]] = []
+        self._sizes: list[int] = []
         for path in self._paths:
-            offsets, problem = _index(path)
+            offsets, size, problem = _index(path)
+            self._sizes.append(size)
             if problem is not None:
                 if on_corrupt == "raise":
                     raise CorruptRecordError(problem.describe())
@@ -155,33 +163,37 @@ class TFRecordDataSource(grain.sources.RandomAccessDataSource):
             self._starts.append(total)
             total += len(entries)
         self._len = total
-        self._fds: dict[int, int] = {}
-        self._lock = threading.Lock()
+        self._readers = [storage.RangeReader(path) for path in self._paths]
 
     def __len__(self) -> int:
         return self._len
 
-    def _fd(self, file_index: int) -> int:
-        with self._lock:
-            fd = self._fds.get(file_index)
-            if fd is None:
-                fd = os.open(self._paths[file_index], os.O_RDONLY)
-                self._fds[file_index] = fd
-            return fd
+    def _record_end(self, file_index: int, position: int) -> int:
+        """Where the record at ``position`` of file ``file_index``'s entries ends, by the index: the
+        next entry's offset, or the file's size."""
+        entries = self._entries[file_index]
+        if position + 1 == len(entries):
+            return self._sizes[file_index]
+        following = entries[position + 1]
+        return following.offset if isinstance(following, CorruptRecord) else following
 
-    def _read(self, file_index: int, offset: int) -> bytes | CorruptRecord:
-        path = self._paths[file_index]
+    def _read(self, file_index: int, position: int) -> bytes | CorruptRecord:
+        path, offset = self._paths[file_index], self._entries[file_index][position]
+        reader, size = self._readers[file_index], self._sizes[file_index]
         try:
-            fd = self._fd(file_index)
-            header = os.pread(fd, _HEADER_BYTES, offset)
-            if len(header) < _HEADER_BYTES:
+            span = reader.read(offset, max(self._record_end(file_index, position) - offset, _HEADER_BYTES))
+            if len(span) < _HEADER_BYTES:
                 return CorruptRecord(path, offset, "file ends inside the record header")
-            length = _checked_length(header)
+            length = _checked_length(span[:_HEADER_BYTES])
             if length is None:
                 return CorruptRecord(path, offset, "length CRC mismatch")
-            body = os.pread(fd, length + _FOOTER_BYTES, offset + _HEADER_BYTES)
+            missing = _HEADER_BYTES + length + _FOOTER_BYTES - len(span)
+            readable = size - offset - len(span)  # the header claims more than the index gave it
+            if missing > 0 and readable > 0:
+                span += reader.read(offset + len(span), min(missing, readable))
         except OSError as e:
             return CorruptRecord(path, offset, f"read error ({e})")
+        body = span[_HEADER_BYTES:_HEADER_BYTES + length + _FOOTER_BYTES]
         if len(body) < length + _FOOTER_BYTES:
             return CorruptRecord(path, offset, "file ends inside the record (truncated)")
         data = body[:length]
@@ -193,25 +205,12 @@ class TFRecordDataSource(grain.sources.RandomAccessDataSource):
         if not 0 <= index < self._len:
             raise IndexError(f"record index {index} out of range [0, {self._len})")
         file_index = bisect.bisect_right(self._starts, index) - 1
-        entry = self._entries[file_index][index - self._starts[file_index]]
-        result = entry if isinstance(entry, CorruptRecord) else self._read(file_index, entry)
+        position = index - self._starts[file_index]
+        entry = self._entries[file_index][position]
+        result = entry if isinstance(entry, CorruptRecord) else self._read(file_index, position)
         if isinstance(result, CorruptRecord) and self._on_corrupt == "raise":
             raise CorruptRecordError(f"record {index}: {result.describe()}")
         return result
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        del state["_fds"], state["_lock"]
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._fds = {}
-        self._lock = threading.Lock()
-
-    def __del__(self):
-        for fd in getattr(self, "_fds", {}).values():
-            os.close(fd)
 
     def __repr__(self) -> str:
         return f"TFRecordDataSource({len(self._paths)} files, {self._len} records)"
