@@ -9,7 +9,8 @@
 
 Video files are looked up under the videos directory as `<clip_id>`, `<clip_id>.mp4`,
 `<clip_id up to the first dot>/<clip_id>` (the HD-VILA clip layout) or
-`<basename of clip_id>.mp4`, first existing wins.
+`<basename of clip_id>.mp4`, first existing wins. Annotation files and the videos folder may be
+local or ``gs://`` (a videos folder in a bucket is listed once, not probed per clip).
 """
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ import dataclasses
 import json
 import os
 from typing import Iterator
+
+from data_pipelines.remote_files import FileSet
+from hdvila_jax import storage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,32 +49,32 @@ class BadInput:
     reason: str
 
 
-def resolve_video_path(videos_dir: str, name: str) -> str:
-    """The first existing candidate path for a clip or video name (else the first candidate)."""
+def resolve_video_path(videos: FileSet, name: str) -> str:
+    """The first existing candidate path under the videos folder for a clip or video name (else the
+    `<name>.mp4` candidate)."""
     candidates = [
-        os.path.join(videos_dir, name),
-        os.path.join(videos_dir, name + ".mp4"),
-        os.path.join(videos_dir, name.split(".")[0], name),
-        os.path.join(videos_dir, os.path.basename(name) + ".mp4"),
+        storage.join(videos.folder, name),
+        storage.join(videos.folder, name + ".mp4"),
+        storage.join(videos.folder, name.split(".")[0], name),
+        storage.join(videos.folder, os.path.basename(name) + ".mp4"),
     ]
     for path in candidates:
-        if os.path.isfile(path):
+        if videos.isfile(path):
             return path
     return candidates[1]
 
 
 def json_objects(path: str) -> Iterator[tuple[str, dict | None, str | None]]:
-    """Yields (item, object, error) for each non-blank entry of a jsonl or json-list file."""
+    """Yields (item, object, error) for each non-blank entry of a jsonl or json-list file (local or gs://)."""
     if path.endswith(".json"):
-        with open(path, encoding="utf-8") as f:
-            entries = json.load(f)
+        entries = json.loads(storage.read_text(path))
         if not isinstance(entries, list):
             raise ValueError(f"{path}: a .json annotation file must hold a list of objects")
         for i, entry in enumerate(entries):
             item = f"{path}[{i}]"
             yield (item, entry, None) if isinstance(entry, dict) else (item, None, "not a JSON object")
         return
-    with open(path, "rb") as f:
+    with storage.open_file(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             item = f"{path}:{number}"
             try:
@@ -125,8 +129,9 @@ def _clip_texts(path: str) -> tuple[list[tuple[str, str, tuple[str, ...]]], list
 def read_clip_annotations(path: str, videos_dir: str) -> tuple[list[ClipSpec], list[BadInput]]:
     """Reads a clip jsonl (or json list): one clip video per entry."""
     entries, bad = _clip_texts(path)
+    videos = FileSet(videos_dir)
     specs = [
-        ClipSpec(clip_id=clip_id, video_id=clip_id, video_path=resolve_video_path(videos_dir, clip_id),
+        ClipSpec(clip_id=clip_id, video_id=clip_id, video_path=resolve_video_path(videos, clip_id),
                  texts=texts, span=None, video_index=i)
         for i, (_, clip_id, texts) in enumerate(entries)
     ]
@@ -161,6 +166,7 @@ def read_hdvila100m_annotations(metadata_path: str, transcripts_path: str,
     transcripts = {clip_id: texts for _, clip_id, texts in entries}
     specs: list[ClipSpec] = []
     seen = set()
+    videos = FileSet(videos_dir)
     for item, entry, error in json_objects(metadata_path):
         if error is not None:
             bad.append(BadInput(item, error))
@@ -172,7 +178,7 @@ def read_hdvila100m_annotations(metadata_path: str, transcripts_path: str,
         if not isinstance(clips, list):
             bad.append(BadInput(item, "missing key 'clip' (a list of {clip_id, span})"))
             continue
-        video_path = resolve_video_path(videos_dir, video_id)
+        video_path = resolve_video_path(videos, video_id)
         for clip in clips:
             clip_id = clip.get("clip_id") if isinstance(clip, dict) else None
             if not isinstance(clip_id, str) or not clip_id:

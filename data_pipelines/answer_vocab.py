@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 from typing import Iterable
+
+from hdvila_jax import storage
 
 
 def build_ans2label(answers: Iterable[str], min_count: int) -> dict[str, int]:
@@ -19,8 +20,6 @@ def build_ans2label(answers: Iterable[str], min_count: int) -> dict[str, int]:
 
 
 def write_ans2label(path: str, mapping: dict[str, int]) -> None:
-    """Writes an ans2label file (atomically), answers in label order."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(dict(sorted(mapping.items(), key=lambda item: item[1])), f, indent=0, ensure_ascii=False)
-    os.replace(tmp, path)
+    """Writes an ans2label file (atomically; local or gs://), answers in label order."""
+    storage.write_text(path, json.dumps(dict(sorted(mapping.items(), key=lambda item: item[1])), indent=0,
+                                        ensure_ascii=False))

@@ -15,17 +15,17 @@ clips to shards exactly as `build_tfrecords` does (so the two builds resume each
 output), and writes the pending clips as a plan file (`beam_plan`), one line per video. The
 pipeline (`beam_transforms.BuildShards`) reads it in parallel, encodes each video's clips with
 `clip_encoder.encode_clips`, groups the results by shard and writes each shard with
-`ShardWriter` (TFRecord framing, offsets sidecar with the skipped clips and warnings). The
-launcher then writes `<split>_report.json` from the sidecars with `build_report`, as
-`build_tfrecords` does. Records within a shard are in arrival order, not annotation order.
+`ShardWriter` (TFRecord framing, offsets sidecar with the skipped clips and warnings), records in
+annotation order as `build_tfrecords` writes them. The launcher then writes `<split>_report.json`
+from the sidecars with `build_report`, as `build_tfrecords` does.
 
 Why a plain Beam pipeline rather than the TFDS builder's Beam path: TFDS would write its own
 example encoding and file layout, which the training reader (`TFRecordDataSource` over
 `<split>-*.tfrecord` clip records) cannot read unchanged; and `WriteToTFRecord` cannot write
 the offsets/bad-input sidecar per shard nor keep `build_tfrecords`' shard assignment (resume).
-A per-shard DoFn reusing `ShardWriter` writes the same files (names, framing, sidecars). Inputs and output must be paths
-every worker can open (a shared POSIX filesystem on a cluster): videos are read with PyAV and
-shards written with local file renames.
+A per-shard DoFn reusing `ShardWriter` writes the same files (names, framing, sidecars). Inputs and
+output must be paths every worker can open: `gs://` paths (Dataflow; read and written through
+`hdvila_jax.storage`, each shard and sidecar uploaded as one object) or a shared POSIX filesystem.
 
 The launcher plans the split with `build_tfrecords.plan_build` (annotations, the open-ended QA
 answer vocabulary, the build config, the shard layout) and writes the report with
@@ -34,7 +34,6 @@ answer vocabulary, the build config, the shard layout) and writes the report wit
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
@@ -43,8 +42,9 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from data_pipelines import build_tfrecords
-from data_pipelines.beam_plan import write_plan
+from data_pipelines.beam_plan import PlanFile, write_plan
 from data_pipelines.beam_transforms import COUNTER_NAMESPACE, COUNTERS, BuildShards
+from hdvila_jax import storage
 
 
 def _beam_option_actions() -> dict[str, argparse.Action]:
@@ -86,11 +86,10 @@ def _counters(result) -> dict[str, int]:
     return totals
 
 
-def write_plan_file(args: argparse.Namespace, plan: build_tfrecords.BuildPlan) -> str:
-    """Writes the clips of the shards still to build (`plan.todo`) beside the output; returns its path."""
-    plan_path = os.path.join(args.output, f"{args.split}_beam_plan.jsonl")
-    write_plan(plan_path, ((s, (plan.specs[i] for i in plan.ranges[s])) for s in plan.todo))
-    return plan_path
+def write_plan_file(args: argparse.Namespace, plan: build_tfrecords.BuildPlan) -> PlanFile:
+    """Writes the clips of the shards still to build (`plan.todo`) beside the output."""
+    plan_path = storage.join(args.output, f"{args.split}_beam_plan.jsonl")
+    return write_plan(plan_path, ((s, (plan.specs[i] for i in plan.ranges[s])) for s in plan.todo))
 
 
 def build(args: argparse.Namespace, pipeline_options: PipelineOptions) -> tuple[dict, dict[str, int]]:
@@ -99,13 +98,13 @@ def build(args: argparse.Namespace, pipeline_options: PipelineOptions) -> tuple[
     plan = build_tfrecords.plan_build(args)
     counters: dict[str, int] = {}
     if plan.todo:
-        plan_path = write_plan_file(args, plan)
+        plan_file = write_plan_file(args, plan)
         pipeline = Pipeline(options=pipeline_options)
-        _ = pipeline | BuildShards(plan_path, plan.options, args.output, args.split, len(plan.paths), plan.todo)
+        _ = pipeline | BuildShards(plan_file, plan.options, args.output, args.split, len(plan.paths), plan.todo)
         result = pipeline.run()
         result.wait_until_finish()
         counters = _counters(result)
-        os.remove(plan_path)
+        storage.remove(plan_file.path)
     return build_tfrecords.write_split_report(args, plan), counters
 
 

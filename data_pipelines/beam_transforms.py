@@ -1,43 +1,77 @@
-"""Beam transforms of a clip-record build: plan lines in, finished shards out.
+"""Beam transforms of a clip-record build: plan chunks in, finished shards out.
 
-  plan lines -> (shard, clips of one video) -> Reshuffle -> encode_clips -> (shard, ClipResult)
-             -> GroupByKey(shard) -> one ShardWriter per shard (records, offsets, skipped, warnings)
+  plan chunks -> Reshuffle -> plan lines (shard, first position, clips of one video) -> Reshuffle
+             -> encode_clips -> (shard, (position, ClipResult)) -> GroupByKey(shard)
+             -> one ShardWriter per shard, records in plan order (offsets, skipped, warnings)
 
 Kept out of `beam_pipeline` (run as `__main__`) so that workers unpickle these by module name.
 Counters: COUNTERS in namespace `hdvila_build`.
 """
 from __future__ import annotations
 
-import os
-import shutil
+import dataclasses
 import tempfile
-from typing import Iterable, Iterator
+from typing import IO, Iterable, Iterator
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from data_pipelines.beam_plan import parse_plan_line
+from data_pipelines.annotations import BadInput
+from data_pipelines.beam_plan import PlanFile, parse_plan_line, read_chunk
 from data_pipelines.clip_encoder import BuildOptions, ClipResult, encode_clips
 from data_pipelines.shard_writer import ShardWriter, shard_path
-from hdvila_jax.data.tfrecord_source import sidecar_path
 
 COUNTER_NAMESPACE = "hdvila_build"
 COUNTERS = ("records_written", "clips_skipped", "clip_warnings", "shards_written")
 
 
-def _encode_video(line: str, options: BuildOptions) -> Iterator[tuple[int, ClipResult]]:
-    """(shard, result) of each clip of a plan line; bad inputs become skipped results."""
-    shard, specs = parse_plan_line(line)
-    for result in encode_clips(options, specs):
-        yield shard, result
+def _encode_video(line: str, options: BuildOptions) -> Iterator[tuple[int, tuple[int, ClipResult]]]:
+    """(shard, (position in the shard, result)) of each clip of a plan line; bad inputs become
+    skipped results."""
+    shard, first, specs = parse_plan_line(line)
+    for position, result in enumerate(encode_clips(options, specs), start=first):
+        yield shard, (position, result)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spilled:
+    """A result whose record waits in the spill file: bytes [offset, offset + length), or none."""
+
+    position: int
+    offset: int
+    length: int | None
+    skipped: BadInput | None
+    warnings: tuple[BadInput, ...]
+
+
+def _in_plan_order(results: Iterable[tuple[int, ClipResult] | None], spill: IO[bytes]) -> Iterator[ClipResult]:
+    """The shard's results sorted by position. Records are spilled to ``spill`` (a local file) as
+    they arrive, so a shard's records need not fit in memory, and read back in order."""
+    index = []
+    for item in results:
+        if item is None:  # the marker that makes every pending shard a group
+            continue
+        position, result = item
+        offset, length = spill.tell(), None
+        if result.record is not None:
+            length = spill.write(result.record)
+        index.append(_Spilled(position, offset, length, result.skipped, result.warnings))
+    for entry in sorted(index, key=lambda e: e.position):
+        record = None
+        if entry.length is not None:
+            spill.seek(entry.offset)
+            record = spill.read(entry.length)
+        yield ClipResult(record, entry.skipped, entry.warnings)
 
 
 class _WriteShard(beam.DoFn):
-    """Writes one shard and its sidecar from the shard's results, in arrival order; yields its index.
+    """Writes one shard and its sidecar from the shard's results; yields its index.
 
-    The shard is built in a private temporary folder beside the output and moved into place
-    sidecar first, so a retried or duplicated bundle never leaves a half-written shard that
-    `shard_finished` would accept.
+    Records are written in plan order (the order `build_tfrecords` writes), whatever order they
+    arrive in, so every attempt at a shard (a retried or duplicated bundle) writes the same
+    sidecar and a shard of the same records at the same offsets. `ShardWriter` puts the sidecar,
+    then the shard, in place, each whole (a rename locally, one object upload on gs://): a shard
+    `shard_finished` accepts is complete and agrees with its sidecar, whichever attempts wrote them.
     """
 
     def __init__(self, output: str, split: str, num_shards: int):
@@ -45,27 +79,18 @@ class _WriteShard(beam.DoFn):
         self._records, self._skipped, self._warnings, self._shards = (
             Metrics.counter(COUNTER_NAMESPACE, name) for name in COUNTERS)
 
-    def process(self, element: tuple[int, Iterable[ClipResult | None]]) -> Iterator[int]:
+    def process(self, element: tuple[int, Iterable[tuple[int, ClipResult] | None]]) -> Iterator[int]:
         shard, results = element
         path = shard_path(self._output, self._split, shard, self._num_shards)
-        work_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=self._output)
-        try:
-            work_path = os.path.join(work_dir, os.path.basename(path))
-            with ShardWriter(work_path) as writer:
-                for result in results:
-                    if result is None:  # the marker that makes every pending shard a group
-                        continue
-                    if result.record is not None:
-                        writer.write(result.record)
-                        self._records.inc()
-                    writer.note(result.skipped, result.warnings)
-                    self._skipped.inc(result.skipped is not None)
-                    self._warnings.inc(len(result.warnings))
-                writer.finish()
-            os.replace(sidecar_path(work_path), sidecar_path(path))
-            os.replace(work_path, path)
-        finally:
-            shutil.rmtree(work_dir, ignore_errors=True)
+        with tempfile.TemporaryFile(prefix="hdvila_spill_") as spill, ShardWriter(path) as writer:
+            for result in _in_plan_order(results, spill):
+                if result.record is not None:
+                    writer.write(result.record)
+                    self._records.inc()
+                writer.note(result.skipped, result.warnings)
+                self._skipped.inc(result.skipped is not None)
+                self._warnings.inc(len(result.warnings))
+            writer.finish()
         self._shards.inc()
         yield shard
 
@@ -76,15 +101,17 @@ class BuildShards(beam.PTransform):
     Returns the PCollection of the indices of the shards written.
     """
 
-    def __init__(self, plan_path: str, options: BuildOptions, output: str, split: str,
+    def __init__(self, plan: PlanFile, options: BuildOptions, output: str, split: str,
                  num_shards: int, shards: list[int]):
         super().__init__()
-        self._plan_path, self._options = plan_path, options
+        self._plan, self._options = plan, options
         self._output, self._split, self._num_shards, self._shards = output, split, num_shards, shards
 
     def expand(self, pipeline: beam.Pipeline) -> beam.PCollection:
         results = (pipeline
-                   | "ReadPlan" >> beam.io.ReadFromText(self._plan_path)
+                   | "PlanChunks" >> beam.Create(self._plan.chunks)
+                   | "SpreadChunks" >> beam.Reshuffle()
+                   | "ReadPlan" >> beam.FlatMap(read_chunk, self._plan.path)
                    | "SpreadVideos" >> beam.Reshuffle()
                    | "Encode" >> beam.FlatMap(_encode_video, self._options))
         markers = pipeline | "PendingShards" >> beam.Create([(s, None) for s in self._shards])

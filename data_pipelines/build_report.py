@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 
 from data_pipelines.annotations import BadInput
+from hdvila_jax import storage
 
 
 def _category(reason: str) -> str:
@@ -15,8 +15,8 @@ def _category(reason: str) -> str:
 def write_report(path: str, split: str, num_annotated: int, num_records: int, total_bytes: int,
                  annotation_errors: list[BadInput], skipped: list[dict], warnings: list[dict],
                  details: dict | None = None) -> dict:
-    """Writes the JSON report and returns it. `skipped`/`warnings` are {item, reason} dicts;
-    `details` adds build-specific entries (a QA split's `answer_vocabulary`)."""
+    """Writes the JSON report (atomically; `path` local or gs://) and returns it. `skipped`/`warnings`
+    are {item, reason} dicts; `details` adds build-specific entries (a QA split's `answer_vocabulary`)."""
     skipped_all = [{"item": b.item, "reason": b.reason} for b in annotation_errors] + skipped
     report = {
         "split": split,
@@ -30,10 +30,7 @@ def write_report(path: str, split: str, num_annotated: int, num_records: int, to
         "warnings": warnings,
         **(details or {}),
     }
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(tmp, path)
+    storage.write_text(path, json.dumps(report, indent=1))
     return report
 
 

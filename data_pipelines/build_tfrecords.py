@@ -16,7 +16,8 @@
 Writes `<split>-SSSSS-of-NNNNN.tfrecord` shards with JSON sidecars, `<split>_build.json`
 (the options), `<split>_report.json` (every skipped input and warning with its reason) and, for an
 open-ended QA split built without --ans2label, `<split>_ans2label.json` (its answer vocabulary).
-Re-running the same command resumes: finished shards are kept.
+Re-running the same command resumes: finished shards are kept. Every path (videos, annotations,
+--output, --ans2label) may be local or `gs://BUCKET/...` (`hdvila_jax.storage`).
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ from data_pipelines.custom_annotations import read_custom_retrieval
 from data_pipelines.downstream_annotations import read_msrvtt_mc_annotations, read_retrieval_annotations
 from data_pipelines.qa_annotations import OPEN_ENDED_FORMATS, QA_FORMATS, READERS, select_answers
 from data_pipelines.shard_writer import ShardWriter, read_sidecar, shard_finished, shard_path, shard_ranges
+from hdvila_jax import storage
 from hdvila_jax.data.answers import AnswerVocabError, load_ans2label
 
 
@@ -135,16 +137,14 @@ def build_options(args: argparse.Namespace) -> BuildOptions:
 
 def _check_build_config(path: str, config: dict) -> None:
     """Records the build config, or checks that a resumed build uses the same one."""
-    if os.path.exists(path):
-        with open(path) as f:
-            previous = json.load(f)
+    if storage.exists(path):
+        previous = json.loads(storage.read_text(path))
         if previous != config:
             changed = sorted(k for k in config.keys() | previous.keys() if config.get(k) != previous.get(k))
             raise SystemExit(f"{path}: existing shards were built with different settings ({', '.join(changed)});"
                              " use another --output or delete them")
         return
-    with open(path, "w") as f:
-        json.dump(config, f, indent=1)
+    storage.write_text(path, json.dumps(config, indent=1))
 
 
 def _runs(specs: list[ClipSpec]) -> list[list[ClipSpec]]:
@@ -191,13 +191,12 @@ def answer_vocabulary(args: argparse.Namespace, specs: list[ClipSpec]) -> tuple[
     """The ans2label of an open-ended QA build (--ans2label, or built from the split's answers)
     and the build-config entries that record where it came from."""
     if args.ans2label is not None:
-        path = os.path.abspath(args.ans2label)
+        path = storage.absolute(args.ans2label)
         try:
             ans2label = load_ans2label(path)
         except AnswerVocabError as e:
             raise SystemExit(f"--ans2label: {e}") from e
-        with open(path, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()
+        digest = hashlib.sha256(storage.read_bytes(path)).hexdigest()
         return ans2label, {"ans2label": path, "ans2label_sha256": digest, "unknown_answers": args.unknown_answers}
     ans2label = build_ans2label((s.answer_text for s in specs), args.min_answer_count)
     return ans2label, {"ans2label": None, "min_answer_count": args.min_answer_count}
@@ -230,12 +229,12 @@ def plan_build(args: argparse.Namespace) -> BuildPlan:
                   f"rare answer (seen fewer than --min_answer_count {args.min_answer_count} times)")
         specs, skipped, warnings = select_answers(specs, ans2label, args.unknown_answers == "keep", reason)
         annotation_errors, annotation_warnings = annotation_errors + skipped, annotation_warnings + warnings
-        vocab_path = args.ans2label or os.path.join(args.output, f"{args.split}_ans2label.json")
-        details["answer_vocabulary"] = {"path": os.path.abspath(vocab_path), "answers": len(ans2label)}
-    os.makedirs(args.output, exist_ok=True)
-    _check_build_config(os.path.join(args.output, f"{args.split}_build.json"), {
+        vocab_path = args.ans2label or storage.join(args.output, f"{args.split}_ans2label.json")
+        details["answer_vocabulary"] = {"path": storage.absolute(vocab_path), "answers": len(ans2label)}
+    storage.makedirs(args.output)
+    _check_build_config(storage.join(args.output, f"{args.split}_build.json"), {
         **dataclasses.asdict(options), "format": args.format, "num_shards": args.num_shards,
-        "annotations": os.path.abspath(args.annotations), "num_clips": len(specs), **vocab_config})
+        "annotations": storage.absolute(args.annotations), "num_clips": len(specs), **vocab_config})
     if ans2label is not None and args.ans2label is None:
         write_ans2label(details["answer_vocabulary"]["path"], ans2label)
     num_shards = min(args.num_shards, max(1, len(specs)))
@@ -250,11 +249,11 @@ def plan_build(args: argparse.Namespace) -> BuildPlan:
 def write_split_report(args: argparse.Namespace, plan: BuildPlan) -> dict:
     """`<split>_report.json` from the annotations and every shard's sidecar; prints its summary."""
     sidecars = [read_sidecar(p) for p in plan.paths]
-    report_path = os.path.join(args.output, f"{args.split}_report.json")
+    report_path = storage.join(args.output, f"{args.split}_report.json")
     report = build_report.write_report(
         report_path, args.split, num_annotated=len(plan.specs) + len(plan.annotation_errors),
         num_records=sum(s["num_records"] for s in sidecars),
-        total_bytes=sum(os.path.getsize(p) for p in plan.paths),
+        total_bytes=sum(storage.size(p) for p in plan.paths),
         annotation_errors=plan.annotation_errors, skipped=[b for s in sidecars for b in s["skipped"]],
         warnings=[dataclasses.asdict(w) for w in plan.annotation_warnings]
         + [w for s in sidecars for w in s["warnings"]],

@@ -8,13 +8,15 @@ Geometries (how the stored HR frame and its quarter-size LR frames are made):
 - `tgif`: pipeline C: LR = the frame (mp4 or GIF) letterboxed into HR/4 x HR/4 (longer side
   resized bilinear, padded with 127; `geometry.tgif_lr_frame`), HR = its x4 bicubic upsample.
 
-Questions on one video (QA) differ only in their texts and answers: a worker keeps the encoded
-frames of the last video it encoded, so a run of consecutive questions on a video decodes it once.
+Questions on one video (QA) differ only in their texts and answers: a worker thread keeps the
+encoded frames of the last video it encoded, so a run of consecutive questions on a video decodes it
+once. Videos and frame folders may be local or ``gs://`` (read through ``hdvila_jax.storage``).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from typing import Sequence
 
 import numpy as np
@@ -23,6 +25,7 @@ from data_pipelines import frame_folders
 from data_pipelines.annotations import BadInput, ClipSpec
 from hdvila_jax.video.clip_plan import ClipPlan, ClipTooShortError, plan_clip
 from data_pipelines.geometry import msrvtt_lr_frame, tgif_lr_frame, upsampled_hr_frame
+from hdvila_jax import storage
 from hdvila_jax.video.clips import FrameOptions, encode_jpeg
 from hdvila_jax.video.decode import VideoError, decode_frames, decode_rgb_frames, probe_video
 from hdvila_jax.data.records import ClipRecord, serialize_clip_record
@@ -129,30 +132,36 @@ def frame_source(spec: ClipSpec) -> tuple:
 
 
 def _file_state(path: str) -> tuple[int, int] | None:
-    """(mtime, size) of a file or folder, None if missing: a rewritten video is not reused."""
+    """(mtime, size) of a file or folder (a gs:// object: seconds, bytes), None if missing: a
+    rewritten video is not reused."""
     try:
+        if storage.is_remote(path):
+            stat = storage.path(path).stat()
+            return stat.mtime, stat.length
         stat = os.stat(path)
     except OSError:
         return None
     return stat.st_mtime_ns, stat.st_size
 
 
-# This process's last encoded video: (options, frame source, file state) -> its frames or skip reason.
-_last_video: tuple[tuple, _EncodedFrames | str] | None = None
+# Each thread's last encoded video (Beam's DirectRunner runs workers as threads of one process):
+# `last` = ((options, frame source, file state), its frames or skip reason).
+_last_video = threading.local()
 
 
 def _video_frames(options: BuildOptions, spec: ClipSpec) -> _EncodedFrames | str:
     """The encoded frames of the spec's video (or why it has none), reused for the next spec
     on the same video."""
-    global _last_video
     key = (options, frame_source(spec), _file_state(spec.video_path))
-    if _last_video is None or _last_video[0] != key:
-        try:
-            frames: _EncodedFrames | str = _encode_frames(options, spec)
-        except _FrameError as e:
-            frames = str(e)
-        _last_video = (key, frames)
-    return _last_video[1]
+    last = getattr(_last_video, "last", None)
+    if last is not None and last[0] == key:
+        return last[1]
+    try:
+        frames: _EncodedFrames | str = _encode_frames(options, spec)
+    except _FrameError as e:
+        frames = str(e)
+    _last_video.last = (key, frames)
+    return frames
 
 
 def _encode(options: BuildOptions, spec: ClipSpec) -> ClipResult:

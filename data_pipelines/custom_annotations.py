@@ -8,18 +8,22 @@
   `choices` a JSON list (in a CSV: the choices joined by "|") and `answer` the correct choice's text
   or 0-based index; every row needs the same number of choices (at least 2).
 
-`video` is a path, absolute or relative to the videos folder. Each reader returns (specs, skipped,
-warnings); a bad row (missing file, empty caption/question/answer, end <= start, ...) is skipped and
-named "FILE:LINE" (the file's own line number; a row may carry `source` to name its origin).
+`video` is a path, absolute (or ``gs://``) or relative to the videos folder (local or ``gs://``).
+Each reader returns (specs, skipped, warnings); a bad row (missing file, empty caption/question/answer,
+end <= start, ...) is skipped and named "FILE:LINE" (the file's own line number; a row may carry
+`source` to name its origin).
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from typing import Iterator
 
 from data_pipelines.annotations import BadInput, ClipSpec, json_objects, parse_timestamp
+from data_pipelines.remote_files import FileSet
+from hdvila_jax import storage
 
 CHOICE_SEPARATOR = "|"
 
@@ -29,7 +33,7 @@ def read_rows(path: str) -> Iterator[tuple[str, dict | None, str | None]]:
     if not path.lower().endswith(".csv"):
         yield from json_objects(path)
         return
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with storage.open_file(path, "rb") as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames:
             raise ValueError(f"{path}: empty CSV (the first row must name the columns)")
@@ -53,14 +57,14 @@ def _text(row: dict, key: str) -> tuple[str | None, str | None]:
     return value.strip(), None
 
 
-def _video(row: dict, videos_dir: str) -> tuple[str | None, str | None]:
+def _video(row: dict, videos: FileSet) -> tuple[str | None, str | None]:
     name, error = _text(row, "video")
     if error:
         return None, error
-    path = name if os.path.isabs(name) else os.path.join(videos_dir, name)
-    if not os.path.isfile(path):
+    path = name if os.path.isabs(name) or storage.is_remote(name) else storage.join(videos.folder, name)
+    if not videos.isfile(path):
         return None, f"missing video file {path}"
-    return os.path.abspath(path), None
+    return storage.absolute(path), None
 
 
 def _span(row: dict) -> tuple[tuple[float, float] | None, str | None]:
@@ -85,6 +89,10 @@ def _item(item: str, row: dict) -> str:
 
 
 def _name(path: str, videos_dir: str) -> str:
+    """``path`` relative to the videos folder, or whole when outside it."""
+    if storage.is_remote(path) or storage.is_remote(videos_dir):
+        folder = storage.absolute(videos_dir) + "/"
+        return path[len(folder):] if path.startswith(folder) else path
     relative = os.path.relpath(path, os.path.abspath(videos_dir))
     return path if relative.startswith("..") else relative
 
@@ -93,10 +101,11 @@ def read_custom_retrieval(path: str, videos_dir: str) -> tuple[list[ClipSpec], l
     """Retrieval clips of a `video, caption[, start, end]` file; one clip per (video, start, end)."""
     skipped, warnings = [], []
     clips: dict[tuple, dict] = {}
+    videos = FileSet(videos_dir)
     for item, row, error in read_rows(path):
         if row is not None:
             item = _item(item, row)
-            video, error = _video(row, videos_dir)
+            video, error = _video(row, videos)
             caption, caption_error = _text(row, "caption")
             span, span_error = _span(row)
             error = error or caption_error or span_error
@@ -135,12 +144,13 @@ def _choices(value) -> list[str] | None:
 def _qa_rows(path: str, videos_dir: str, multiple_choice: bool) -> Iterator[tuple[str, dict | None, str | None]]:
     """(item, {video, question, answer[, choices, index]}, error) of each row."""
     count = None
+    videos = FileSet(videos_dir)
     for item, row, error in read_rows(path):
         if error is not None:
             yield item, None, error
             continue
         item = _item(item, row)
-        video, error = _video(row, videos_dir)
+        video, error = _video(row, videos)
         question, question_error = _text(row, "question")
         answer = row.get("answer")
         answer = answer.strip() if isinstance(answer, str) else answer

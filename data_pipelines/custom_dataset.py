@@ -14,7 +14,7 @@ then built by data_pipelines.build_tfrecords (`--format custom`, `custom_qa` or 
 `<output>/records/{train,val}-*.tfrecord` with its `*_report.json`; open-ended QA also writes
 `records/train_ans2label.json` (the val split uses it). Fine-tune with `configs/retrieval.py:custom`
 (`configs/qa.py:custom`, `custom_mc`), whose default record paths are these under data/custom
-(data/custom_qa).
+(data/custom_qa). Annotations, videos and output may be local or `gs://BUCKET/...`.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ import sys
 from data_pipelines import build_tfrecords
 from data_pipelines.annotations import BadInput, ClipSpec
 from data_pipelines.custom_annotations import read_custom_mc, read_custom_qa, read_custom_retrieval, read_rows
+from hdvila_jax import storage
 
 SPLITS = ("train", "val")
 
@@ -49,9 +50,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 0 <= args.val_fraction < 1:
         parser.error(f"--val_fraction must be in [0, 1), got {args.val_fraction}")
-    if not os.path.isfile(args.annotations):
+    if not storage.isfile(args.annotations):
         parser.error(f"--annotations {args.annotations}: no such file")
-    args.videos = args.videos or os.path.dirname(os.path.abspath(args.annotations))
+    args.videos = args.videos or storage.dirname(storage.absolute(args.annotations))
     return args
 
 
@@ -88,17 +89,17 @@ def write_split_rows(args: argparse.Namespace, bad: list[BadInput], splits: dict
         if row is None or item in bad_items:
             continue
         video = row["video"].strip()
-        video = os.path.abspath(video if os.path.isabs(video) else os.path.join(args.videos, video))
+        as_given = os.path.isabs(video) or storage.is_remote(video)
+        video = storage.absolute(video if as_given else storage.join(args.videos, video))
         split = next(name for name in SPLITS if video in splits[name])
         rows[split].append(dict(row, video=video, source=item))
-    folder = os.path.join(args.output, "annotations")
-    os.makedirs(folder, exist_ok=True)
+    folder = storage.join(args.output, "annotations")
+    storage.makedirs(folder)
     paths = {}
     for split, entries in rows.items():
         if entries:
-            paths[split] = os.path.join(folder, f"{split}.jsonl")
-            with open(paths[split], "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(entry) + "\n" for entry in entries)
+            paths[split] = storage.join(folder, f"{split}.jsonl")
+            storage.write_text(paths[split], "".join(json.dumps(entry) + "\n" for entry in entries))
     return paths
 
 
@@ -109,7 +110,7 @@ def _build_flags(args: argparse.Namespace, fmt: str, split: str, annotations: st
              "--num_frm", str(args.num_frm), "--num_candidates", str(args.num_candidates),
              "--min_clips", str(args.min_clips)]
     if fmt == "custom_qa" and split == "val":
-        flags += ["--ans2label", os.path.join(records, "train_ans2label.json"), "--unknown_answers", "keep"]
+        flags += ["--ans2label", storage.join(records, "train_ans2label.json"), "--unknown_answers", "keep"]
     return flags
 
 
@@ -127,14 +128,13 @@ def convert(args: argparse.Namespace) -> dict:
     if not specs:
         raise SystemExit(f"--annotations {args.annotations}: no usable rows ({len(bad)} bad)")
     splits = split_videos(specs, args.val_fraction)
-    records = os.path.join(args.output, "records")
-    summary = dict(format=fmt, annotations=os.path.abspath(args.annotations), bad_rows=[vars(b) for b in bad])
+    records = storage.join(args.output, "records")
+    summary = dict(format=fmt, annotations=storage.absolute(args.annotations), bad_rows=[vars(b) for b in bad])
     for split, path in write_split_rows(args, bad, splits).items():
         report = build_tfrecords.build(build_tfrecords.parse_args(_build_flags(args, fmt, split, path, records)))
         summary[split] = dict(videos=len(splits[split]), examples=report["records"], skipped=report["skipped"],
-                              files=os.path.join(os.path.abspath(records), f"{split}-*.tfrecord"))
-    with open(os.path.join(args.output, "custom_dataset.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1)
+                              files=storage.join(storage.absolute(records), f"{split}-*.tfrecord"))
+    storage.write_text(storage.join(args.output, "custom_dataset.json"), json.dumps(summary, indent=1))
     print(f"{len(bad)} bad rows skipped; " + "; ".join(
         f"{s}: {summary[s]['examples']} examples of {summary[s]['videos']} videos" for s in SPLITS if s in summary))
     return summary

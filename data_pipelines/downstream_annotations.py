@@ -16,12 +16,13 @@ from __future__ import annotations
 import os
 
 from data_pipelines.annotations import BadInput, ClipSpec, entry_texts, json_objects
+from hdvila_jax import storage
 
 MC_NUM_OPTIONS = 5
 
 
 def _mp4_path(videos_dir: str, name: str) -> str:
-    return os.path.join(videos_dir, os.path.basename(name.rstrip("/")) + ".mp4")
+    return storage.join(videos_dir, os.path.basename(name.rstrip("/")) + ".mp4")
 
 
 def _num_frame(entry: dict) -> tuple[int | None, str | None]:

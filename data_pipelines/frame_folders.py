@@ -5,6 +5,7 @@ size) and `<videos>/video_frames_lr/<clip_id>/` (180x288), both holding
 `<basename of clip_id>_%03d.jpg` numbered from 0. LR frames are stored as read (resized
 bilinear only when their size is not a quarter of the stored HR size, with a warning); HR
 frames are resized bilinear to the stored HR size (720x1152), like the original's `cv2.resize`.
+The folders may be local or ``gs://`` (files read through ``hdvila_jax.storage``).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import tensorflow as tf
 
 from data_pipelines.annotations import BadInput, ClipSpec
 from data_pipelines.geometry import bilinear_resize
+from hdvila_jax import storage
 from hdvila_jax.video.decode import VideoError
 
 LR_DIR, HR_DIR = "video_frames_lr", "video_frames"
@@ -24,21 +26,21 @@ LR_DIR, HR_DIR = "video_frames_lr", "video_frames"
 
 def with_frame_folders(spec: ClipSpec, videos_dir: str) -> ClipSpec:
     """The spec with `video_path` = its LR frame folder and `hr_frames_path` = its HR folder."""
-    return dataclasses.replace(spec, video_path=os.path.join(videos_dir, LR_DIR, spec.clip_id),
-                               hr_frames_path=os.path.join(videos_dir, HR_DIR, spec.clip_id))
+    return dataclasses.replace(spec, video_path=storage.join(videos_dir, LR_DIR, spec.clip_id),
+                               hr_frames_path=storage.join(videos_dir, HR_DIR, spec.clip_id))
 
 
 def _frame_file(folder: str, clip_id: str, index: int) -> str:
-    return os.path.join(folder, f"{os.path.basename(clip_id)}_{index:03d}.jpg")
+    return storage.join(folder, f"{os.path.basename(clip_id)}_{index:03d}.jpg")
 
 
 def count_frames(spec: ClipSpec) -> tuple[int, tuple[BadInput, ...]]:
     """The clip's frame count: `num_frame` of the annotation when given, else the number of
     `<basename>_NNN.jpg` files in the LR folder; a disagreement between the two is a warning."""
-    if not os.path.isdir(spec.video_path):
+    if not storage.isdir(spec.video_path):
         raise VideoError("missing frame folder")
     pattern = re.compile(re.escape(os.path.basename(spec.clip_id)) + r"_\d{3,}\.jpg")
-    files = sum(1 for name in os.listdir(spec.video_path) if pattern.fullmatch(name))
+    files = sum(1 for name in storage.listdir(spec.video_path) if pattern.fullmatch(name))
     if spec.num_frame is None:
         if files == 0:
             raise VideoError("no frame files")
@@ -50,10 +52,12 @@ def count_frames(spec: ClipSpec) -> tuple[int, tuple[BadInput, ...]]:
 
 
 def _read_jpeg(path: str) -> np.ndarray:
-    if not os.path.isfile(path):
-        raise VideoError(f"missing frame file ({path})")
     try:
-        return tf.io.decode_jpeg(tf.io.read_file(path), channels=3, dct_method="INTEGER_ACCURATE").numpy()
+        data = storage.read_bytes(path)
+    except (FileNotFoundError, IsADirectoryError):
+        raise VideoError(f"missing frame file ({path})") from None
+    try:
+        return tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE").numpy()
     except tf.errors.InvalidArgumentError as e:
         raise VideoError(f"unreadable frame file ({path}): {e.message.splitlines()[0]}") from e
 

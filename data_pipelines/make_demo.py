@@ -21,7 +21,8 @@ among 4 seeded one-attribute distractors). Layout of the output directory:
       -SSSSS-of-NNNNN.tfrecord (+ .json sidecars, *_build.json, *_report.json)
   records/qa_train_ans2label.json   (the QA answer vocabulary, built from qa_train; qa_test uses it)
 
-matching `get_data_config("demo", root=OUTPUT)` of hdvila_jax/data/config.py.
+matching `get_data_config("demo", root=OUTPUT)` of hdvila_jax/data/config.py. OUTPUT may be
+`gs://BUCKET/...`: videos are encoded to local temporary files, then uploaded.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import tempfile
 import time
 
 import numpy as np
@@ -40,6 +42,7 @@ from data_pipelines import build_tfrecords
 from data_pipelines.downstream_annotations import MC_NUM_OPTIONS
 from data_pipelines.synthetic_videos import COLOURS, DIRECTIONS, SHAPES, MovingShape, write_moving_shape_video
 from data_pipelines.vocab import write_vocab
+from hdvila_jax import storage
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -68,24 +71,25 @@ def demo_contents(count: int, rng: np.random.Generator) -> list[MovingShape]:
 
 def _write_split(output: str, split: str, contents: list[MovingShape], args: argparse.Namespace,
                  seed: int) -> str:
-    video_dir = os.path.join(output, "videos", split)
-    os.makedirs(video_dir, exist_ok=True)
-    os.makedirs(os.path.join(output, "annotations"), exist_ok=True)
-    annotations = os.path.join(output, "annotations", f"{split}.jsonl")
+    video_dir = storage.join(output, "videos", split)
+    storage.makedirs(video_dir)
+    storage.makedirs(storage.join(output, "annotations"))
+    annotations = storage.join(output, "annotations", f"{split}.jsonl")
     height, width = args.frame_size
     num_frames = int(round(args.fps * args.duration))
-    for i, content in enumerate(contents):
-        write_moving_shape_video(os.path.join(video_dir, f"{i:05d}.mp4"), content, num_frames,
-                                 height, width, args.fps, seed=seed + i)
+    with tempfile.TemporaryDirectory(prefix="hdvila_demo_") as scratch:
+        for i, content in enumerate(contents):
+            path = storage.join(video_dir, f"{i:05d}.mp4")
+            local = os.path.join(scratch, f"{i:05d}.mp4") if storage.is_remote(path) else path
+            write_moving_shape_video(local, content, num_frames, height, width, args.fps, seed=seed + i)
+            if local != path:
+                storage.upload_file(local, path)
     return _write_captions(annotations, [c.caption for c in contents])
 
 
 def _write_captions(path: str, captions: list[str]) -> str:
     """A clip jsonl (the pretraining and MSRVTT retrieval format) for videos 00000, 00001, ..."""
-    with open(path, "w") as f:
-        for i, caption in enumerate(captions):
-            f.write(json.dumps({"clip_id": f"{i:05d}", "text": caption}) + "\n")
-    return path
+    return _write_jsonl(path, [{"clip_id": f"{i:05d}", "text": caption} for i, caption in enumerate(captions)])
 
 
 def distractors(content: MovingShape) -> list[MovingShape]:
@@ -105,8 +109,7 @@ def _choices(content: MovingShape, rng: np.random.Generator) -> tuple[list[Movin
 
 
 def _write_jsonl(path: str, entries: list[dict]) -> str:
-    with open(path, "w") as f:
-        f.writelines(json.dumps(entry) + "\n" for entry in entries)
+    storage.write_text(path, "".join(json.dumps(entry) + "\n" for entry in entries))
     return path
 
 
@@ -118,7 +121,7 @@ def _write_mc(output: str, contents: list[MovingShape], rng: np.random.Generator
         chosen, answer = _choices(content, rng)
         entries.append({"qid": i, "clip_name": f"{i:05d}", "options": [c.downstream_caption for c in chosen],
                         "answer": answer})
-    path = _write_jsonl(os.path.join(output, "annotations", "mc_test.jsonl"), entries)
+    path = _write_jsonl(storage.join(output, "annotations", "mc_test.jsonl"), entries)
     return path, [option for entry in entries for option in entry["options"]]
 
 
@@ -153,34 +156,34 @@ def main(argv: list[str] | None = None) -> None:
     annotations = {split: _write_split(args.output, split, contents, args, seed=1_000_000 * n)
                    for n, (split, contents) in enumerate(splits.items())}
     for name, split in (("retrieval_train", "train"), ("retrieval_test", "val")):
-        annotations[name] = _write_captions(os.path.join(args.output, "annotations", f"{name}.jsonl"),
+        annotations[name] = _write_captions(storage.join(args.output, "annotations", f"{name}.jsonl"),
                                             [c.downstream_caption for c in splits[split]])
     annotations["mc_test"], mc_options = _write_mc(args.output, splits["val"], rng)
     qa_texts = [QA_MC_QUESTION]
     for name, split in (("train", "train"), ("test", "val")):
         qa, mc = qa_entries(splits[split]), qa_mc_entries(splits[split], rng)
         for prefix, entries in (("qa", qa), ("qa_mc", mc)):
-            path = os.path.join(args.output, "annotations", f"{prefix}_{name}.jsonl")
+            path = storage.join(args.output, "annotations", f"{prefix}_{name}.jsonl")
             annotations[f"{prefix}_{name}"] = _write_jsonl(path, entries)
         qa_texts += [e[k] for e in qa for k in ("question", "answer")] + [o for e in mc for o in e["options"]]
     contents = [c for split in splits.values() for c in split]
-    vocab_size = write_vocab(os.path.join(args.output, "vocab.txt"), [c.caption for c in contents]
+    vocab_size = write_vocab(storage.join(args.output, "vocab.txt"), [c.caption for c in contents]
                              + [c.downstream_caption for c in contents] + mc_options + qa_texts)
     print(f"wrote {args.num_train} + {args.num_val} videos and a {vocab_size}-token vocab "
           f"in {time.time() - start:.1f}s")
-    records = os.path.join(args.output, "records")
+    records = storage.join(args.output, "records")
     builds = (("train", "train", "clips", 4, []), ("val", "val", "clips", 2, []),
               ("retrieval_train", "train", "retrieval", 2, []), ("retrieval_test", "val", "retrieval", 1, []),
               ("mc_test", "val", "msrvtt_mc", 1, []),
               ("qa_train", "train", "msrvtt_qa", 2, []),  # writes records/qa_train_ans2label.json
-              ("qa_test", "val", "msrvtt_qa", 1, ["--ans2label", os.path.join(records, "qa_train_ans2label.json")]),
+              ("qa_test", "val", "msrvtt_qa", 1, ["--ans2label", storage.join(records, "qa_train_ans2label.json")]),
               ("qa_mc_train", "train", "tgif_mc", 2, []), ("qa_mc_test", "val", "tgif_mc", 1, []))
     # One pool for all builds: starting worker processes (and TensorFlow in them) takes seconds.
     pool = multiprocessing.get_context("spawn").Pool(args.workers) if args.workers > 1 else None
     with pool or contextlib.nullcontext():
         for split, videos, format_, shards, extra in builds:
             build_tfrecords.build(build_tfrecords.parse_args([
-                "--videos", os.path.join(args.output, "videos", videos),
+                "--videos", storage.join(args.output, "videos", videos),
                 "--annotations", annotations[split],
                 "--format", format_,
                 "--output", records,

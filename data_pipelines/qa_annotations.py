@@ -18,12 +18,13 @@ Each reader returns (specs, skipped, warnings); nothing in a bad line raises.
 """
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 from data_pipelines.annotations import BadInput, ClipSpec, json_objects
 from data_pipelines.custom_annotations import read_custom_mc, read_custom_qa
 from data_pipelines.downstream_annotations import MC_NUM_OPTIONS, options_error
+from data_pipelines.remote_files import FileSet
+from hdvila_jax import storage
 
 UNKNOWN_ANSWER_TYPE = "unknown"
 OPEN_ENDED_FORMATS = ("msrvtt_qa", "tgif_frameqa", "custom_qa")
@@ -37,15 +38,15 @@ def _question_id(item: str) -> int:
     return int(item.rsplit(":", 1)[1]) - 1
 
 
-def _mp4_path(videos_dir: str, name: str) -> str:
-    return os.path.join(videos_dir, name + ".mp4")
+def _mp4_path(videos: FileSet, name: str) -> str:
+    return storage.join(videos.folder, name + ".mp4")
 
 
-def _tgif_path(videos_dir: str, name: str) -> str:
+def _tgif_path(videos: FileSet, name: str) -> str:
     """`<name>.mp4`, else `<name>.gif` when only that exists (the mp4 path if neither does)."""
-    gif = os.path.join(videos_dir, name + ".gif")
-    mp4 = _mp4_path(videos_dir, name)
-    return gif if not os.path.isfile(mp4) and os.path.isfile(gif) else mp4
+    gif = storage.join(videos.folder, name + ".gif")
+    mp4 = _mp4_path(videos, name)
+    return gif if not videos.isfile(mp4) and videos.isfile(gif) else mp4
 
 
 def _string_key(entry: dict, key: str) -> str | None:
@@ -68,9 +69,10 @@ def _answer_type(entry: dict, line: str, warnings: list[BadInput]) -> str:
     return UNKNOWN_ANSWER_TYPE
 
 
-def _read_open_ended(path: str, videos_dir: str, video_key: str, video_path: Callable[[str, str], str]
+def _read_open_ended(path: str, videos_dir: str, video_key: str, video_path: Callable[[FileSet, str], str]
                      ) -> tuple[list[ClipSpec], list[BadInput], list[BadInput]]:
     specs, skipped, warnings = [], [], []
+    videos = FileSet(videos_dir)
     for item, entry, error in json_objects(path):
         if error is None:
             error = _string_key(entry, video_key) or _string_key(entry, "question") or _string_key(entry, "answer")
@@ -78,7 +80,7 @@ def _read_open_ended(path: str, videos_dir: str, video_key: str, video_path: Cal
             skipped.append(BadInput(item, error))
             continue
         qid, name = _question_id(item), entry[video_key].strip()
-        specs.append(ClipSpec(clip_id=str(qid), video_id=name, video_path=video_path(videos_dir, name),
+        specs.append(ClipSpec(clip_id=str(qid), video_id=name, video_path=video_path(videos, name),
                                   texts=(entry["question"].strip(),), span=None, video_index=qid,
                                   answer_text=entry["answer"].strip(),
                                   answer_type=_answer_type(entry, item, warnings), line=item))
@@ -119,13 +121,14 @@ def read_tgif_mc_annotations(path: str, videos_dir: str
                              ) -> tuple[list[ClipSpec], list[BadInput], list[BadInput]]:
     """Reads a TGIF Action/Transition jsonl: texts = "question option_i" for the 5 options."""
     specs, skipped = [], []
+    videos = FileSet(videos_dir)
     for item, entry, error in json_objects(path):
         error = error or _mc_error(entry)
         if error is not None:
             skipped.append(BadInput(item, error))
             continue
         qid, name, question = _question_id(item), entry["gif_name"].strip(), entry["question"].strip()
-        specs.append(ClipSpec(clip_id=str(qid), video_id=name, video_path=_tgif_path(videos_dir, name),
+        specs.append(ClipSpec(clip_id=str(qid), video_id=name, video_path=_tgif_path(videos, name),
                                   texts=tuple(f"{question} {o.strip()}" for o in entry["options"]), span=None,
                                   video_index=qid, answer=entry["answer"], line=item))
     return specs, skipped, []

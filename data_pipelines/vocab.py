@@ -5,6 +5,8 @@ import re
 import string
 from typing import Iterable
 
+from hdvila_jax import storage
+
 RESERVED_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # [PAD] = 0
 
 
@@ -32,8 +34,7 @@ def wordpiece_vocab(texts: Iterable[str]) -> list[str]:
 
 
 def write_vocab(path: str, texts: Iterable[str]) -> int:
-    """Writes vocab.txt (one token per line) and returns its size."""
+    """Writes vocab.txt (one token per line; local or gs://) and returns its size."""
     vocab = wordpiece_vocab(texts)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(vocab) + "\n")
+    storage.write_text(path, "\n".join(vocab) + "\n")
     return len(vocab)

@@ -139,9 +139,9 @@ def test_resume_rewrites_only_missing_shards(builds, tmp_path, capsys):
 def test_build_shards_outputs_the_shards_it_wrote(builds, tmp_path):
     args = _args(builds["videos"], builds["annotations"], str(tmp_path), "--num_shards", "4")
     plan = dataclasses.replace(build_tfrecords.plan_build(args), todo=[1, 2, 3])
-    plan_path = beam_pipeline.write_plan_file(args, plan)
+    plan_file = beam_pipeline.write_plan_file(args, plan)
     with beam.Pipeline(options=PipelineOptions(BEAM_FLAGS)) as pipeline:
-        written = pipeline | BuildShards(plan_path, plan.options, args.output, args.split, 4, plan.todo)
+        written = pipeline | BuildShards(plan_file, plan.options, args.output, args.split, 4, plan.todo)
         assert_that(written, equal_to([1, 2, 3]))
     shards = [f"train-0000{s}-of-00004.tfrecord{ext}" for s in (1, 2, 3) for ext in ("", ".json")]
     assert sorted(os.listdir(tmp_path)) == shards + ["train_beam_plan.jsonl", "train_build.json"]
