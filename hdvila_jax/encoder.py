@@ -11,12 +11,15 @@ A video (or each ``clip_seconds`` window of it) is read exactly as ``data_pipeli
 the same frames, resize, JPEG round trip, even spread of ``data.inference_n_clips`` clips and centre
 crop, so its embedding is the one retrieval evaluation computes for that clip's record. Batches are
 padded to a fixed size that splits over the mesh of the local devices (variables sharded as the
-trainer's evaluation shards them); compute runs in the config's ``model.dtype``.
+trainer's evaluation shards them); compute runs in the config's ``model.dtype``. Checkpoints, run
+configs, build.json files and video files may be local or ``gs://`` (a bucket video is read through
+ranged reads, never downloaded whole: ``hdvila_jax.video.decode``).
 """
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import json
 import os
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -34,7 +37,7 @@ from hdvila_jax.video.clips import FrameOptions, clip_pixels, clip_windows, fram
 from hdvila_jax.video.decode import VideoError, probe_video
 
 RUN_CONFIG = "config.json"
-Video = str | np.ndarray  # a file path, or decoded uint8 RGB frames [T, H, W, 3]
+Video = str | np.ndarray  # a file path (local or gs://), or decoded uint8 RGB frames [T, H, W, 3]
 
 
 class EncoderError(ValueError):
@@ -114,12 +117,17 @@ def restore_stage1_variables(config: ml_collections.ConfigDict, model_cfg: Model
 
 
 def _resolve_vocab(config: ml_collections.ConfigDict, config_path: str | None) -> str:
-    """``config.data.vocab_file`` as given, else relative to the run directory of ``config_path``."""
+    """``config.data.vocab_file`` where it exists; else, with the run's ``config_path``, that path
+    relative to the run directory, or the vocab the run itself names (a config file given with a
+    checkpoint trained on a vocab elsewhere, e.g. in a bucket); else as given."""
     vocab = config.data.vocab_file
-    if storage.exists(vocab) or not config_path or storage.is_remote(vocab) or os.path.isabs(vocab):
+    if storage.exists(vocab) or not config_path:
         return vocab
-    beside = storage.join(storage.dirname(config_path), vocab)
-    return beside if storage.exists(beside) else vocab
+    candidates = [] if storage.is_remote(vocab) or os.path.isabs(vocab) else [
+        storage.join(storage.dirname(config_path), vocab)]
+    run_vocab = json.loads(storage.read_text(config_path)).get("data", {}).get("vocab_file")
+    candidates += [run_vocab] if isinstance(run_vocab, str) and run_vocab else []
+    return next((c for c in candidates if storage.exists(c)), vocab)
 
 
 class Encoder:
@@ -157,7 +165,7 @@ class Encoder:
         dir, a step dir or converted variables) onto the local devices. ``frame_options``: how clips are
         stored (a FrameOptions, the ``<split>_build.json`` of records to match, or a dict of fields
         changed from the default: frames with the paper's margins around ``model.crop_size``). ``mesh``: axes sizes (default ``config.mesh``)."""
-        config_path = None if config is not None else find_run_config(checkpoint)
+        config_path = find_run_config(checkpoint)
         config = resolve_config(config, checkpoint)
         for key in ("model", "data", "mesh"):
             if key not in config:

@@ -10,13 +10,12 @@ video, as the original). The model is the checkpoint's own (its run's config.jso
 without one: the variant's model) and is evaluated by the trainer's eval-only mode
 (``eval_only.evaluate_checkpoint``, metrics also in ``<workdir>/<set>/metrics.jsonl``). Sets whose
 records are missing are listed as missing. Prints one markdown table (t2v and v2t R@1/5/10, MedR,
-MnR) and writes all metrics as JSON.
+MnR) and writes all metrics as JSON. The checkpoint, --data_root, --workdir and --json may be local or
+``gs://``.
 """
 from __future__ import annotations
 
-import glob
 import json
-import os
 import sys
 
 import ml_collections
@@ -39,7 +38,7 @@ def set_config(config_file: str, name: str, checkpoint: str, data_root: str | No
         for key in ("val_files", "vocab_file"):
             value = config.data[key]
             if value.startswith("data/"):
-                config.data[key] = os.path.join(data_root, value[len("data/"):])
+                config.data[key] = storage.join(data_root, value[len("data/"):])
     if run_config is not None:
         num_frames = config.model.num_frames  # the set's frames per clip (its records)
         config.model = ml_collections.ConfigDict(run_config.model.to_dict())
@@ -64,10 +63,10 @@ def evaluate_sets(config_file: str, names: list[str], checkpoint: str, workdir: 
     results = {}
     for name in names:
         config = set_config(config_file, name, checkpoint, data_root, run_config, batch_size)
-        if not glob.glob(config.data.val_files):
+        if not storage.glob(config.data.val_files):
             results[name] = {"missing": config.data.val_files}
             continue
-        results[name] = eval_only.evaluate_checkpoint(config, os.path.join(workdir, name))
+        results[name] = eval_only.evaluate_checkpoint(config, storage.join(workdir, name))
     return results
 
 
@@ -89,10 +88,14 @@ def define_flags() -> None:
     """The command line (defined only when run as a program, so that importing this module defines no flags)."""
     flags.DEFINE_string("config", "configs/retrieval.py", "Retrieval config file; each set is its variant.")
     flags.DEFINE_list("sets", list(SETS), "Sets (variants of --config) to evaluate.")
-    flags.DEFINE_string("checkpoint", None, "A run's checkpoints dir, a step dir or converted weights.")
-    flags.DEFINE_string("data_root", None, "Folder replacing the leading 'data/' of the sets' record paths.")
-    flags.DEFINE_string("workdir", "runs/eval", "Each set's metrics go to <workdir>/<set>/metrics.jsonl.")
-    flags.DEFINE_string("json", None, "Also write {set: metrics or {missing: pattern}} to this file.")
+    flags.DEFINE_string("checkpoint", None, "A run's checkpoints dir, a step dir or converted weights "
+                        "(local or gs://).")
+    flags.DEFINE_string("data_root", None, "Folder replacing the leading 'data/' of the sets' record "
+                        "paths (local or gs://).")
+    flags.DEFINE_string("workdir", "runs/eval", "Each set's metrics go to <workdir>/<set>/metrics.jsonl "
+                        "(local or gs://).")
+    flags.DEFINE_string("json", None, "Also write {set: metrics or {missing: pattern}} to this file "
+                        "(local or gs://).")
     flags.DEFINE_integer("batch_size", None, "Global eval batch (default each variant's).")
 
 
@@ -110,8 +113,8 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f"error: {err}") from err
     print(markdown_table(results))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(dict(checkpoint=storage.absolute(args.checkpoint), sets=results), f, indent=1)
+        storage.write_text(args.json, json.dumps(dict(checkpoint=storage.absolute(args.checkpoint), sets=results),
+                                                 indent=1))
         print(f"wrote {args.json}", file=sys.stderr)
 
 

@@ -177,3 +177,74 @@ def test_command_line_writes_orbax_checkpoint(tmp_path, stage2_vars):
     subset = restore_variables(str(tmp_path / "out"), stage1_part, "config.init.stage1_checkpoint")
     assert_trees_equal(subset.variables, stage1_part)
     assert subset.unused and all(not p.split("/")[1] in ("video", "text", "contrastive") for p in subset.unused)
+
+
+# ---- files and output in a bucket (fake-gcs-server on loopback: tests/gcs_emulator.py) ---------------------------
+
+def test_state_dicts_from_a_bucket_load_as_local_files_and_stay_weights_only(tmp_path, stage2_vars, gcs_bucket):
+    from safetensors.numpy import save_file
+
+    from hdvila_jax import storage
+    state_dict = export_hdvila(stage2_vars, CFG, 2)
+    torch.save({"state_dict": {k: torch.tensor(v) for k, v in state_dict.items()}}, tmp_path / "ckpt.pt")
+    np.savez(tmp_path / "ckpt.npz", **state_dict)
+    save_file(state_dict, str(tmp_path / "ckpt.safetensors"))
+    torch.save({"x": _Payload()}, tmp_path / "evil.pt")
+    bucket = f"gs://{gcs_bucket}/weights"
+    for name in ("ckpt.pt", "ckpt.npz", "ckpt.safetensors", "evil.pt"):
+        storage.copy(tmp_path / name, f"{bucket}/{name}")
+    for name in ("ckpt.pt", "ckpt.npz", "ckpt.safetensors"):
+        loaded = load_state_dict(f"{bucket}/{name}")
+        assert sorted(loaded) == sorted(state_dict)
+        for key, value in state_dict.items():
+            np.testing.assert_array_equal(loaded[key], value)
+    with pytest.raises(ValueError, match=f"{bucket}/evil.pt: not a loadable weights-only torch checkpoint"):
+        load_state_dict(f"{bucket}/evil.pt")
+    with pytest.raises(FileNotFoundError, match=f"{bucket}/nope.bin"):
+        load_state_dict(f"{bucket}/nope.bin")
+
+
+def test_init_bert_from_a_bucket(tmp_path, stage2_vars, gcs_bucket):
+    """The trainer's pretrained initialisation (``config.init.bert``) reads a PyTorch BERT file in a bucket."""
+    import ml_collections
+
+    from hdvila_jax import storage
+    from hdvila_jax.models.variables import abstract_variables
+    from hdvila_jax.train.startup import pretrained_variables
+    donor = init_small(CFG, stage=2, seed=7)
+    torch.save({k: torch.tensor(v) for k, v in _bert_state_dict(donor).items()}, tmp_path / "pytorch_model.bin")
+    bert = f"gs://{gcs_bucket}/bert/pytorch_model.bin"
+    storage.copy(tmp_path / "pytorch_model.bin", bert)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                          abstract_variables(CFG, 2))
+    config = ml_collections.ConfigDict(dict(stage=2, init=dict(bert=bert, resnet="")))
+    loaded = pretrained_variables(config, CFG, stage2_vars, target)
+    p, d = loaded["params"], donor["params"]
+    np.testing.assert_array_equal(p["fusion"]["encoder"]["layer_3"]["ffn_in"]["kernel"],
+                                  d["fusion"]["encoder"]["layer_3"]["ffn_in"]["kernel"])
+    np.testing.assert_array_equal(p["text"]["embeddings"]["word"]["embedding"],
+                                  d["text"]["embeddings"]["word"]["embedding"])
+    np.testing.assert_array_equal(p["video"]["cnn_hr"]["conv1"]["kernel"],  # not in BERT: the random values kept
+                                  stage2_vars["params"]["video"]["cnn_hr"]["conv1"]["kernel"])
+
+
+def test_command_line_reads_and_writes_a_bucket(tmp_path, stage2_vars, gcs_bucket, monkeypatch):
+    from hdvila_jax import storage
+    monkeypatch.chdir(tmp_path)
+    torch.save({k: torch.tensor(v) for k, v in export_hdvila(stage2_vars, CFG, 2).items()}, tmp_path / "hdvila.pt")
+    root = f"gs://{gcs_bucket}"
+    storage.copy(tmp_path / "hdvila.pt", f"{root}/hdvila.pt")
+    overrides = [f"--model_config.{k}={v}" for k, v in
+                 dict(resnet_depth=18, hidden_size=32, intermediate_size=64, timesformer_heads=2,
+                      num_attention_heads=2, pixel_random_sampling_size=1).items()]
+    repo = os.path.dirname(os.path.dirname(__file__))
+    cmd = [sys.executable, "-m", "hdvila_jax.convert", f"--model_config={repo}/configs/model.py:tiny",
+           "--model_config.crop_size=(64, 128)", *overrides, "--stage=2", f"--hdvila={root}/hdvila.pt",
+           f"--output={root}/converted"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=repo), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    restored = restore_variables(f"{root}/converted")
+    assert restored.directory == f"{root}/converted"
+    assert_trees_equal(restored.variables, stage2_vars)
+    assert os.listdir(tmp_path) == ["hdvila.pt"]  # nothing local: no "gs:" folder

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from hdvila_jax.search import load_index, render
-from hdvila_jax.search.videos import IndexSummary, list_videos
+from hdvila_jax.search.video_files import list_videos
+from hdvila_jax.search.videos import IndexSummary
 from tests import own_videos, train_helpers
 
 CLI = [sys.executable, "-m", "hdvila_jax.search"]

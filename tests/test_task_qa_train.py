@@ -10,13 +10,13 @@ import pytest
 from flax import traverse_util
 
 from configs import qa as qa_configs
-from hdvila_jax import eval_only, sharding, variables_io
+from hdvila_jax import eval_only, sharding, storage, variables_io
 from hdvila_jax.config_checks import check_config
 from hdvila_jax.models import model_config_from_dict
 from hdvila_jax.models.variables import abstract_variables, init_variables
 from hdvila_jax.tasks.base import TrainConfigError
 from hdvila_jax.tasks.qa import qa_task
-from hdvila_jax.tasks.qa_eval import Question, prediction_rows, qa_metrics
+from hdvila_jax.tasks.qa_eval import Question, prediction_rows, qa_metrics, write_predictions
 from hdvila_jax.train import startup, train_state, trainer
 from hdvila_jax.train.optimizer import make_optimizer
 from tests import train_helpers
@@ -156,6 +156,19 @@ def test_metrics_per_answer_type_and_prediction_rows():
     rows = prediction_rows(np.array([5]), np.array([1]), np.array([1]), mc, None)
     assert rows == [{"question_id": 5, "question": ["q a", "q b", "q c"], "prediction": "q b", "answer": "q b",
                      "answer_type": "", "correct": True}]
+
+
+def test_predictions_are_written_whole_locally_and_to_a_bucket(tmp_path, gcs_bucket):
+    rows = [{"question_id": 0, "question": "which way", "prediction": "left", "answer": "left",
+             "answer_type": "direction", "correct": True},
+            {"question_id": 1, "question": "what colour", "prediction": "red", "answer": "blue",
+             "answer_type": "colour", "correct": False}]
+    for workdir in (str(tmp_path / "run"), f"gs://{gcs_bucket}/run"):
+        path = storage.join(workdir, "predictions", "step_4.jsonl")
+        write_predictions(path, rows[:1])
+        write_predictions(path, rows)  # an evaluation of the same step again replaces the file
+        assert [json.loads(line) for line in storage.read_text(path).splitlines()] == rows
+        assert storage.listdir(storage.join(workdir, "predictions")) == ["step_4.jsonl"]
 
 
 def test_paper_recipes():

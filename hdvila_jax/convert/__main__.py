@@ -6,6 +6,8 @@ Full HD-VILA checkpoint (released layout):
 Pretrained parts, the rest randomly initialised (as the reference starts stage 1):
     python -m hdvila_jax.convert --model_config=configs/model.py:paper --stage=1 \
         --bert=bert-large-uncased/pytorch_model.bin --resnet=resnet50.pth --output=/ckpt/init
+
+Every file and the output may be local or ``gs://`` (``--output=gs://bucket/ckpt/hdvila_stage2``).
 """
 from __future__ import annotations
 
@@ -20,10 +22,13 @@ from hdvila_jax.variables_io import save_variables
 
 _MODEL = config_flags.DEFINE_config_file("model_config", None, "Model config file, e.g. configs/model.py:paper.")
 _STAGE = flags.DEFINE_enum("stage", "1", ["1", "2"], "Model stage: 1 (towers) or 2 (with the cross-modal encoder).")
-_HDVILA = flags.DEFINE_string("hdvila", None, "A full HD-VILA state_dict (.pt/.bin/.safetensors/.npz).")
-_BERT = flags.DEFINE_string("bert", None, "An HF BERT checkpoint for the text (and cross-modal) layers.")
-_RESNET = flags.DEFINE_string("resnet", None, "A torchvision/mmdetection ResNet checkpoint for both ResNets.")
-_OUTPUT = flags.DEFINE_string("output", None, "New orbax checkpoint directory to write.")
+_HDVILA = flags.DEFINE_string("hdvila", None, "A full HD-VILA state_dict (.pt/.bin/.safetensors/.npz; "
+                              "local or gs://).")
+_BERT = flags.DEFINE_string("bert", None, "An HF BERT checkpoint for the text (and cross-modal) layers "
+                            "(local or gs://).")
+_RESNET = flags.DEFINE_string("resnet", None, "A torchvision/mmdetection ResNet checkpoint for both ResNets "
+                              "(local or gs://).")
+_OUTPUT = flags.DEFINE_string("output", None, "New orbax checkpoint directory to write (local or gs://).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random initialisation of parts not loaded.")
 _ALLOW_MISSING = flags.DEFINE_bool("allow_missing", False, "Accept a BERT checkpoint with fewer layers than the model.")
 

@@ -1,10 +1,13 @@
 """Read PyTorch-layout state_dicts as numpy arrays without unpickling arbitrary code."""
 from __future__ import annotations
 
+import io
 import os
 from typing import Mapping
 
 import numpy as np
+
+from hdvila_jax import storage
 
 StateDict = dict[str, np.ndarray]
 WRAPPER_KEYS = ("state_dict", "model", "module")
@@ -21,25 +24,28 @@ def _unwrap(obj: Mapping, path: str) -> Mapping:
 
 
 def load_state_dict(path: str | os.PathLike) -> StateDict:
-    """Load ``.safetensors``, ``.npz`` or a torch file (``.bin``/``.pt``/``.pth``/``.ckpt``) as numpy.
+    """Load ``.safetensors``, ``.npz`` or a torch file (``.bin``/``.pt``/``.pth``/``.ckpt``) as numpy,
+    from a local path or a ``gs://`` object (read whole into memory, as loading does anyway).
 
     Torch files go through ``torch.load(weights_only=True)``, which refuses pickled code.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
+    remote = storage.is_remote(path)
     if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-        return dict(load_file(path))
+        from safetensors.numpy import load, load_file
+        return dict(load(storage.read_bytes(path)) if remote else load_file(path))
     if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as data:
+        with np.load(io.BytesIO(storage.read_bytes(path)) if remote else path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
     try:
         import torch
     except ImportError as e:  # torch is an optional dependency (extra 'convert')
         raise ImportError(f"reading {path} needs torch: pip install 'hdvila_jax[convert]'") from e
+    source = io.BytesIO(storage.read_bytes(path)) if remote else path
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ValueError(f"{path}: not a loadable weights-only torch checkpoint ({e})") from e
     out = {}

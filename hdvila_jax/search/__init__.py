@@ -18,7 +18,8 @@ from hdvila_jax.search.build import build_index
 from hdvila_jax.search.index import Index, SearchError, load_index, save_index
 from hdvila_jax.search.query import Hit, search, search_text, text_encoder, top_k
 from hdvila_jax.search.render import render_results
-from hdvila_jax.search.videos import IndexSummary, build_video_index, list_videos
+from hdvila_jax.search.video_files import list_videos
+from hdvila_jax.search.videos import IndexSummary, build_video_index
 
 __all__ = ["Hit", "Index", "IndexSummary", "SearchError", "build_index", "build_video_index", "list_videos",
            "load_index", "render_results", "save_index", "search", "search_text", "text_encoder", "top_k"]

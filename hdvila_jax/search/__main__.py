@@ -15,7 +15,8 @@ run's config.json unless --config is given) and writes the index directory; it e
 (finished files are not encoded again). ``index --records`` encodes every video of clip records
 (several hosts: pass --coordinator_address/--num_processes/--process_id on every host).
 ``query`` ranks the indexed clips for each query text by exact inner product; --json prints, per
-query, its hits as ``{"path", "start", "end", "score", "rank"}`` (seconds).
+query, its hits as ``{"path", "start", "end", "score", "rank"}`` (seconds). Every path (checkpoint,
+videos, records, index, PNG) may be a ``gs://`` one.
 """
 
 import json
@@ -37,9 +38,12 @@ from hdvila_jax.video.clips import FrameOptions
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "index: trainer config file[:variant] (--videos: default "
                                           "the checkpoint run's config.json).", lock_config=True)
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "index: the model checkpoint; query: overrides the index's.")
-_RECORDS = flags.DEFINE_string("records", None, "index: glob of the clip-record TFRecords to index.")
-_VIDEOS = flags.DEFINE_string("videos", None, "index: a folder of video files (all below it) or a glob of them.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "index: the model checkpoint (local or gs://); query: "
+                                  "overrides the index's.")
+_RECORDS = flags.DEFINE_string("records", None, "index: glob of the clip-record TFRecords to index "
+                               "(local or gs://).")
+_VIDEOS = flags.DEFINE_string("videos", None, "index: a folder of video files (all below it) or a glob of "
+                              "them, local or gs://.")
 _CLIP_SECONDS = flags.DEFINE_float("clip_seconds", DEFAULT_CLIP_SECONDS,
                                    "index --videos: clip length in seconds (HD-VILA-100M's mean); 0: whole files.")
 _STRIDE_SECONDS = flags.DEFINE_float("stride_seconds", None, "index --videos: seconds between clip starts "
@@ -49,11 +53,11 @@ _FRAME_SIZE = flags.DEFINE_list("frame_size", None, "index --videos: H,W of the 
 _SAMPLE_RATE = flags.DEFINE_integer("sample_rate", FrameOptions.sample_rate,
                                     "index --videos: frame stride between a clip's frames, as the records' builder.")
 _JSON = flags.DEFINE_bool("json", False, "query: print the hits as JSON (one list per query).")
-_OUT = flags.DEFINE_string("out", None, "index: the index directory to write.")
+_OUT = flags.DEFINE_string("out", None, "index: the index directory to write (local or gs://).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "index: global batch (default config.eval_batch_size).")
-_INDEX = flags.DEFINE_string("index", None, "query: the index directory to search.")
+_INDEX = flags.DEFINE_string("index", None, "query: the index directory to search (local or gs://).")
 _TOP = flags.DEFINE_integer("top", 5, "query: hits per query.")
-_PNG = flags.DEFINE_string("png", None, "query: also draw the hits into this PNG.")
+_PNG = flags.DEFINE_string("png", None, "query: also draw the hits into this PNG (local or gs://).")
 
 
 def _require(value, flag: str, command: str):

@@ -8,10 +8,8 @@ captions and thumbnails from the records and writes the index.
 """
 from __future__ import annotations
 
-import glob
 import io
 import math
-import os
 from typing import Any
 
 import jax
@@ -37,7 +35,7 @@ THUMBNAIL_QUALITY = 85
 
 def index_config(config: ml_collections.ConfigDict, records: str) -> ml_collections.ConfigDict:
     """A copy of ``config`` whose validation files are ``records`` (captions unmasked)."""
-    if not glob.glob(records):
+    if not storage.glob(records):
         raise SearchError(f"--records={records!r} matches no files")
     config = config.copy_and_resolve_references()
     config.data.val_files = records
@@ -103,7 +101,8 @@ def read_metadata(pattern: str, progress: bool = True
 def build_index(config: ml_collections.ConfigDict, checkpoint: str, records: str, out: str,
                 batch_size: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Encode every video of the ``records`` glob with the model of ``config`` restored from
-    ``checkpoint``; write the index to ``out`` (process 0) and return its manifest."""
+    ``checkpoint``; write the index to ``out`` (process 0) and return its manifest. Each path is local
+    or gs://."""
     config = index_config(config, records)
     model_cfg, _ = check_config(config)
     mesh = sharding.make_mesh(config.mesh)
@@ -115,7 +114,7 @@ def build_index(config: ml_collections.ConfigDict, checkpoint: str, records: str
     variables, origin = restore_stage1_variables(config, model_cfg, mesh, checkpoint)
     embeddings = encode_records(HDVILA(model_cfg), variables, config, mesh, batch_size, progress)
     manifest = dict(source="records", checkpoint=storage.absolute(checkpoint), restored_from=origin,
-                    records=os.path.abspath(records), count=len(embeddings), dim=int(embeddings.shape[1]),
+                    records=storage.absolute(records), count=len(embeddings), dim=int(embeddings.shape[1]),
                     config=config.to_dict())
     if jax.process_index() == 0:
         ids, captions, thumbnails, spans = read_metadata(config.data.val_files, progress)

@@ -11,16 +11,20 @@ An index directory holds
     thumbnails.bin          the JPEG thumbnails of all rows, concatenated
     thumbnail_offsets.npy   int64 [N + 1]: row i is thumbnails.bin[offsets[i]:offsets[i + 1]]
 
-Embeddings and thumbnails are memory-mapped when loaded.
+The directory is local or ``gs://`` (``hdvila_jax.storage``): each file is written whole, the
+manifest last. Embeddings and thumbnails of a local index are memory-mapped when loaded; those of
+a bucket index are read into memory.
 """
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
-import os
 from typing import Any, Sequence
 
 import numpy as np
+
+from hdvila_jax import storage
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -76,40 +80,59 @@ def save_index(path: str, embeddings: np.ndarray, ids: Sequence[str], captions: 
     spans = list(spans) if spans is not None else [(i, None, None) for i in ids]
     if len(spans) != count:
         raise SearchError(f"index {path}: {count} embeddings but {len(spans)} time spans")
-    os.makedirs(path, exist_ok=True)
+    storage.makedirs(path)
     manifest = dict(manifest, format_version=FORMAT_VERSION, count=count, dim=int(embeddings.shape[1]))
-    np.save(os.path.join(path, EMBEDDINGS), embeddings)
-    with open(os.path.join(path, VIDEOS), "w", encoding="utf-8") as f:
-        for video_id, caption, (video, start, end) in zip(ids, captions, spans):
-            f.write(json.dumps({"id": video_id, "caption": caption, "path": video, "start": start, "end": end}) + "\n")
-    with open(os.path.join(path, THUMBNAILS), "wb") as f:
-        for jpeg in thumbnails:
-            f.write(jpeg)
-    np.save(os.path.join(path, OFFSETS), np.cumsum([0, *map(len, thumbnails)], dtype=np.int64))
-    with open(os.path.join(path, MANIFEST), "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2)
-        f.write("\n")
+    storage.write_bytes(storage.join(path, EMBEDDINGS), npy_bytes(embeddings))
+    storage.write_text(storage.join(path, VIDEOS), "".join(
+        json.dumps({"id": video_id, "caption": caption, "path": video, "start": start, "end": end}) + "\n"
+        for video_id, caption, (video, start, end) in zip(ids, captions, spans)))
+    storage.write_bytes(storage.join(path, THUMBNAILS), b"".join(thumbnails))
+    offsets = np.cumsum([0, *map(len, thumbnails)], dtype=np.int64)
+    storage.write_bytes(storage.join(path, OFFSETS), npy_bytes(offsets))
+    storage.write_text(storage.join(path, MANIFEST), json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """``array`` in the ``.npy`` format (what ``np.save`` writes)."""
+    out = io.BytesIO()
+    np.save(out, array)
+    return out.getvalue()
+
+
+def read_npy(path: str, mmap: bool = False) -> np.ndarray:
+    """The array of the ``.npy`` file ``path``: memory-mapped read-only if ``mmap`` and local, else read
+    into memory (a gs:// object always is)."""
+    if mmap and not storage.is_remote(path):
+        return np.load(path, mmap_mode="r")
+    return np.load(io.BytesIO(storage.read_bytes(path)))
+
+
+def _read_thumbnails(path: str, size: int) -> np.ndarray:
+    """The bytes of the thumbnails file ``path`` as uint8: memory-mapped when local, read when remote."""
+    if not size:
+        return np.zeros(0, np.uint8)
+    if storage.is_remote(path):
+        return np.frombuffer(storage.read_bytes(path), np.uint8)
+    return np.memmap(path, np.uint8, "r")
 
 
 def load_index(path: str) -> Index:
     """Read an index written by :func:`save_index`; errors name ``--index`` and the missing file."""
-    if not os.path.isdir(path):
+    if not storage.isdir(path):
         raise SearchError(f"--index={path!r} is not a directory")
-    missing = [name for name in FILES if not os.path.isfile(os.path.join(path, name))]
+    missing = [name for name in FILES if not storage.isfile(storage.join(path, name))]
     if missing:
         raise SearchError(f"--index={path!r} lacks {', '.join(missing)}; "
                           "write it with `python -m hdvila_jax.search index`")
-    with open(os.path.join(path, MANIFEST), encoding="utf-8") as f:
-        manifest = json.load(f)
+    manifest = json.loads(storage.read_text(storage.join(path, MANIFEST)))
     if manifest.get("format_version") != FORMAT_VERSION:
         raise SearchError(f"--index={path!r}: {MANIFEST} has format_version {manifest.get('format_version')!r}, "
                           f"expected {FORMAT_VERSION}")
-    with open(os.path.join(path, VIDEOS), encoding="utf-8") as f:
-        videos = [json.loads(line) for line in f]
-    embeddings = np.load(os.path.join(path, EMBEDDINGS), mmap_mode="r")
-    offsets = np.load(os.path.join(path, OFFSETS))
-    thumbnails = np.memmap(os.path.join(path, THUMBNAILS), np.uint8, "r") if offsets[-1] else np.zeros(0, np.uint8)
+    videos = [json.loads(line) for line in storage.read_text(storage.join(path, VIDEOS)).splitlines()]
+    embeddings = read_npy(storage.join(path, EMBEDDINGS), mmap=True)
+    offsets = read_npy(storage.join(path, OFFSETS))
+    thumbnails = _read_thumbnails(storage.join(path, THUMBNAILS), int(offsets[-1]))
     count = manifest["count"]
     if embeddings.shape != (count, manifest["dim"]) or len(videos) != count or len(offsets) != count + 1:
         raise SearchError(f"--index={path!r} is inconsistent: manifest says {count} x {manifest['dim']}, "

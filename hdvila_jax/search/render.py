@@ -8,6 +8,7 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
+from hdvila_jax import storage
 from hdvila_jax.search.index import Index
 from hdvila_jax.search.query import Hit
 
@@ -67,8 +68,8 @@ def _draw_cell(canvas: Image.Image, draw: ImageDraw.ImageDraw, x: int, y: int, h
 
 def render_results(path: str, queries: Sequence[str], results: Sequence[Sequence[Hit]],
                    index: Index) -> tuple[int, int]:
-    """Draw ``results[i]`` (the hits of ``queries[i]``) with ``index``'s thumbnails into the PNG ``path``;
-    return its (width, height)."""
+    """Draw ``results[i]`` (the hits of ``queries[i]``) with ``index``'s thumbnails into the PNG ``path``
+    (local or gs://); return its (width, height)."""
     if len(queries) != len(results) or not queries:
         raise ValueError(f"render_results needs one hit list per query, got {len(queries)} queries "
                          f"and {len(results)} hit lists")
@@ -83,5 +84,7 @@ def render_results(path: str, queries: Sequence[str], results: Sequence[Sequence
                   font=title_font)
         for c, hit in enumerate(hits):
             _draw_cell(canvas, draw, MARGIN + c * (CELL_W + GAP), top + TITLE_H, hit, index.thumbnail(hit.row), font)
-    canvas.save(path, format="PNG")
+    png = io.BytesIO()
+    canvas.save(png, format="PNG")
+    storage.write_bytes(path, png.getvalue())
     return size

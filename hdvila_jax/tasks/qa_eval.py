@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Mapping
 
@@ -19,6 +18,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
+from hdvila_jax import storage
 from hdvila_jax.data.answers import load_ans2label
 from hdvila_jax.data.pipeline import list_files
 from hdvila_jax.data.records import parse_clip_record
@@ -112,7 +112,7 @@ def evaluate_qa(predict: Callable, variables: Any, batches: Iterable[Mapping[str
 
 class QAEvaluator:
     """Accuracy (overall, per answer type) of a QA task on ``data.val_files``, with every question's
-    prediction written to ``workdir/predictions/step_N.jsonl`` (by process 0)."""
+    prediction written to ``workdir/predictions/step_N.jsonl`` (by process 0; local or gs://)."""
 
     def __init__(self, config: ml_collections.ConfigDict, model: HDVILA, workdir: str, qa_type: str,
                  aggregation: str):
@@ -130,13 +130,11 @@ class QAEvaluator:
         metrics, rows = evaluate_qa(self.predict, variables, batches, mesh, self.qa_type, self.questions,
                                     self.label2ans)
         if jax.process_index() == 0:
-            write_predictions(os.path.join(self.workdir, "predictions", f"step_{step}.jsonl"), rows)
+            write_predictions(storage.join(self.workdir, "predictions", f"step_{step}.jsonl"), rows)
         return metrics
 
 
 def write_predictions(path: str, rows: list[dict]) -> None:
-    """The prediction rows as jsonl (one question per line)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+    """The prediction rows as jsonl (one question per line), written whole to ``path`` (local or gs://;
+    its folder is created)."""
+    storage.write_text(path, "".join(json.dumps(row) + "\n" for row in rows))

@@ -17,6 +17,7 @@ import av
 import numpy as np
 import tensorflow as tf
 
+from hdvila_jax import storage
 from hdvila_jax.data.frames import decode_clip_frames
 from hdvila_jax.data.records import ClipRecord
 from hdvila_jax.data.sampling import LR_FACTOR, centre_crop_offset, even_middles
@@ -65,9 +66,9 @@ class FrameOptions:
 
     @classmethod
     def from_build_json(cls, path: str) -> "FrameOptions":
-        """The options recorded in a records build's ``<split>_build.json`` (``--geometry resize`` only)."""
-        with open(path, encoding="utf-8") as f:
-            build = json.load(f)
+        """The options recorded in a records build's ``<split>_build.json`` (``--geometry resize`` only;
+        local or gs://)."""
+        build = json.loads(storage.read_text(path))
         if build.get("geometry", "resize") != "resize":
             raise ValueError(f"{path}: records of --geometry {build['geometry']} cannot be read from video files "
                              "the same way; only --geometry resize can")
@@ -129,7 +130,7 @@ def _plan(num_frames: int, options: FrameOptions) -> ClipPlan:
 
 
 def read_clip(path: str, span: Span, options: FrameOptions, n_clips: int) -> ClipRecord:
-    """The in-memory record of ``path``'s ``span`` (seconds, None: the whole file) holding the
+    """The in-memory record of ``path``'s (local or gs://) ``span`` (seconds, None: the whole file) holding the
     ``n_clips`` evaluation candidates. Raises VideoError (unreadable, no video stream, too short)."""
     info = probe_video(path, span)
     plan = _plan(info.num_frames, options)

@@ -1,13 +1,19 @@
-"""Decoding the frames a clip plan needs from a video file (or a time span of it) with PyAV."""
+"""Decoding the frames a clip plan needs from a video file (or a time span of it) with PyAV.
+
+A path is local or ``gs://`` (``hdvila_jax.storage``): a bucket object is read through a buffered
+file object (ranged reads of a few MiB at a time), so a video is never downloaded or held whole.
+"""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import os
 from fractions import Fraction
 from typing import Iterator
 
 import av
 import numpy as np
+
+from hdvila_jax import storage
 
 
 class VideoError(Exception):
@@ -31,19 +37,26 @@ Span = tuple[float, float] | None
 _REORDER_MARGIN_S = 2.0
 
 
-def _open(path: str) -> av.container.InputContainer:
-    if not os.path.exists(path):
-        raise VideoError("missing video file")
-    if os.path.getsize(path) == 0:
-        raise VideoError("zero-length file")
+@contextlib.contextmanager
+def _opened(path: str) -> Iterator[av.container.InputContainer]:
+    """The container of the video file ``path`` (a gs:// object through a buffered file object), closed
+    on exit. Raises VideoError for a missing, empty or unreadable file and one without a video stream."""
     try:
-        container = av.open(path)
-    except (av.FFmpegError, UnicodeDecodeError) as e:
-        raise VideoError(f"unreadable: {e}") from e
-    if not container.streams.video:
-        container.close()
-        raise VideoError("no video stream")
-    return container
+        size = storage.size(path)
+    except FileNotFoundError:
+        raise VideoError("missing video file") from None
+    if size == 0:
+        raise VideoError("zero-length file")
+    with contextlib.ExitStack() as stack:
+        source = stack.enter_context(storage.open_file(path, "rb")) if storage.is_remote(path) else path
+        try:
+            container = av.open(source)
+        except (av.FFmpegError, UnicodeDecodeError) as e:
+            raise VideoError(f"unreadable: {e}") from e
+        stack.callback(container.close)
+        if not container.streams.video:
+            raise VideoError("no video stream")
+        yield container
 
 
 def _in_span(time: Fraction | None, span: Span) -> bool:
@@ -60,8 +73,7 @@ def _seek_to_span(container: av.container.InputContainer, stream, span: Span) ->
 def probe_video(path: str, span: Span = None) -> VideoInfo:
     """Counts the frames (packets) of the video or of its `span` [start, end) in seconds, and
     the time range they cover."""
-    container = _open(path)
-    try:
+    with _opened(path) as container:
         stream = container.streams.video[0]
         _seek_to_span(container, stream, span)
         count, first, last = 0, None, None
@@ -88,26 +100,22 @@ def probe_video(path: str, span: Span = None) -> VideoInfo:
         last = float(last) if last is not None else first + (count / float(rate) if rate else 0.0)
         return VideoInfo(num_frames=count, fps=float(rate), height=ctx.height, width=ctx.width,
                          start_time=first, end_time=last)
-    finally:
-        container.close()
 
 
 def _decoded_frames(path: str, span: Span) -> Iterator[av.VideoFrame]:
-    container = _open(path)
-    try:
+    with _opened(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        _seek_to_span(container, stream, span)
-        for frame in container.decode(stream):
-            time = None if frame.pts is None else frame.pts * stream.time_base
-            if span is not None and time is not None and time >= span[1]:
-                break
-            if _in_span(time, span):
-                yield frame
-    except av.FFmpegError as e:
-        raise VideoError(f"truncated or corrupt stream: {e}") from e
-    finally:
-        container.close()
+        try:
+            _seek_to_span(container, stream, span)
+            for frame in container.decode(stream):
+                time = None if frame.pts is None else frame.pts * stream.time_base
+                if span is not None and time is not None and time >= span[1]:
+                    break
+                if _in_span(time, span):
+                    yield frame
+        except av.FFmpegError as e:
+            raise VideoError(f"truncated or corrupt stream: {e}") from e
 
 
 def _wanted_frames(path: str, span: Span, wanted: set[int]) -> Iterator[tuple[int, av.VideoFrame]]:
