@@ -6,6 +6,7 @@ stage1.py, stage2.py, retrieval.py and qa.py each build on this module; none imp
 import ml_collections
 
 from configs import model as model_configs
+from hdvila_jax import compilation_cache
 from hdvila_jax.data.config import get_data_config
 
 # Parameter groups (regexes on paths like 'video/cnn_hr/...'): the ResNets and their fusion, the
@@ -87,6 +88,9 @@ def base_config(stage: int, variant: str) -> ml_collections.ConfigDict:
     config.ckpt_every_steps = 5_000
     config.keep_checkpoints = 3
     config.best_metric = ""  # eval metric (higher is better) whose best step's variables go to workdir/best
+    # Persistent XLA compilation cache, local or gs:// ("" = off); the default "{workdir}/xla_cache"
+    # lets a restarted job reuse its compiled steps (hdvila_jax/compilation_cache.py)
+    config.compilation_cache_dir = compilation_cache.DEFAULT
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))  # -1: all remaining devices
     # (regex, PartitionSpec entries) on parameter paths, first match wins; parameters no
     # rule matches are sharded over 'fsdp' along their largest divisible axis when they

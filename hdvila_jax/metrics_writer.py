@@ -10,6 +10,10 @@ emulator): ``metrics.jsonl``'s earlier lines are read once at start and the whol
 with them and every line since, on each write; the TensorBoard events file is written to a local
 temporary folder and uploaded whole through ``hdvila_jax.storage`` to ``<workdir>/tensorboard/`` after
 each write and on close (each writer has its own events file, so a resumed run adds one).
+
+A resumed run calls :meth:`MetricsWriter.drop_after` with the step it restored: the lines of steps
+beyond it (written before an interruption, and about to be written again) are removed, so
+``metrics.jsonl`` holds each step once.
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ import os
 import shutil
 import tempfile
 from typing import Mapping
+
+from absl import logging
 
 from hdvila_jax import storage
 
@@ -47,6 +53,25 @@ class MetricsWriter:
             self._jsonl = open(self._jsonl_path, "a")
             self._summary = tf.summary.create_file_writer(self._events_dir)
 
+    def drop_after(self, step: int) -> int:
+        """Remove the ``metrics.jsonl`` lines of steps after ``step`` (a resumed run's restored step;
+        at step 0, where the run starts again with its step-0 evaluation, every line) and a torn line
+        an interrupted write left; returns how many were removed."""
+        if not self.enabled:
+            return 0
+        if not self._remote:
+            self._jsonl.close()
+            earlier = storage.read_text(self._jsonl_path)
+            self._lines = [line + "\n" for line in earlier.splitlines() if line.strip()]
+        kept = [line for line in self._lines if (n := _step_of(line)) is not None and (n < step or n == step > 0)]
+        dropped = len(self._lines) - len(kept)
+        if dropped:
+            storage.write_text(self._jsonl_path, "".join(kept))
+        self._lines = kept
+        if not self._remote:
+            self._jsonl = open(self._jsonl_path, "a")
+        return dropped
+
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
         if not self.enabled:
             return
@@ -73,12 +98,28 @@ class MetricsWriter:
                 with open(local, "rb") as f:
                     storage.write_bytes(storage.join(self._events_dir, name), f.read())
 
-    def close(self) -> None:
+    def close(self, failing: bool = False) -> None:
+        """Flush and close; while another error ends the run (``failing``), a failed upload of the
+        events is only logged, so that error is the one reported."""
         if not self.enabled:
             return
         self._summary.close()
         if self._remote:
-            self._upload_events()
-            shutil.rmtree(self._local_events, ignore_errors=True)
+            try:
+                self._upload_events()
+            except storage.StorageError as e:
+                if not failing:
+                    raise
+                logging.warning("TensorBoard events not uploaded: %s", e)
+            finally:
+                shutil.rmtree(self._local_events, ignore_errors=True)
         else:
             self._jsonl.close()
+
+
+def _step_of(line: str) -> int | None:
+    """The step of a ``metrics.jsonl`` line, None for a line that is not a whole JSON object with one."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None

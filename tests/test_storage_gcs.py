@@ -13,6 +13,7 @@ from flax import traverse_util
 
 from hdvila_jax import storage
 from tests import train_helpers
+from tests.gcs_emulator import upload_tree
 
 
 # ---- the path layer, local ------------------------------------------------------------------------------------
@@ -150,6 +151,32 @@ def test_metrics_writer_keeps_earlier_lines_and_uploads_events(gcs_bucket, tmp_p
     assert not list(tmp_path.glob("gs:*")) and not os.path.exists(os.path.join(os.getcwd(), "gs:"))
 
 
+@pytest.mark.parametrize("where", ["local", "gs"])
+def test_metrics_writer_drops_the_lines_a_resumed_run_writes_again(where, request, tmp_path):
+    from hdvila_jax.metrics_writer import MetricsWriter
+    workdir = str(tmp_path / "run") if where == "local" else f"gs://{request.getfixturevalue('gcs_bucket')}/run"
+    storage.makedirs(workdir)
+    writer = MetricsWriter(workdir)
+    writer.write(0, {"eval/r1": 0.5})
+    for step in (1, 2, 3, 4, 5):  # checkpoints at 2 and 4, interrupted after step 5's line
+        writer.write(step, {"train/loss": step / 10})
+    writer.close()
+    path = storage.join(workdir, "metrics.jsonl")
+    storage.write_text(path, storage.read_text(path) + '{"step": 6, "train/lo')  # a write cut short
+
+    resumed = MetricsWriter(workdir)
+    assert resumed.drop_after(4) == 2  # step 5 and the torn line
+    resumed.write(5, {"train/loss": 0.55})
+    resumed.close()
+    rows = [json.loads(line) for line in storage.read_text(path).splitlines()]
+    assert [row["step"] for row in rows] == [0, 1, 2, 3, 4, 5] and rows[-1]["train/loss"] == 0.55
+
+    again = MetricsWriter(workdir)  # no checkpoint survived: the run starts over, step-0 evaluation included
+    assert again.drop_after(0) == 6 and again.drop_after(0) == 0
+    again.close()
+    assert storage.read_text(path) == ""
+
+
 def test_checkpointer_in_a_bucket_sets_a_damaged_step_aside(gcs_bucket):
     import grain
     import jax
@@ -197,11 +224,11 @@ def demo_root(tmp_path_factory):
     return train_helpers.make_demo_data(str(tmp_path_factory.getbasetemp() / "demo_data"))
 
 
-def _train_2_then_4(demo_root, workdir):
+def _train_2_then_4(data_root, workdir):
     """2 steps, then the same config with 4 steps, resuming from the checkpoint of step 2."""
     from hdvila_jax.train import trainer
     for total in (2, 4):
-        config = train_helpers.tiny_config(1, demo_root, total_steps=total, ckpt_every_steps=2, log_every_steps=1,
+        config = train_helpers.tiny_config(1, data_root, total_steps=total, ckpt_every_steps=2, log_every_steps=1,
                                            eval_every_steps=1000, best_metric="t2v_R1")
         trainer.train_and_evaluate(config, workdir)
 
@@ -218,8 +245,10 @@ def test_stage1_run_in_a_bucket_resumes_exactly_and_the_encoder_reads_it(gcs_buc
     monkeypatch.chdir(tmp_path)  # where os.path.abspath("gs://...") would put a "gs:" folder
     local = str(tmp_path / "local")
     _train_2_then_4(demo_root, local)
-    workdir = f"gs://{gcs_bucket}/run"
-    _train_2_then_4(demo_root, workdir)
+    workdir, data_root = f"gs://{gcs_bucket}/run", f"gs://{gcs_bucket}/demo"  # records and vocab in the bucket too
+    upload_tree(os.path.join(demo_root, "records"), f"{data_root}/records")
+    storage.copy(os.path.join(demo_root, "vocab.txt"), f"{data_root}/vocab.txt")
+    _train_2_then_4(data_root, workdir)
 
     names = storage.listdir(workdir)
     assert {"checkpoints", "config.json", "metrics.jsonl", "tensorboard", "best"} <= set(names), names

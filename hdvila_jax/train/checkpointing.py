@@ -11,6 +11,7 @@ steps and are removed on start.
 """
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import grain
@@ -25,6 +26,8 @@ from hdvila_jax.variables_io import CheckpointError
 State = dict[str, Any]
 VARIABLE_KEYS = ("params", "batch_stats")
 TRAIN_KEYS = ("opt_state", "step", "rng")
+# While another error ends the run: how long a pending save may still take before it is left unfinished
+ABANDON_WAIT_S = 30.0
 
 
 class Checkpointer:
@@ -55,8 +58,10 @@ class Checkpointer:
         message = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
         cause = "disk full: " if "No space left on device" in str(error) else ""
         self.manager.reload()
-        return CheckpointError(f"saving a checkpoint in {self.directory} failed ({cause}{message}); "
-                               f"the newest complete checkpoint is step {self.manager.latest_step()}, intact")
+        latest = self.manager.latest_step()
+        newest = "there is no complete checkpoint yet" if latest is None else (
+            f"the newest complete checkpoint is step {latest}, intact")
+        return CheckpointError(f"saving a checkpoint in {self.directory} failed ({cause}{message}); {newest}")
 
     def restore(self, step: int, target: State, data_iterator: grain.DatasetIterator | None) -> State:
         """The full state at ``step`` in the shardings of ``target`` (``ShapeDtypeStruct``s); also
@@ -112,3 +117,29 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+    def finish(self, failing: bool) -> None:
+        """Wait for pending saves, then close. While another error ends the run (``failing``: e.g.
+        the storage server went away), wait at most :data:`ABANDON_WAIT_S` and only log a save that
+        failed or did not finish: that error is the one to report, and a restart resumes from the
+        newest complete step (an unfinished save is never one)."""
+        if not failing:
+            self.wait()
+            self.close()
+            return
+        done = threading.Event()
+
+        def wait_quietly() -> None:
+            try:
+                self.manager.wait_until_finished()
+            except Exception as e:  # noqa: BLE001 -- the run's own error is the one reported
+                logging.warning("checkpoint save in %s failed too: %s", self.directory, str(e).splitlines()[0][:300])
+            finally:
+                done.set()
+
+        threading.Thread(target=wait_quietly, name="checkpoint_wait", daemon=True).start()
+        if done.wait(ABANDON_WAIT_S):
+            self.close()
+        else:
+            logging.warning("a checkpoint save in %s did not finish within %.0f s; left unfinished (a restart "
+                            "resumes from the newest complete checkpoint)", self.directory, ABANDON_WAIT_S)

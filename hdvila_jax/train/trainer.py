@@ -6,6 +6,7 @@ starts (resume, another run, converted weights, random) is ``startup``'s; eval-o
 """
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import jax
@@ -22,6 +23,7 @@ from hdvila_jax.metrics_writer import MetricsWriter
 from hdvila_jax.models import HDVILA
 from hdvila_jax.tasks.base import Task
 from hdvila_jax.train import checkpointing, startup
+from hdvila_jax.train.shared_workdir import check_shared_workdir
 from hdvila_jax.train.best_checkpoint import BestCheckpoint
 from hdvila_jax.train.pending_metrics import PendingMetrics
 from hdvila_jax.train.preemption import Preemption
@@ -59,6 +61,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, task: Ta
     if task is None:
         _, task = check_config(config)
     storage.makedirs(workdir)
+    check_shared_workdir(workdir)  # several processes: all see one workdir, or all stop here
     config = resolve_epochs(task.resolve(config))
     built = build_step(config, task=task)
     mesh, model_cfg = built.mesh, built.model_cfg
@@ -73,6 +76,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, task: Ta
         state, origin = startup.initial_state(config, model_cfg, mesh, built.optimizer, built.specs, checkpointer,
                                               train_iter, task)
         step = int(jax.device_get(state["step"]))
+        if writer.drop_after(step):
+            logging.info("metrics.jsonl: dropped the lines after step %d (written before the interruption)", step)
         logging.info("task %s, stage %d: starting at step %d of %d from %s; mesh %s", task.name, config.stage, step,
                      config.total_steps, origin, dict(mesh.shape))
         evaluate = task.evaluator(config, HDVILA(model_cfg), workdir)
@@ -120,8 +125,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, task: Ta
                 break
         return eval_metrics
     finally:
+        failing = sys.exc_info()[0] is not None
         preemption.uninstall()
-        checkpointer.wait()
-        checkpointer.close()
-        writer.close()
+        checkpointer.finish(failing)
+        writer.close(failing)
         train_iter.close()  # stops data.num_workers worker processes
