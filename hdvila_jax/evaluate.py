@@ -112,6 +112,10 @@ def main(argv: list[str]) -> None:
     except (config_files.ConfigFileError, TrainConfigError, ValueError) as err:
         raise SystemExit(f"error: {err}") from err
     print(markdown_table(results))
+    missing = [f"{name} ({result['missing']})" for name, result in results.items() if "missing" in result]
+    if len(missing) == len(results):
+        raise SystemExit(f"error: no set could be evaluated: no records match {'; '.join(missing)} "
+                         "(--data_root names the folder that replaces their leading 'data/')")
     if args.json:
         storage.write_text(args.json, json.dumps(dict(checkpoint=storage.absolute(args.checkpoint), sets=results),
                                                  indent=1))

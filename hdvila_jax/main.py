@@ -8,6 +8,7 @@ Several hosts: the same command on each. On a TPU VM slice and under SLURM or Op
 finds the processes itself; elsewhere pass --coordinator_address/--num_processes/--process_id
 (or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) on every host.
 """
+import difflib
 import os
 import sys
 import threading
@@ -16,20 +17,56 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from hdvila_jax import compilation_cache, demo, eval_only, multihost, storage
+from hdvila_jax import compilation_cache, config_files, demo, eval_only, multihost, storage
 from hdvila_jax.config_checks import check_config
+from hdvila_jax.data.answers import AnswerVocabError
+from hdvila_jax.models.config import ConfigError
+from hdvila_jax.sharding import ShardingConfigError
+from hdvila_jax.tasks.base import TrainConfigError
 from hdvila_jax.train import trainer
+from hdvila_jax.train.optimizer import OptimizerConfigError
 from hdvila_jax.train.shared_workdir import SharedWorkdirError
 from hdvila_jax.variables_io import CheckpointError
 
-# Failures a user acts on (a bucket or server that is not there, a workdir the hosts do not share, a
-# checkpoint that cannot be written or restored): one "error:" line on every process, no traceback.
-_STOPPING_ERRORS = (storage.StorageError, SharedWorkdirError, CheckpointError)
+# Failures a user acts on (a config field out of range, a bucket or server that is not there, a
+# workdir the hosts do not share, a checkpoint that cannot be written or restored): one "error:" line
+# on every process, exit 1, no traceback.
+_STOPPING_ERRORS = (TrainConfigError, ConfigError, ShardingConfigError, OptimizerConfigError, AnswerVocabError,
+                    storage.StorageError, SharedWorkdirError, CheckpointError)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Trainer config file[:variant].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config, metrics and checkpoints.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes from workdir) or eval-only.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with an override naming no config field (``--config.batch_sise=8``) as one
+    ``error:`` line naming the flag and the closest known fields."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError):
+        specs = [arg.split("=", 1)[1] for arg in argv[1:] if arg.startswith("--config=")]
+        config = config_files.load_config(specs[-1]) if specs else None
+        for arg in argv[1:]:
+            name = arg.split("=", 1)[0][len("--config."):] if arg.startswith("--config.") else ""
+            if name and (problem := _unknown_field(config, name)):
+                raise SystemExit(f"error: --config.{name}: {problem}") from None
+        raise
+
+
+def _unknown_field(config, dotted: str) -> str:
+    """Why ``dotted`` names no field of ``config`` (with the closest known names), or "" if it does."""
+    node = config
+    for depth, key in enumerate(dotted.split(".")):
+        known = list(node.keys()) if hasattr(node, "keys") else []
+        if key not in known:
+            where = "config" if depth == 0 else "config." + ".".join(dotted.split(".")[:depth])
+            close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else f"; {where} has: {', '.join(sorted(known))}"
+            return f"{where} has no field {key!r}{hint}"
+        node = node[key]
+    return ""
 
 
 def _stopping_error(err: BaseException) -> BaseException | None:
@@ -57,6 +94,8 @@ def main(argv):
 def _run(argv):
     del argv
     config = _CONFIG.value
+    if storage.isfile(_WORKDIR.value):
+        raise TrainConfigError(f"--workdir={_WORKDIR.value} is a file; name a folder (new or a run's)")
     # before anything compiles (jax sets its cache up at the first compile)
     compilation_cache.setup_compilation_cache(config.get("compilation_cache_dir", compilation_cache.DEFAULT),
                                               _WORKDIR.value)
@@ -74,4 +113,4 @@ def _run(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

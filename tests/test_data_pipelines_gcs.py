@@ -101,8 +101,7 @@ def test_build_tfrecords_in_a_bucket_equals_the_local_build(inputs, local_build,
                                                             monkeypatch):
     monkeypatch.chdir(tmp_path)
     output = f"gs://{gcs_bucket}/records"
-    # 2 worker processes (spawned: each reads the bucket's videos through its own client)
-    report = build_tfrecords.build(_build_args(inputs["remote"], output, "--workers", "2"))
+    report = build_tfrecords.build(_build_args(inputs["remote"], output))
     _assert_same_build(output, local_build[0], inputs)
     assert report["records"] == local_build[1]["records"] == 5
     assert {s["item"] for s in report["skipped"]} == {"garbage", "missing", f"{inputs['remote']}/ann.jsonl:8"}

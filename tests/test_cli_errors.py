@@ -1,0 +1,48 @@
+"""User mistakes on the command lines end in one ``error:`` line naming the flag or field, exit 1, no
+traceback (issue 31's first slice: ``hdvila_jax.main`` and ``hdvila_jax.evaluate``)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests import train_helpers
+
+TINY = os.path.join(train_helpers.REPO, "configs", "stage1.py:tiny")
+
+
+def _fails(args: list[str], cwd) -> str:
+    """Run ``python -m ARGS`` expecting exit 1 and no traceback; its last stderr line."""
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=train_helpers.subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("--config.batch_sise=8", "error: --config.batch_sise: config has no field 'batch_sise'; did you mean batch_size"),
+    ("--config.model.hidden_sizee=8",
+     "error: --config.model.hidden_sizee: config.model has no field 'hidden_sizee'; did you mean hidden_size"),
+    ("--config.nothing_like_it=1", "error: --config.nothing_like_it: config has no field 'nothing_like_it'; "
+                                   "config has: batch_size, best_metric,"),
+    ("--config.batch_size=-3", "error: config.batch_size: must be a positive integer, got -3"),
+])
+def test_main_names_the_bad_config_field(override, expected, tmp_path):
+    last = _fails(["hdvila_jax.main", f"--config={TINY}", f"--workdir={tmp_path / 'run'}", override], tmp_path)
+    assert last.startswith(expected), last
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")  # stopped before anything was made
+
+
+def test_main_refuses_a_workdir_that_is_a_file(tmp_path):
+    workdir = tmp_path / "notes.txt"
+    workdir.write_text("keep me")
+    assert _fails(["hdvila_jax.main", f"--config={TINY}", f"--workdir={workdir}"], tmp_path) == (
+        f"error: --workdir={workdir} is a file; name a folder (new or a run's)")
+    assert workdir.read_text() == "keep me"
+
+
+def test_evaluate_with_no_set_found_is_an_error(tmp_path):
+    last = _fails(["hdvila_jax.evaluate", f"--checkpoint={tmp_path / 'ckpt'}", "--sets=msrvtt,didemo",
+                   f"--data_root={tmp_path / 'nothing'}", f"--workdir={tmp_path / 'eval'}"], train_helpers.REPO)
+    assert last.startswith("error: no set could be evaluated: no records match msrvtt (") and "didemo (" in last
