@@ -80,15 +80,23 @@ def _stopping_error(err: BaseException) -> BaseException | None:
 def main(argv):
     try:
         _run(argv)
+    except KeyboardInterrupt:  # before training starts, or a second Ctrl-C (the first one checkpoints)
+        _stop("interrupted (Ctrl-C): stopped without saving; the workdir's complete checkpoints are kept", 130)
     except Exception as err:  # noqa: BLE001 -- re-raised unless it is one of _STOPPING_ERRORS
         found = _stopping_error(err)
         if found is None:
             raise
-        print(f"error: {found}", file=sys.stderr, flush=True)
-        logging.flush()
-        if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
-            os._exit(1)  # a save left unfinished (its server gone) would keep the interpreter from exiting
-        raise SystemExit(1) from None
+        _stop(f"error: {found}", 1)
+
+
+def _stop(message: str, code: int) -> None:
+    """Print ``message`` and exit with ``code``, at once if a thread would keep the interpreter alive
+    (a checkpoint save left unfinished, its server gone)."""
+    print(message, file=sys.stderr, flush=True)
+    logging.flush()
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        os._exit(code)
+    raise SystemExit(code)
 
 
 def _run(argv):

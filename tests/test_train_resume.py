@@ -92,10 +92,10 @@ def test_resume_after_sigkill_is_exact(straight_run, tmp_path):
     _assert_same_run(straight, killed)
 
 
-def _sigterm_then_resume(straight_run, preempted):
+def _sigterm_then_resume(straight_run, preempted, sig=signal.SIGTERM):
     straight, overrides, env = straight_run
     # SIGTERM once step 1 is logged: the step in flight finishes, is saved, and the process exits 0.
-    proc = _interrupt(preempted, overrides, env, signal.SIGTERM, lambda w: 1 in _logged_steps(w))
+    proc = _interrupt(preempted, overrides, env, sig, lambda w: 1 in _logged_steps(w))
     stderr = proc.stderr.read().decode()
     assert proc.returncode == 0, stderr[-3000:]
     steps = train_helpers.steps_on_disk(preempted)
@@ -106,6 +106,10 @@ def _sigterm_then_resume(straight_run, preempted):
 
 def test_sigterm_saves_exits_zero_and_resumes_exactly(straight_run, tmp_path):
     _sigterm_then_resume(straight_run, str(tmp_path / "preempted"))
+
+
+def test_ctrl_c_saves_exits_zero_and_resumes_exactly(straight_run, tmp_path):
+    _sigterm_then_resume(straight_run, str(tmp_path / "interrupted"), signal.SIGINT)
 
 
 @pytest.mark.slow

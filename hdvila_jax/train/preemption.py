@@ -1,4 +1,5 @@
-"""Stopping a run cleanly when its host is preempted: save at the next step boundary and exit."""
+"""Stopping a run cleanly when its host is preempted or the user presses Ctrl-C: save at the next step
+boundary and exit."""
 from __future__ import annotations
 
 import signal
@@ -10,18 +11,23 @@ from jax.experimental import multihost_utils
 
 class Preemption:
     """Whether to save and stop now, asked after every step at no cost to the step loop. One process:
-    a SIGTERM flag (installed while this object lives). Several: jax's preemption sync point, which
-    the coordination service agrees on in the background (its own SIGTERM handler), so all
-    processes stop after the same step without a collective per step."""
+    a SIGTERM or Ctrl-C (SIGINT) flag (handlers installed while this object lives; a second Ctrl-C
+    stops at once). Several: jax's preemption sync point, which the coordination service agrees on in
+    the background (its own SIGTERM handler), so all processes stop after the same step without a
+    collective per step."""
 
     def __init__(self):
         self.received = False
-        self._previous = None
+        self._previous = {}
         if jax.process_count() == 1:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def _handle(self, signum, frame):
-        logging.warning("SIGTERM received: saving a checkpoint and stopping")
+        if signum == signal.SIGINT and self.received:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the checkpoint
+        again = " (Ctrl-C again to stop at once, without it)" if signum == signal.SIGINT else ""
+        logging.warning("%s received: saving a checkpoint at the next step boundary and stopping%s",
+                        signal.Signals(signum).name, again)
         self.received = True
 
     def reached(self, step: int) -> bool:
@@ -31,5 +37,5 @@ class Preemption:
         return multihost_utils.reached_preemption_sync_point(step)
 
     def uninstall(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
