@@ -202,7 +202,10 @@ class Encoder:
         return np.asarray(features[f"{tower}_features"], np.float32)
 
     def encode_texts(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
-        """Normalised text embeddings float32 ``[len(texts), D]`` (``data.max_txt_len`` tokens)."""
+        """Normalised text embeddings float32 ``[len(texts), D]`` (``data.max_txt_len`` tokens). A bare
+        string is refused (it would be one text per character): pass ``[text]``."""
+        if isinstance(texts, str):
+            raise EncoderError(f"encode_texts takes a list of strings, not one string: pass [{texts[:40]!r}]")
         texts = list(texts)
         if any(not isinstance(t, str) for t in texts):
             raise EncoderError("encode_texts takes a list of strings")
@@ -257,6 +260,7 @@ class Encoder:
     def read_videos(self, videos: Iterable[Video], clip_seconds: float | None = None,
                     stride_seconds: float | None = None, fps: float = 0.0) -> Iterator[VideoClips]:
         """``read_video`` of each input in order, ``workers`` inputs decoded at a time in threads."""
+        clip_seconds = clip_seconds or None  # 0: whole files, as on the command line
         read: Callable[[Video], VideoClips] = lambda v: self.read_video(v, clip_seconds, stride_seconds, fps)
         videos = iter(videos)
         with concurrent.futures.ThreadPoolExecutor(self.workers) as pool:
@@ -272,7 +276,11 @@ class Encoder:
         """One EncodedVideo per input (a file path or decoded frames ``[T, H, W, 3]`` with ``fps``): the
         embeddings of its clips with their start and end seconds. A file that cannot be used (unreadable,
         no video stream, too short for one clip) raises EncoderError naming it, or with
-        ``skip_errors`` comes back with no clips and ``error`` set."""
+        ``skip_errors`` comes back with no clips and ``error`` set. ``clip_seconds`` None or 0: one clip
+        per file. A bare path or a single frames array is refused: pass ``[video]``."""
+        if isinstance(videos, (str, os.PathLike)) or (isinstance(videos, np.ndarray) and videos.ndim == 4):
+            raise EncoderError("encode_videos takes a list of videos (file paths or frame arrays), not one: "
+                               "pass [video]")
         results: list[EncodedVideo] = []
         pending: list[tuple[int, ClipRecord]] = []
 

@@ -95,6 +95,20 @@ def test_windows_bad_files_and_texts(setup):
     assert np.abs(qcif.embeddings[0] - qcif.embeddings[2]).max() > 1e-4
 
 
+def test_one_item_is_refused_and_zero_seconds_means_whole_files(setup):
+    config, variables, mesh, videos, _ = setup
+    encoder = Encoder(config, variables, mesh, batch_size=2)
+    with pytest.raises(EncoderError, match=r"not one string: pass \['a dog'\]"):
+        encoder.encode_texts("a dog")
+    for one in (videos["hd.mp4"], data_helpers.pattern_frames(30, (90, 160))):
+        with pytest.raises(EncoderError, match=r"a list of videos .*pass \[video\]"):
+            encoder.encode_videos(one, progress=False)
+    (whole,) = encoder.encode_videos([videos["clips/qcif.mp4"]], clip_seconds=0, progress=False)
+    (none,) = encoder.encode_videos([videos["clips/qcif.mp4"]], clip_seconds=None, progress=False)
+    assert whole.starts.tolist() == none.starts.tolist() and len(whole.embeddings) == 1
+    np.testing.assert_array_equal(whole.embeddings, none.embeddings)
+
+
 def test_decoded_frames_and_too_short(setup):
     config, variables, mesh, _, _ = setup
     encoder = Encoder(config, variables, mesh, batch_size=2)
