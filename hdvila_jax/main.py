@@ -17,7 +17,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from hdvila_jax import compilation_cache, config_files, demo, eval_only, multihost, storage
+from hdvila_jax import compilation_cache, config_files, demo, eval_only, multihost, quiet_logs, storage
 from hdvila_jax.config_checks import check_config
 from hdvila_jax.data.answers import AnswerVocabError
 from hdvila_jax.models.config import ConfigError
@@ -101,6 +101,7 @@ def _stop(message: str, code: int) -> None:
 
 def _run(argv):
     del argv
+    quiet_logs.quiet_library_logs()
     config = _CONFIG.value
     if storage.isfile(_WORKDIR.value):
         raise TrainConfigError(f"--workdir={_WORKDIR.value} is a file; name a folder (new or a run's)")
