@@ -31,7 +31,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from hdvila_jax import accelerators, hlo_profile, variables_io
+from hdvila_jax import accelerators, hlo_profile, storage, variables_io
 from hdvila_jax.models import HDVILA
 from hdvila_jax.train.step_builder import BuiltStep, build_step, eval_batch_shapes, memory_per_device
 
@@ -99,6 +99,8 @@ def compile_for_topology(config: ml_collections.ConfigDict, topology: str, per_c
                          with_eval: bool = True, profile: bool = False, hlo_path: str | None = None) -> dict[str, Any]:
     """Compile ``config``'s train step (and its eval step) for ``topology``; the report (with
     ``profile``, also the train step's ``op_profile`` and ``module_profile``; ``hlo_path``: write its optimised HLO there)."""
+    if per_chip_batch is not None and per_chip_batch < 1:
+        raise AotError(f"--per_chip_batch={per_chip_batch}: must be a positive integer")
     devices = topology_devices(topology)
     chips = chips_in(topology)
     if len(devices) % chips:
@@ -201,14 +203,13 @@ def main(argv):
         report = compile_for_topology(args.config, args.topology, args.per_chip_batch, args.eval, args.profile,
                                       args.hlo)
     except AotError as e:
-        sys.exit(f"hdvila_jax.aot: {e}")
+        sys.exit(f"error: {e}")
     print_report(report)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        storage.write_text(args.json, json.dumps(report, indent=2))
     error = fit_error(report)
     if error:
-        sys.exit(f"hdvila_jax.aot: {error}")
+        sys.exit(f"error: {error}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ def test_topology_names_are_parsed_and_bad_ones_named():
         aot.chips_in("v5p-8")
     with pytest.raises(aot.AotError, match="--topology='v99:2x2'"):
         aot.topology_devices("v99:2x2")
+    for bad in (0, -2):  # named as the flag the user set, not as the batch size it would make
+        with pytest.raises(aot.AotError, match=f"^--per_chip_batch={bad}: must be a positive integer$"):
+            aot.compile_for_topology(_config(), "v5e:2x4", per_chip_batch=bad)
 
 
 def test_tpu_step_is_traced_with_tpu_convolutions():
