@@ -26,13 +26,14 @@ from hdvila_jax.tasks.base import TrainConfigError
 from hdvila_jax.train import trainer
 from hdvila_jax.train.optimizer import OptimizerConfigError
 from hdvila_jax.train.shared_workdir import SharedWorkdirError
+from hdvila_jax.train.workdir_lock import WorkdirLockedError
 from hdvila_jax.variables_io import CheckpointError
 
 # Failures a user acts on (a config field out of range, a bucket or server that is not there, a
 # workdir the hosts do not share, a checkpoint that cannot be written or restored): one "error:" line
 # on every process, exit 1, no traceback.
 _STOPPING_ERRORS = (TrainConfigError, ConfigError, ShardingConfigError, OptimizerConfigError, AnswerVocabError,
-                    storage.StorageError, SharedWorkdirError, CheckpointError)
+                    storage.StorageError, SharedWorkdirError, WorkdirLockedError, CheckpointError)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Trainer config file[:variant].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config, metrics and checkpoints.")

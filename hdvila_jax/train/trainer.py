@@ -24,6 +24,7 @@ from hdvila_jax.models import HDVILA
 from hdvila_jax.tasks.base import Task
 from hdvila_jax.train import checkpointing, startup
 from hdvila_jax.train.shared_workdir import check_shared_workdir
+from hdvila_jax.train.workdir_lock import WorkdirLock
 from hdvila_jax.train.best_checkpoint import BestCheckpoint
 from hdvila_jax.train.pending_metrics import PendingMetrics
 from hdvila_jax.train.preemption import Preemption
@@ -62,6 +63,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, task: Ta
         _, task = check_config(config)
     storage.makedirs(workdir)
     check_shared_workdir(workdir)  # several processes: all see one workdir, or all stop here
+    lock = WorkdirLock(workdir)  # one run per workdir, or this one stops here
+    try:
+        return _train(config, workdir, task)
+    finally:
+        lock.release()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> dict[str, float]:
+    """:func:`train_and_evaluate` once the workdir is checked and locked."""
     config = resolve_epochs(task.resolve(config))
     built = build_step(config, task=task)
     mesh, model_cfg = built.mesh, built.model_cfg
