@@ -46,3 +46,8 @@ def test_evaluate_with_no_set_found_is_an_error(tmp_path):
     last = _fails(["hdvila_jax.evaluate", f"--checkpoint={tmp_path / 'ckpt'}", "--sets=msrvtt,didemo",
                    f"--data_root={tmp_path / 'nothing'}", f"--workdir={tmp_path / 'eval'}"], train_helpers.REPO)
     assert last.startswith("error: no set could be evaluated: no records match msrvtt (") and "didemo (" in last
+
+
+def test_search_query_refuses_an_empty_text(tmp_path):
+    last = _fails(["hdvila_jax.search", "query", f"--index={tmp_path / 'index'}", "a dog", " "], tmp_path)
+    assert last == "error: query 2 of 2 is empty: give each query some text"

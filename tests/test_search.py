@@ -1,6 +1,7 @@
 """Embedding index and text-to-video search (hdvila_jax.search)."""
 import io
 import os
+import re
 import subprocess
 import sys
 
@@ -78,6 +79,20 @@ def test_load_index_names_missing_files(small_index, tmp_path):
         load_index(small_index.path)
     with pytest.raises(SearchError, match="--index=.*not a directory"):
         load_index(str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize("name", ["embeddings.npy", "manifest.json", "videos.jsonl", "thumbnail_offsets.npy"])
+@pytest.mark.parametrize("damage", ["empty", "cut in half"])
+def test_load_index_names_a_damaged_file(small_index, name, damage):
+    path = os.path.join(small_index.path, name)
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(b"" if damage == "empty" else data[:len(data) // 2])
+    with pytest.raises(SearchError, match="^--index=") as error:
+        load_index(small_index.path)
+    message = str(error.value)
+    assert name in message and re.search("damaged|inconsistent|format_version", message), message
 
 
 def test_save_index_rejects_mismatched_lengths(tmp_path):

@@ -52,7 +52,7 @@ _FRAME_SIZE = flags.DEFINE_list("frame_size", None, "index --videos: H,W of the 
                                 "from (default: the paper's margins around the config's crop).")
 _SAMPLE_RATE = flags.DEFINE_integer("sample_rate", FrameOptions.sample_rate,
                                     "index --videos: frame stride between a clip's frames, as the records' builder.")
-_JSON = flags.DEFINE_bool("json", False, "query: print the hits as JSON (one list per query).")
+_JSON = flags.DEFINE_bool("json", False, "query: print JSON: a list of {query, hits: [{path, start, end, score, rank, id}]}.")
 _OUT = flags.DEFINE_string("out", None, "index: the index directory to write (local or gs://).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "index: global batch (default config.eval_batch_size).")
 _INDEX = flags.DEFINE_string("index", None, "query: the index directory to search (local or gs://).")
@@ -106,6 +106,9 @@ def run_index(args: list[str]) -> None:
 def run_query(queries: list[str]) -> None:
     if not queries:
         raise app.UsageError('query needs at least one query text: query --index=IDX "a red circle moves left"')
+    empty = [str(i) for i, query in enumerate(queries, 1) if not query.strip()]
+    if empty:
+        raise SearchError(f"query {', '.join(empty)} of {len(queries)} is empty: give each query some text")
     index = load_index(_require(_INDEX.value, "index", "query"))
     results = search_text(index, queries, _TOP.value, checkpoint=_CHECKPOINT.value)
     if _JSON.value:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -117,6 +117,23 @@ def _read_thumbnails(path: str, size: int) -> np.ndarray:
     return np.memmap(path, np.uint8, "r")
 
 
+def _part(index: str, name: str, read: Callable[[str], Any]) -> Any:
+    """``read(<index>/<name>)``, a file that cannot be parsed as what it claims to be raised as a
+    SearchError naming it."""
+    try:
+        return read(storage.join(index, name))
+    except (ValueError, OSError, EOFError, KeyError, TypeError) as e:
+        raise SearchError(f"--index={index!r}: {name} is damaged ({type(e).__name__}: {str(e)[:200]}); "
+                          "rebuild it with `python -m hdvila_jax.search index`") from None
+
+
+def _video_row(line: str) -> dict:
+    row = json.loads(line)
+    if not isinstance(row, dict) or "id" not in row or "caption" not in row:
+        raise ValueError(f"not an index row: {line[:80]!r}")
+    return row
+
+
 def load_index(path: str) -> Index:
     """Read an index written by :func:`save_index`; errors name ``--index`` and the missing file."""
     if not storage.isdir(path):
@@ -125,19 +142,19 @@ def load_index(path: str) -> Index:
     if missing:
         raise SearchError(f"--index={path!r} lacks {', '.join(missing)}; "
                           "write it with `python -m hdvila_jax.search index`")
-    manifest = json.loads(storage.read_text(storage.join(path, MANIFEST)))
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise SearchError(f"--index={path!r}: {MANIFEST} has format_version {manifest.get('format_version')!r}, "
-                          f"expected {FORMAT_VERSION}")
-    videos = [json.loads(line) for line in storage.read_text(storage.join(path, VIDEOS)).splitlines()]
-    embeddings = read_npy(storage.join(path, EMBEDDINGS), mmap=True)
-    offsets = read_npy(storage.join(path, OFFSETS))
-    thumbnails = _read_thumbnails(storage.join(path, THUMBNAILS), int(offsets[-1]))
-    count = manifest["count"]
-    if embeddings.shape != (count, manifest["dim"]) or len(videos) != count or len(offsets) != count + 1:
-        raise SearchError(f"--index={path!r} is inconsistent: manifest says {count} x {manifest['dim']}, "
+    manifest = _part(path, MANIFEST, lambda f: json.loads(storage.read_text(f)))
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        found = manifest.get("format_version") if isinstance(manifest, dict) else None
+        raise SearchError(f"--index={path!r}: {MANIFEST} has format_version {found!r}, expected {FORMAT_VERSION}")
+    count, dim = _part(path, MANIFEST, lambda f: (int(manifest["count"]), int(manifest["dim"])))
+    videos = _part(path, VIDEOS, lambda f: [_video_row(line) for line in storage.read_text(f).splitlines()])
+    embeddings = _part(path, EMBEDDINGS, lambda f: read_npy(f, mmap=True))
+    offsets = _part(path, OFFSETS, lambda f: read_npy(f))
+    if embeddings.shape != (count, dim) or len(videos) != count or offsets.shape != (count + 1,):
+        raise SearchError(f"--index={path!r} is inconsistent: manifest says {count} x {dim}, "
                           f"{EMBEDDINGS} is {embeddings.shape}, {VIDEOS} has {len(videos)} rows, "
-                          f"{OFFSETS} has {len(offsets)} entries")
+                          f"{OFFSETS} has {len(offsets)} entries; rebuild it with `python -m hdvila_jax.search index`")
+    thumbnails = _part(path, THUMBNAILS, lambda f: _read_thumbnails(f, int(offsets[-1])))
     if offsets[-1] != len(thumbnails):
         raise SearchError(f"--index={path!r}: {THUMBNAILS} has {len(thumbnails)} bytes, offsets say {offsets[-1]}")
     return Index(path=path, manifest=manifest, embeddings=embeddings, ids=[v["id"] for v in videos],
