@@ -46,7 +46,12 @@ def _is_video_name(path: str) -> bool:
 
 
 def _local_state(path: str) -> FileState:
-    stat = os.stat(path)
+    """``[size, mtime_ns]``; ``[-1, -1]`` for a file that cannot be stat'ed (a link that loops or leads
+    nowhere): it is listed, and reading it reports it as unreadable."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return [-1, -1]
     return [stat.st_size, stat.st_mtime_ns]
 
 
@@ -56,7 +61,8 @@ def _local_files_below(folder: str) -> dict[str, FileState]:
 
 
 def _local_glob(pattern: str) -> dict[str, FileState]:
-    return {path: _local_state(path) for path in glob.glob(pattern, recursive=True) if os.path.isfile(path)}
+    return {path: _local_state(path) for path in glob.glob(pattern, recursive=True)
+            if os.path.isfile(path) or os.path.islink(path)}
 
 
 def _gs_files(pattern: str, folder: bool) -> dict[str, FileState]:

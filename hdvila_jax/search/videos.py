@@ -21,6 +21,7 @@ import re
 from typing import Any, Sequence
 
 import numpy as np
+from absl import logging
 from tqdm import tqdm
 
 from hdvila_jax import storage
@@ -73,11 +74,14 @@ class _WorkDir:
         lists = sorted((int(m.group(1)), name) for name in storage.listdir(self.path)
                        if (m := _CHUNK_LIST.match(name)))
         for chunk, name in lists:  # in chunk order: a file encoded again later counts as of its last chunk
-            for line in storage.read_text(storage.join(self.path, name)).splitlines():
-                if line.strip():
-                    entry = json.loads(line)
-                    self.done[entry["path"]] = entry
             self.chunks = chunk + 1
+            try:
+                entries = [json.loads(line) for line in storage.read_text(storage.join(self.path, name)).splitlines()
+                           if line.strip()]
+                found = {entry["path"]: entry for entry in entries}
+                self.done.update(found)
+            except (ValueError, KeyError, TypeError) as e:  # damaged: its videos are encoded again
+                logging.warning("%s is damaged (%s); its videos are encoded again", storage.join(self.path, name), e)
 
     def _file(self, kind: str, chunk: int, ext: str) -> str:
         return storage.join(self.path, f"{kind}-{chunk:05d}.{ext}")

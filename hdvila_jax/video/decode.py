@@ -45,6 +45,8 @@ def _opened(path: str) -> Iterator[av.container.InputContainer]:
         size = storage.size(path)
     except FileNotFoundError:
         raise VideoError("missing video file") from None
+    except OSError as e:  # a link that loops, a file we may not read
+        raise VideoError(f"unreadable: {e.strerror or e}") from None
     if size == 0:
         raise VideoError("zero-length file")
     with contextlib.ExitStack() as stack:
