@@ -130,6 +130,18 @@ def _resolve_vocab(config: ml_collections.ConfigDict, config_path: str | None) -
     return next((c for c in candidates if storage.exists(c)), vocab)
 
 
+def _model_differences(config: ml_collections.ConfigDict, run_config: str | None) -> str:
+    """The model fields where ``config`` differs from the run's ``config.json`` (``run_config``), as
+    ``model.hidden_size 32 vs 64 (the run's)``; "" without a run config or a difference."""
+    if run_config is None:
+        return ""
+    run_model = json.loads(storage.read_text(run_config)).get("model", {})
+    mine = config.model.to_dict()
+    keys = sorted(k for k in mine.keys() & run_model.keys() if mine[k] != run_model[k] and
+                  not (isinstance(mine[k], (list, tuple)) and list(mine[k]) == run_model[k]))
+    return ", ".join(f"model.{k} {mine[k]!r} vs {run_model[k]!r} (the run's)" for k in keys)
+
+
 class Encoder:
     """Text and video embeddings ``[N, D]`` (L2-normalised) of a trained model's stage-1 towers."""
 
@@ -165,7 +177,10 @@ class Encoder:
         dir, a step dir or converted variables) onto the local devices. ``frame_options``: how clips are
         stored (a FrameOptions, the ``<split>_build.json`` of records to match, or a dict of fields
         changed from the default: frames with the paper's margins around ``model.crop_size``). ``mesh``: axes sizes (default ``config.mesh``)."""
+        if checkpoint and not storage.exists(checkpoint):
+            raise EncoderError(f"checkpoint {checkpoint!r} does not exist")
         config_path = find_run_config(checkpoint)
+        explicit = config is not None
         config = resolve_config(config, checkpoint)
         for key in ("model", "data", "mesh"):
             if key not in config:
@@ -184,7 +199,13 @@ class Encoder:
                 raise EncoderError(f"frame_options={frame_options!r}: {e}") from e
         model_cfg = model_config_from_dict(config.model.to_dict())
         device_mesh = sharding.make_mesh(mesh or config.mesh, devices=jax.local_devices())
-        variables, origin = restore_stage1_variables(config, model_cfg, device_mesh, checkpoint)
+        try:
+            variables, origin = restore_stage1_variables(config, model_cfg, device_mesh, checkpoint)
+        except EncoderError as err:
+            differences = _model_differences(config, config_path) if explicit else ""
+            if not differences:
+                raise
+            raise EncoderError(f"the config does not match this checkpoint ({differences}): {err}") from err
         return cls(config, variables, device_mesh, frame_options, batch_size, origin, workers)
 
     @property

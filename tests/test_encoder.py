@@ -71,6 +71,22 @@ def test_old_run_config_with_data_crop_and_frames_loads(setup, tmp_path):
     assert (encoder.frame_options.frame_height, encoder.frame_options.frame_width) == (72, 240)
 
 
+def test_from_checkpoint_names_what_is_wrong(setup, tmp_path):
+    config, variables, _, _, _ = setup
+    (tmp_path / "config.json").write_text(config.to_json_best_effort(indent=2))
+    variables_io.save_variables(tmp_path / "variables", variables)
+    with pytest.raises(EncoderError, match="^checkpoint '.*nowhere' does not exist$"):
+        Encoder.from_checkpoint(str(tmp_path / "nowhere"))  # no config given: not "no config.json"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EncoderError, match="holds no checkpoint"):
+        Encoder.from_checkpoint(str(tmp_path / "empty"), config=config)
+    wider = config.copy_and_resolve_references()
+    wider.model.hidden_size = 2 * config.model.hidden_size
+    with pytest.raises(EncoderError, match=rf"^the config does not match this checkpoint \(model.hidden_size "
+                                           rf"{wider.model.hidden_size} vs {config.model.hidden_size} \(the run's\)\)"):
+        Encoder.from_checkpoint(str(tmp_path / "variables"), config=wider)
+
+
 def test_windows_bad_files_and_texts(setup):
     config, variables, mesh, videos, _ = setup
     encoder = Encoder(config, variables, mesh, batch_size=4)
