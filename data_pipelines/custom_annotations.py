@@ -28,15 +28,21 @@ from hdvila_jax import storage
 CHOICE_SEPARATOR = "|"
 
 
-def read_rows(path: str) -> Iterator[tuple[str, dict | None, str | None]]:
-    """("FILE:LINE", row, error) of every non-blank row of a CSV (header row first) or JSONL / JSON file."""
+def read_rows(path: str, required: tuple[str, ...] = ()) -> Iterator[tuple[str, dict | None, str | None]]:
+    """("FILE:LINE", row, error) of every non-blank row of a CSV (header row first) or JSONL / JSON file.
+    A CSV whose header row lacks a ``required`` column is a ValueError naming the header."""
     if not path.lower().endswith(".csv"):
         yield from json_objects(path)
         return
     with storage.open_file(path, "rb") as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames:
-            raise ValueError(f"{path}: empty CSV (the first row must name the columns)")
+            raise ValueError(f"{path}: empty CSV (the first row must name the columns: {', '.join(required)})")
+        columns = [name.strip() for name in reader.fieldnames if name]
+        lacking = [name for name in required if name not in columns]
+        if lacking:
+            raise ValueError(f"{path}: the header row ({', '.join(columns)}) lacks the column(s) {', '.join(lacking)}; "
+                             f"the first row must name the columns: {', '.join(required)} and the optional ones")
         for row in reader:
             item = f"{path}:{reader.line_num}"
             if None in row:
@@ -67,7 +73,8 @@ def _video(row: dict, videos: FileSet) -> tuple[str | None, str | None]:
     return storage.absolute(path), None
 
 
-def _span(row: dict) -> tuple[tuple[float, float] | None, str | None]:
+def row_span(row: dict) -> tuple[tuple[float, float] | None, str | None]:
+    """(the row's ``start, end`` in seconds or None for the whole file, None) or (None, why not)."""
     start, end = (row.get(k) for k in ("start", "end"))
     start = None if start is None or str(start).strip() == "" else start
     end = None if end is None or str(end).strip() == "" else end
@@ -102,16 +109,21 @@ def read_custom_retrieval(path: str, videos_dir: str) -> tuple[list[ClipSpec], l
     skipped, warnings = [], []
     clips: dict[tuple, dict] = {}
     videos = FileSet(videos_dir)
-    for item, row, error in read_rows(path):
+    seen: dict[tuple, str] = {}  # (video, span, caption) -> its first row
+    for item, row, error in read_rows(path, ("video", "caption")):
         if row is not None:
             item = _item(item, row)
             video, error = _video(row, videos)
             caption, caption_error = _text(row, "caption")
-            span, span_error = _span(row)
+            span, span_error = row_span(row)
             error = error or caption_error or span_error
         if error is not None:
             skipped.append(BadInput(item, error))
             continue
+        if (video, span, caption) in seen:  # stored once
+            warnings.append(BadInput(item, f"duplicate of {seen[video, span, caption]}"))
+            continue
+        seen[video, span, caption] = item
         key = (video, span)
         if key in clips:
             clips[key]["texts"].append(caption)
@@ -145,7 +157,7 @@ def _qa_rows(path: str, videos_dir: str, multiple_choice: bool) -> Iterator[tupl
     """(item, {video, question, answer[, choices, index]}, error) of each row."""
     count = None
     videos = FileSet(videos_dir)
-    for item, row, error in read_rows(path):
+    for item, row, error in read_rows(path, ("video", "question", "answer")):
         if error is not None:
             yield item, None, error
             continue

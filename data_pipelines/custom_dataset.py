@@ -26,8 +26,10 @@ import sys
 
 from data_pipelines import build_tfrecords
 from data_pipelines.annotations import BadInput, ClipSpec
-from data_pipelines.custom_annotations import read_custom_mc, read_custom_qa, read_custom_retrieval, read_rows
+from data_pipelines.custom_annotations import (read_custom_mc, read_custom_qa, read_custom_retrieval, read_rows,
+                                               row_span)
 from hdvila_jax import storage
+from hdvila_jax.video.decode import VideoError, VideoInfo, probe_video
 
 SPLITS = ("train", "val")
 
@@ -80,17 +82,46 @@ def split_videos(specs: list[ClipSpec], val_fraction: float) -> dict[str, set[st
     return splits
 
 
-def write_split_rows(args: argparse.Namespace, bad: list[BadInput], splits: dict[str, set[str]]) -> dict[str, str]:
-    """The good rows of the annotations (absolute `video`, `source` = their FILE:LINE) into
-    `<output>/annotations/<split>.jsonl`; returns {split: path} of the non-empty splits."""
-    bad_items = {b.item for b in bad}
+def usable_clips(specs: list[ClipSpec]) -> tuple[list[ClipSpec], list[BadInput]]:
+    """The clips whose video can be read and whose span lies within it, and a bad row for each other one
+    (every row of an unreadable video is bad): checked before the split, so no split ends up with
+    clips the build would drop."""
+    infos: dict[str, VideoInfo | str] = {}
+    kept, bad = [], []
+    for spec in specs:
+        if spec.video_path not in infos:
+            try:
+                infos[spec.video_path] = probe_video(spec.video_path)
+            except VideoError as e:
+                infos[spec.video_path] = str(e)
+        info = infos[spec.video_path]
+        rows = f" (clip {spec.clip_id}, {len(spec.texts)} rows)" if len(spec.texts) > 1 else ""
+        if isinstance(info, str):
+            bad.append(BadInput(spec.line, f"unreadable video {spec.video_path}: {info}{rows}"))
+        elif spec.span is not None and info.fps and spec.span[1] > info.end_time + 1.0 / info.fps:
+            bad.append(BadInput(spec.line, f"end ({spec.span[1]:g}) is past the video's end "
+                                           f"({info.end_time:.2f} s){rows}"))
+        else:
+            kept.append(spec)
+    return kept, bad
+
+
+def write_split_rows(args: argparse.Namespace, specs: list[ClipSpec], splits: dict[str, set[str]],
+                     left_out: list[BadInput]) -> dict[str, str]:
+    """The rows of the usable clips ``specs`` but those ``left_out`` (bad or duplicate rows; absolute
+    `video`, `source` = their FILE:LINE) into `<output>/annotations/<split>.jsonl`; returns {split: path}
+    of the non-empty splits."""
+    clips = {(spec.video_path, spec.span) for spec in specs}
+    left_out_items = {b.item for b in left_out}
     rows: dict[str, list[dict]] = {split: [] for split in SPLITS}
     for item, row, _ in read_rows(args.annotations):
-        if row is None or item in bad_items:
+        if row is None or item in left_out_items or not isinstance(row.get("video"), str):
             continue
         video = row["video"].strip()
         as_given = os.path.isabs(video) or storage.is_remote(video)
         video = storage.absolute(video if as_given else storage.join(args.videos, video))
+        if (video, row_span(row)[0] if args.task == "retrieval" else None) not in clips:
+            continue  # a bad row, or a row of a clip found unusable
         split = next(name for name in SPLITS if video in splits[name])
         rows[split].append(dict(row, video=video, source=item))
     folder = storage.join(args.output, "annotations")
@@ -122,26 +153,45 @@ def convert(args: argparse.Namespace) -> dict:
         fmt, reader = "custom_mc", read_custom_mc
     else:
         fmt, reader = "custom_qa", read_custom_qa
-    specs, bad, _ = reader(args.annotations, args.videos)
+    specs, bad, duplicates = reader(args.annotations, args.videos)
+    specs, unusable = usable_clips(specs)
+    bad += unusable
     for row in bad:
         print(f"skipped {row.item}: {row.reason}", file=sys.stderr)
+    for row in duplicates:
+        print(f"stored once {row.item}: {row.reason}", file=sys.stderr)
     if not specs:
-        raise SystemExit(f"--annotations {args.annotations}: no usable rows ({len(bad)} bad)")
+        raise SystemExit(f"error: --annotations {args.annotations}: no usable rows ({len(bad)} bad)")
     splits = split_videos(specs, args.val_fraction)
+    for split in SPLITS:
+        if not splits[split] and (split == "train" or args.val_fraction > 0):
+            raise SystemExit(f"error: the {split} split would be empty: {len(splits['train'] | splits['val'])} usable "
+                             f"video(s); add videos" + (" or use --val_fraction 0 (no val split)"
+                                                        if split == "val" else ""))
     records = storage.join(args.output, "records")
-    summary = dict(format=fmt, annotations=storage.absolute(args.annotations), bad_rows=[vars(b) for b in bad])
-    for split, path in write_split_rows(args, bad, splits).items():
+    summary = dict(format=fmt, annotations=storage.absolute(args.annotations), bad_rows=[vars(b) for b in bad],
+                   duplicate_rows=[vars(d) for d in duplicates])
+    for split, path in write_split_rows(args, specs, splits, bad + duplicates).items():
         report = build_tfrecords.build(build_tfrecords.parse_args(_build_flags(args, fmt, split, path, records)))
         summary[split] = dict(videos=len(splits[split]), examples=report["records"], skipped=report["skipped"],
                               files=storage.join(storage.absolute(records), f"{split}-*.tfrecord"))
+        if not report["records"]:
+            raise SystemExit(f"error: the {split} split has 0 examples after the build "
+                             f"({len(report['skipped'])} skipped: {storage.join(records, f'{split}_report.json')})")
     storage.write_text(storage.join(args.output, "custom_dataset.json"), json.dumps(summary, indent=1))
-    print(f"{len(bad)} bad rows skipped; " + "; ".join(
-        f"{s}: {summary[s]['examples']} examples of {summary[s]['videos']} videos" for s in SPLITS if s in summary))
+    dropped = sum(len(summary[s]["skipped"]) for s in SPLITS if s in summary)
+    print(f"{len(bad)} bad rows skipped, {dropped} clips dropped at build time, {len(duplicates)} duplicate rows "
+          "stored once; " + "; ".join(f"{s}: {summary[s]['examples']} examples of {summary[s]['videos']} videos"
+                                      for s in SPLITS if s in summary))
     return summary
 
 
 def main(argv: list[str] | None = None) -> None:
-    convert(parse_args(argv))
+    args = parse_args(argv)
+    try:
+        convert(args)
+    except ValueError as err:  # an empty CSV, a header without the needed columns
+        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

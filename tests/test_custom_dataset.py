@@ -3,6 +3,9 @@ fine-tuning configs/retrieval.py:custom_tiny on them; one-command evaluation of 
 import glob
 import json
 import os
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -71,6 +74,57 @@ def test_qa_rows_jsonl_open_and_multiple_choice(videos):
         (f"{path}:2", "missing or empty question"),
         (f"{path}:5", "answer 'left' is neither one of the choices nor an index in [0, 3)"),
         (f"{path}:6", "2 choices, the file's first question has 3")]
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("", "empty CSV (the first row must name the columns: video, caption)"),
+    ("file,text\nwide.mp4,a blue square\n", "the header row (file, text) lacks the column(s) video, caption"),
+    ("wide.mp4,a blue square\nhd.mp4,a red circle\n",
+     "the header row (wide.mp4, a blue square) lacks the column(s) video, caption"),
+])
+def test_a_csv_without_the_right_header_is_named(videos, tmp_path, text, problem):
+    path = tmp_path / "captions.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=re.escape(f"{path}: {problem}")):
+        read_custom_retrieval(str(path), videos)
+    proc = subprocess.run([sys.executable, "-m", "data_pipelines.custom_dataset", "--annotations", str(path),
+                           "--videos", videos, "--output", str(tmp_path / "out")], cwd=train_helpers.REPO,
+                          env=train_helpers.subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {path}: {problem}")
+
+
+def test_unreadable_videos_spans_past_the_end_and_duplicates_are_found_before_the_split(tmp_path):
+    folder = str(tmp_path / "videos")
+    own_videos.write_videos(folder, names=("wide.mp4", "hd.mp4"))  # 6 s and 4 s, and a broken.mp4
+    path = tmp_path / "captions.csv"
+    path.write_text("video,start,end,caption\n"
+                    "wide.mp4,0,3,a blue square\n"
+                    "wide.mp4,0,3,a blue square\n"  # the same row again
+                    "wide.mp4,4,9,past the end of a 6 s video\n"
+                    "broken.mp4,,,not a video\n"
+                    "hd.mp4,0,3,a red circle\n")
+    specs, bad, duplicates = read_custom_retrieval(str(path), folder)
+    assert [(d.item, d.reason) for d in duplicates] == [(f"{path}:3", f"duplicate of {path}:2")]
+    assert specs[0].texts == ("a blue square",) and bad == []
+    kept, unusable = custom_dataset.usable_clips(specs)
+    assert [s.clip_id for s in kept] == ["wide.mp4@0-3", "hd.mp4@0-3"]
+    assert [b.item for b in unusable] == [f"{path}:4", f"{path}:5"]
+    assert unusable[0].reason.startswith("end (9) is past the video's end (6.")
+    assert unusable[1].reason.startswith(f"unreadable video {os.path.join(folder, 'broken.mp4')}: unreadable")
+
+    # Two usable videos: a val split of one; with a single usable video the val split would be empty.
+    args = ["--annotations", str(path), "--videos", folder, "--frame_size", "72", "240", "--sample_rate", "2",
+            "--num_shards", "1", "--workers", "1", "--min_clips", "1", "--num_candidates", "1"]
+    summary = custom_dataset.convert(custom_dataset.parse_args([*args, "--output", str(tmp_path / "two"),
+                                                                "--val_fraction", "0.5"]))
+    assert summary["train"]["examples"] + summary["val"]["examples"] == 2
+    assert [b["item"] for b in summary["bad_rows"]] == [f"{path}:4", f"{path}:5"]
+    assert summary["duplicate_rows"] == [{"item": f"{path}:3", "reason": f"duplicate of {path}:2"}]
+    (tmp_path / "one.csv").write_text("video,caption\nwide.mp4,a blue square\nbroken.mp4,not a video\n")
+    with pytest.raises(SystemExit, match="error: the val split would be empty: 1 usable video.*--val_fraction 0"):
+        custom_dataset.convert(custom_dataset.parse_args([*args, "--annotations", str(tmp_path / "one.csv"),
+                                                          "--output", str(tmp_path / "one"), "--val_fraction", "0.5"]))
 
 
 def test_split_keeps_videos_whole_and_both_splits_filled():
