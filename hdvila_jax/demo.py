@@ -2,10 +2,12 @@
 start from. Called by the entry point before the trainer; the trainer knows nothing of demos."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
 import sys
-from typing import Callable
+from typing import Callable, Iterator
 
 import jax
 import ml_collections
@@ -24,12 +26,27 @@ def prepare_demo_data(config: ml_collections.ConfigDict) -> None:
     if not config.demo_data_dir or storage.glob(config.data.train_files):
         return
     if jax.process_index() == 0:
-        logging.info("demo data missing: generating it in %s", config.demo_data_dir)
-        command = [sys.executable, "-m", MAKE_DEMO, "--output", config.demo_data_dir,
-                   "--workers", str(os.cpu_count() or 1)]
-        subprocess.run(command, check=True)
+        with _generation_lock(config.demo_data_dir):  # two runs started together: one generates, one waits
+            if not storage.glob(config.data.train_files):
+                logging.info("demo data missing: generating it in %s", config.demo_data_dir)
+                command = [sys.executable, "-m", MAKE_DEMO, "--output", config.demo_data_dir,
+                           "--workers", str(os.cpu_count() or 1)]
+                subprocess.run(command, check=True)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("demo data ready")
+
+
+@contextlib.contextmanager
+def _generation_lock(folder: str) -> Iterator[None]:
+    """An exclusive ``flock`` on ``<folder>/.make_demo.lock`` while held (a local folder; on gs:// none:
+    the builder's objects land whole, so racing builders write the same files)."""
+    if storage.is_remote(folder):
+        yield
+        return
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, ".make_demo.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def prepare_demo_init(config: ml_collections.ConfigDict, config_file: str,
