@@ -26,6 +26,7 @@ from hdvila_jax.encoder import find_run_config
 from hdvila_jax.tasks.base import TrainConfigError
 
 SETS = ("msrvtt", "didemo", "lsmdc", "actnet")
+MIN_MEANINGFUL_VIDEOS = 100  # below this a set's recalls move in steps of more than one point
 COLUMNS = ("R1", "R5", "R10", "MedR", "MeanR")
 HEADERS = ("R@1", "R@5", "R@10", "MedR", "MnR")
 
@@ -67,7 +68,20 @@ def evaluate_sets(config_file: str, names: list[str], checkpoint: str, workdir: 
             results[name] = {"missing": config.data.val_files}
             continue
         results[name] = eval_only.evaluate_checkpoint(config, storage.join(workdir, name))
+        warning = small_set_warning(name, int(results[name].get("num_videos", 0)))
+        if warning:
+            print(warning, file=sys.stderr)
     return results
+
+
+def small_set_warning(name: str, videos: int) -> str:
+    """A warning for a set of fewer than :data:`MIN_MEANINGFUL_VIDEOS` videos ("" otherwise): its
+    recalls move in steps of 100/videos points, chance R@1 is 100/videos."""
+    if videos >= MIN_MEANINGFUL_VIDEOS:
+        return ""
+    step = 100.0 / max(videos, 1)
+    return (f"warning: set {name} has only {videos} videos: its recalls move in steps of {step:.3g} points and "
+            f"chance R@1 is {step:.3g}%; compare numbers only on sets of {MIN_MEANINGFUL_VIDEOS} or more")
 
 
 def markdown_table(results: dict[str, dict]) -> str:

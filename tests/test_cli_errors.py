@@ -51,3 +51,10 @@ def test_evaluate_with_no_set_found_is_an_error(tmp_path):
 def test_search_query_refuses_an_empty_text(tmp_path):
     last = _fails(["hdvila_jax.search", "query", f"--index={tmp_path / 'index'}", "a dog", " "], tmp_path)
     assert last == "error: query 2 of 2 is empty: give each query some text"
+
+
+def test_evaluate_warns_about_a_set_too_small_to_mean_much():
+    from hdvila_jax import evaluate
+    warning = evaluate.small_set_warning("tiny", 8)
+    assert warning.startswith("warning: set tiny has only 8 videos: its recalls move in steps of 12.5 points")
+    assert evaluate.small_set_warning("msrvtt", 1000) == ""

@@ -252,6 +252,6 @@ def test_evaluate_a_gs_checkpoint_into_a_gs_workdir(model, gcs_bucket, tmp_path_
     assert local["tiny"]["num_videos"] == 8
     for key, value in local["tiny"].items():
         assert written["sets"]["tiny"][key] == pytest.approx(value, abs=1e-4), key
-    assert "| tiny | 8 |" in proc.stdout
+    assert "| tiny | 8 |" in proc.stdout and "warning: set tiny has only 8 videos" in proc.stderr
     rows = [json.loads(line) for line in storage.read_text(f"{root}/eval/tiny/metrics.jsonl").splitlines()]
     assert len(rows) == 1 and rows[0]["eval/num_videos"] == 8
