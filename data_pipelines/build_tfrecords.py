@@ -283,7 +283,13 @@ def build(args: argparse.Namespace, pool: multiprocessing.pool.Pool | None = Non
 
 
 def main(argv: list[str] | None = None) -> None:
-    build(parse_args(argv))
+    args = parse_args(argv)
+    missing = [f"--{flag} {getattr(args, flag)}: no such file" for flag in ("annotations", "transcripts")
+               if getattr(args, flag) and not storage.isfile(getattr(args, flag))]
+    missing += [] if storage.isdir(args.videos) else [f"--videos {args.videos}: no such folder"]
+    if missing:
+        raise SystemExit(f"error: {missing[0]}")
+    build(args)
 
 
 if __name__ == "__main__":

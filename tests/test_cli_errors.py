@@ -58,3 +58,13 @@ def test_evaluate_warns_about_a_set_too_small_to_mean_much():
     warning = evaluate.small_set_warning("tiny", 8)
     assert warning.startswith("warning: set tiny has only 8 videos: its recalls move in steps of 12.5 points")
     assert evaluate.small_set_warning("msrvtt", 1000) == ""
+
+
+def test_convert_and_build_name_a_missing_file(tmp_path):
+    missing = tmp_path / "nope.bin"
+    assert _fails(["hdvila_jax.convert", "--model_config=configs/model.py:tiny", f"--output={tmp_path / 'out'}",
+                   f"--bert={missing}"], train_helpers.REPO) == f"error: checkpoint file not found: {missing}"
+    assert _fails(["data_pipelines.build_tfrecords", "--videos", str(tmp_path), "--annotations",
+                   str(tmp_path / "a.jsonl"), "--output", str(tmp_path / "records")], train_helpers.REPO) == (
+        f"error: --annotations {tmp_path / 'a.jsonl'}: no such file")
+    assert not os.path.exists(tmp_path / "out") and not os.path.exists(tmp_path / "records")

@@ -16,6 +16,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from hdvila_jax.convert import convert_hdvila, load_bert, load_resnet, load_state_dict
+from hdvila_jax.storage import StorageError
 from hdvila_jax.models import model_config_from_dict
 from hdvila_jax.models.variables import init_variables
 from hdvila_jax.variables_io import save_variables
@@ -55,8 +56,11 @@ def main(argv):
     del argv
     if _MODEL.value is None or _OUTPUT.value is None:
         raise app.UsageError("--model_config and --output are required")
-    variables = convert(_MODEL.value, int(_STAGE.value), _HDVILA.value, _BERT.value, _RESNET.value,
-                        _SEED.value, _ALLOW_MISSING.value)
+    try:
+        variables = convert(_MODEL.value, int(_STAGE.value), _HDVILA.value, _BERT.value, _RESNET.value,
+                            _SEED.value, _ALLOW_MISSING.value)
+    except (ValueError, OSError, ImportError, StorageError) as err:  # a missing or foreign file, a bad flag
+        raise SystemExit(f"error: {err}") from None
     save_variables(_OUTPUT.value, variables)
     logging.info("wrote %s", _OUTPUT.value)
 
