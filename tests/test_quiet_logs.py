@@ -18,7 +18,8 @@ def test_orbax_info_lines_are_dropped_unless_asked_for():
     assert sum(isinstance(f, quiet_logs._QuietPackages) for f in handler.filters) == 1
     orbax_file = os.path.join("site-packages", "orbax", "checkpoint", "checkpoint_manager.py")
     ours = os.path.join("hdvila_jax", "train", "trainer.py")
-    before = logging.get_verbosity()
+    absl_logger = std_logging.getLogger("absl")
+    before = absl_logger.level  # restored as it was (get/set_verbosity would leave an explicit level behind)
     try:
         logging.set_verbosity(logging.INFO)
         assert not handler.filter(_record(orbax_file, std_logging.INFO))
@@ -27,4 +28,4 @@ def test_orbax_info_lines_are_dropped_unless_asked_for():
         logging.set_verbosity(1)  # --verbosity=1: everything again
         assert handler.filter(_record(orbax_file, std_logging.INFO))
     finally:
-        logging.set_verbosity(before)
+        absl_logger.setLevel(before)
