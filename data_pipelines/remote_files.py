@@ -9,13 +9,6 @@ from __future__ import annotations
 from hdvila_jax import storage
 
 
-def _gcs(path: str):
-    """The gcsfs filesystem for ``path`` (``storage.path`` first: its checks and environment)."""
-    storage.path(path)
-    import fsspec
-    return fsspec.filesystem("gcs")
-
-
 class FileSet:
     """Answers "is there a file at this path?" for candidate paths under one folder.
 
@@ -34,5 +27,5 @@ class FileSet:
             return storage.isfile(path)
         if self._objects is None:
             root = self._prefix[:-1]
-            self._objects = frozenset(storage.GS + p for p in _gcs(root).find(root))
+            self._objects = frozenset(storage.GS + p for p in storage.remote_filesystem(root).find(root))
         return path in self._objects

@@ -190,6 +190,15 @@ def _probe_bucket(p: str) -> None:
     _probed.add(key)
 
 
+def remote_filesystem(p: str | os.PathLike):
+    """The gcsfs filesystem (an fsspec ``AbstractFileSystem``) for the gs:// path ``p``, after the checks
+    every gs:// access gets (gcsfs installed, the emulator's environment, the bucket probed once): for
+    what the path API lacks, such as one listing of a whole folder with each object's details."""
+    text = os.fspath(p)
+    _check_remote(text)
+    return _epath_fsspec_backend().fs(text)
+
+
 def path(p: str | os.PathLike) -> epath.Path:
     """``p`` as an ``epath.Path`` (what orbax takes): gs:// through fsspec/gcsfs, local as given."""
     text = os.fspath(p)
@@ -307,9 +316,7 @@ def glob(pattern: str) -> list[str]:
     """The paths matching ``pattern`` (``*``, ``?``, ``[...]``; ``**`` for any depth), sorted; gs://
     patterns through gcsfs, returned as gs:// paths."""
     if is_remote(pattern):
-        _check_remote(pattern)
-        fs = _epath_fsspec_backend().fs(pattern)
-        return sorted(GS + found for found in fs.glob(pattern))
+        return sorted(GS + found for found in remote_filesystem(pattern).glob(pattern))
     return sorted(_glob.glob(pattern, recursive=True))
 
 
@@ -400,8 +407,7 @@ def _put_file(target: str | os.PathLike, local: str) -> None:
     text = os.fspath(target)
     if not is_remote(text):
         raise ValueError(f"{text}: upload_file writes gs:// objects; a local file is moved with os.replace")
-    _check_remote(text)
-    _epath_fsspec_backend().fs(text).put_file(local, absolute(text))
+    remote_filesystem(text).put_file(local, absolute(text))
 
 
 def read_range(p: str | os.PathLike, start: int, end: int) -> bytes:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import glob
 import os
 
-import fsspec
-
 from hdvila_jax import storage
 from hdvila_jax.search.index import SearchError
 
@@ -67,10 +65,9 @@ def _local_glob(pattern: str) -> dict[str, FileState]:
 
 def _gs_files(pattern: str, folder: bool) -> dict[str, FileState]:
     """The objects below the prefix ``pattern`` (``folder``) or matching the glob ``pattern``, with their
-    states, from one listing (gcsfs through fsspec, configured by ``hdvila_jax.storage``). As a local
+    states, from one listing (``storage.remote_filesystem``). As a local
     glob, a wildcard matches no hidden name unless the pattern's name starts with a dot."""
-    storage.path(pattern)  # checks for gcsfs and points it at an emulator when one is named
-    fs, _ = fsspec.core.url_to_fs(pattern)
+    fs = storage.remote_filesystem(pattern)
     listing = fs.find(pattern, detail=True) if folder else fs.glob(pattern, detail=True)
     hidden_ok = folder or pattern.rsplit("/", 1)[-1].startswith(".")
     return {storage.GS + name: [int(info["size"]), int(info["generation"])] for name, info in listing.items()
