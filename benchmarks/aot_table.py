@@ -59,11 +59,20 @@ def largest_fitting(config: str, topology: str, remat: str, batches: list[int], 
         row = compile_row(config, topology, remat, per_chip, with_eval)
         if row is None:
             continue
-        print(f"{config} {topology} remat={remat} batch {per_chip}/chip: peak {row['peak_bytes_per_chip'] / GIB:.1f} "
-              f"GiB -> {'fits' if row['fits'] else 'too large'} (compile {row['compile_s']:.0f} s)", flush=True)
+        print(f"{config} {topology} remat={remat} batch {per_chip}/chip: {_needs(row)} -> "
+              f"{'fits' if row['fits'] else 'too large'} (compile {row['compile_s']:.0f} s)", flush=True)
         if row["fits"]:
             break
     return dict(row or {}, config=config, topology=topology, remat=remat)
+
+
+def _needs(row: dict) -> str:
+    """The memory a row's step needs: its peak, or the temporaries libtpu named when it refused to compile it."""
+    if row.get("peak_bytes_per_chip") is not None:
+        return f"peak {row['peak_bytes_per_chip'] / GIB:.1f} GiB"
+    if row.get("temporaries_bytes_per_chip") is not None:
+        return f"refused by libtpu: {row['temporaries_bytes_per_chip'] / GIB:.1f} GiB of temporaries"
+    return f"refused by libtpu ({row.get('compile_refused')})"
 
 
 def print_table(rows: list[dict]) -> None:
@@ -75,7 +84,9 @@ def print_table(rows: list[dict]) -> None:
          "XLA estimate s", "MFU at estimate", "memory-bound s", "compute-bound s"],
         [[r["config"], r["topology"], r["remat"], cell(r, "per_chip_batch", lambda v: f"{v:g}"),
           cell(r, "fits", lambda v: "yes" if v else "no"),
-          cell(r, "peak_bytes_per_chip", lambda v: f"{v / GIB:.1f}"),
+          cell(r, "peak_bytes_per_chip", lambda v: f"{v / GIB:.1f}") if "compile_refused" not in r
+          else f"> {r['temporaries_bytes_per_chip'] / GIB:.1f} (refused)" if r.get("temporaries_bytes_per_chip")
+          else "refused",
           cell(r, "hbm_bytes_per_chip", lambda v: f"{v / GIB:.0f}"),
           cell(r, "flops_per_chip_step", lambda v: f"{v / 1e12:.2f}"),
           cell(r, "xla_estimated_step_s", lambda v: f"{v:.3f}"),

@@ -8,7 +8,9 @@ how fast XLA's cost model thinks it is.
 The step is the trainer's own (``hdvila_jax.train.step_builder.build_step``: the same mesh rules,
 shardings, donation, dtype and remat), traced for TPU and compiled by libtpu for the topology's
 devices (``jax.experimental.topologies``). Topology names are libtpu's: ``v4:2x2x1``, ``v5e:2x4``,
-``v5p:2x2x1``, ``v5p:4x4x4``, ``v6e:2x4``. Exits 1 with a message when the step does not fit.
+``v5p:2x2x1``, ``v5p:4x4x4``, ``v6e:2x4``. Exits 1 with a message when the step does not fit:
+either its peak exceeds the chip's HBM, or libtpu refuses to compile it (``RESOURCE_EXHAUSTED``: it
+does not compile what cannot fit); then the report says ``fits: false`` with the bytes libtpu names.
 
 Memory is per chip (peak = arguments + outputs - aliased + temporaries, from XLA's memory
 analysis); FLOPs per chip and step are XLA's cost analysis of the partitioned program; the
@@ -61,6 +63,43 @@ def cost_of(compiled: jax.stages.Compiled) -> dict[str, float]:
     """XLA's cost analysis of one device's program (a dict, or a one-element list of it)."""
     analysis = compiled.cost_analysis()
     return dict(analysis[0] if isinstance(analysis, (list, tuple)) else analysis or {})
+
+
+# libtpu's refusal: "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO
+# temporaries (18.09G) exceeds available HBM (15.75G)." (sizes in GiB, per device).
+_REFUSED = "RESOURCE_EXHAUSTED"
+_SIZE = r"\(([\d.]+)([KMGT]?)\)"
+_UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+
+
+def _named_bytes(what: str, message: str) -> float | None:
+    """Bytes of ``what (12.3G)`` in libtpu's ``message``, or None when it names none."""
+    match = re.search(re.escape(what) + r"\s*" + _SIZE, message)
+    return float(match.group(1)) * _UNITS[match.group(2)] if match else None
+
+
+def refused_report(message: str, devices_per_chip: int, chip: accelerators.Chip) -> dict[str, Any]:
+    """The report of a step libtpu refused to compile for want of HBM (its ``RESOURCE_EXHAUSTED``
+    ``message``): not fitting, with the bytes it names per chip (None where it names none)."""
+    per_chip = lambda n: n * devices_per_chip if n is not None else None
+    return dict(fits=False, compile_refused=message.strip().splitlines()[0], peak_bytes_per_chip=None,
+                temporaries_bytes_per_chip=per_chip(_named_bytes("HLO temporaries", message)),
+                available_hbm_bytes_per_chip=per_chip(_named_bytes("available HBM", message)),
+                hbm_bytes_per_chip=chip.hbm_bytes)
+
+
+def compile_and_report(lowered: jax.stages.Lowered, devices_per_chip: int, chip: accelerators.Chip,
+                       dtype: str) -> tuple[dict[str, Any], jax.stages.Compiled | None]:
+    """Compile ``lowered``; its report (:func:`compiled_report`, or :func:`refused_report` when libtpu
+    refuses it for want of memory) with the compile time, and the compiled step (None if refused)."""
+    start = time.perf_counter()
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+        if _REFUSED not in str(e):
+            raise
+        return dict(refused_report(str(e), devices_per_chip, chip), compile_s=time.perf_counter() - start), None
+    return dict(compiled_report(compiled, devices_per_chip, chip, dtype), compile_s=time.perf_counter() - start), compiled
 
 
 def compiled_report(compiled: jax.stages.Compiled, devices_per_chip: int, chip: accelerators.Chip,
@@ -122,24 +161,20 @@ def compile_for_topology(config: ml_collections.ConfigDict, topology: str, per_c
                   grad_accum_steps=config.grad_accum_steps,
                   dtype=dtype, remat=built.model_cfg.active_remat or "none", stage=config.stage,
                   task=built.task.name)
-    start = time.perf_counter()
-    compiled = built.lower().compile()
-    report.update(compile_s=time.perf_counter() - start,
-                  **compiled_report(compiled, devices_per_chip, chip, dtype),
-                  # XLA's cost analysis counts a loop body once: with accumulation, one micro-batch's cost
+    train_report, compiled = compile_and_report(built.lower(), devices_per_chip, chip, dtype)
+    # XLA's cost analysis counts a loop body once: with accumulation, one micro-batch's cost
+    report.update(train_report,
                   cost_covers="one micro-batch and the update" if config.grad_accum_steps > 1 else "the step")
-    if hlo_path:
+    if hlo_path and compiled is not None:
         with open(hlo_path, "w") as f:
             f.write(compiled.as_text())
-    if profile:
+    if profile and compiled is not None:
         report["op_profile"] = hlo_profile.op_profile(compiled.as_text())
         report["module_profile"] = hlo_profile.module_profile(compiled.as_text())
     lowered_eval = eval_step_lowered(built) if with_eval else None
     if lowered_eval is not None:
-        start = time.perf_counter()
-        eval_report = compiled_report(lowered_eval.compile(), devices_per_chip, chip, dtype)
-        report["eval"] = dict(eval_report, global_batch=config.eval_batch_size,
-                              compile_s=time.perf_counter() - start)
+        eval_report, _ = compile_and_report(lowered_eval, devices_per_chip, chip, dtype)
+        report["eval"] = dict(eval_report, global_batch=config.eval_batch_size)
     return report
 
 
@@ -148,9 +183,18 @@ def fit_error(report: dict[str, Any]) -> str | None:
     too_big = [(name, row) for name, row in (("train", report), ("eval", report.get("eval"))) if row and not row["fits"]]
     if not too_big:
         return None
-    return "; ".join(f"the {name} step does not fit: peak {_gib(row['peak_bytes_per_chip'])} per chip of "
-                     f"{_gib(row['hbm_bytes_per_chip'])} HBM ({report['chip']})" for name, row in too_big) + (
+    return "; ".join(f"the {name} step does not fit: {_why(row)} ({report['chip']})" for name, row in too_big) + (
         "; lower --per_chip_batch, turn on --config.model.remat=true, or shard more (--config.mesh.fsdp)")
+
+
+def _why(row: dict[str, Any]) -> str:
+    """What a row that does not fit needs against what its chip has."""
+    if "compile_refused" not in row:
+        return f"peak {_gib(row['peak_bytes_per_chip'])} per chip of {_gib(row['hbm_bytes_per_chip'])} HBM"
+    if row["temporaries_bytes_per_chip"] is None:
+        return f"libtpu refused to compile it ({row['compile_refused']})"
+    return (f"libtpu refused to compile it: {_gib(row['temporaries_bytes_per_chip'])} of temporaries per chip "
+            f"exceed the {_gib(row['available_hbm_bytes_per_chip'] or row['hbm_bytes_per_chip'])} of HBM available")
 
 
 def _gib(n: float) -> str:

@@ -142,3 +142,39 @@ def test_qa_eval_step_lowers_for_tpu(qa_type):
     text = aot.eval_step_lowered(built).as_text()
     choices = "5x" if qa_type == "multiple_choice" else ""  # the candidate answers of each question
     assert "stablehlo.convolution" in text and f"tensor<4x{choices}" in text
+
+
+def test_libtpus_refusal_is_read_as_a_step_that_does_not_fit():
+    message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (18.09G) "
+               "exceeds available HBM (15.75G).\nmore detail")
+    row = aot.refused_report(message, 1, accelerators.chip_of("TPU v5e"))
+    assert row["fits"] is False and row["peak_bytes_per_chip"] is None
+    assert row["temporaries_bytes_per_chip"] == pytest.approx(18.09 * 2 ** 30)
+    assert row["available_hbm_bytes_per_chip"] == pytest.approx(15.75 * 2 ** 30)
+    assert row["compile_refused"] == message.splitlines()[0]
+    error = aot.fit_error(dict(row, chip="TPU v5e"))
+    assert error.startswith("the train step does not fit: libtpu refused to compile it: 18.09 GiB of temporaries "
+                            "per chip exceed the 15.75 GiB of HBM available (TPU v5e)")
+    unnamed = aot.refused_report("RESOURCE_EXHAUSTED: out of memory", 1, accelerators.chip_of("TPU v5e"))
+    assert unnamed["temporaries_bytes_per_chip"] is None
+    assert "libtpu refused to compile it (RESOURCE_EXHAUSTED: out of memory)" in aot.fit_error(dict(unnamed, chip="x"))
+
+
+@pytest.mark.slow
+def test_a_step_libtpu_refuses_is_reported_not_a_traceback(tmp_path):
+    # 6000 tiny examples per chip need about 18 GiB of temporaries on a 16 GiB v5e: libtpu refuses to compile it.
+    import json
+    import subprocess
+    import sys
+    out = tmp_path / "report.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "hdvila_jax.aot", "--config=configs/stage1.py:tiny", "--topology=v5e:2x2",
+         "--per_chip_batch=6000", "--eval=false", f"--json={out}"],
+        capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=600)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: the train step does not fit: libtpu refused to compile it: ")
+    assert "fits: False" in result.stdout and "compile_refused: RESOURCE_EXHAUSTED" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["fits"] is False and report["per_chip_batch"] == 6000
+    assert report["temporaries_bytes_per_chip"] > report["available_hbm_bytes_per_chip"] > 15 * accelerators.GIB

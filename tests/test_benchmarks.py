@@ -125,3 +125,19 @@ def test_scaling_benchmark_quick(tmp_path):
     assert fsdp2["sharded_params"] > 0 and fsdp2["collectives"]["all-gather"]["count"] > 0
     assert fsdp2["loss_rel_diff"] < 1e-5
     assert fsdp2["update_rel_diff"] < 1e-3
+
+
+def test_aot_table_shows_a_step_libtpu_refused():
+    # In a process of its own: the table's module defines absl flags that other benchmarks define too.
+    script = """
+from benchmarks import aot_table
+refused = dict(config="c", topology="v5e:2x4", remat="none", per_chip_batch=12, fits=False,
+               compile_refused="RESOURCE_EXHAUSTED: ...", peak_bytes_per_chip=None,
+               temporaries_bytes_per_chip=17.82 * 2 ** 30, hbm_bytes_per_chip=16 * 2 ** 30)
+print(aot_table._needs(refused))
+aot_table.print_table([refused])
+"""
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                         check=True, capture_output=True, text=True).stdout.strip().splitlines()
+    assert out[0] == "refused by libtpu: 17.8 GiB of temporaries"
+    assert "| 12 | no | > 17.8 (refused) | 16 |" in out[-1]
