@@ -21,7 +21,7 @@ import sys
 import ml_collections
 from absl import app, flags
 
-from hdvila_jax import config_files, eval_only, multihost, storage
+from hdvila_jax import cli_errors, config_files, eval_only, multihost, storage
 from hdvila_jax.encoder import find_run_config
 from hdvila_jax.tasks.base import TrainConfigError
 
@@ -111,29 +111,29 @@ def define_flags() -> None:
     flags.DEFINE_string("json", None, "Also write {set: metrics or {missing: pattern}} to this file "
                         "(local or gs://).")
     flags.DEFINE_integer("batch_size", None, "Global eval batch (default each variant's).")
+    cli_errors.define_debug_flag()
 
 
 def main(argv: list[str]) -> None:
+    """Evaluate --checkpoint on --sets (see the module docstring); a user's mistake is one ``error:`` line."""
     args = flags.FLAGS
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     if not args.checkpoint:
         raise app.UsageError("--checkpoint is required")
     multihost.initialize_from_flags()
-    try:
+    with cli_errors.user_errors(config_files.ConfigFileError, TrainConfigError, ValueError, storage.StorageError):
         results = evaluate_sets(args.config, args.sets, args.checkpoint, args.workdir, args.data_root,
                                 args.batch_size)
-    except (config_files.ConfigFileError, TrainConfigError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from err
-    print(markdown_table(results))
-    missing = [f"{name} ({result['missing']})" for name, result in results.items() if "missing" in result]
-    if len(missing) == len(results):
-        raise SystemExit(f"error: no set could be evaluated: no records match {'; '.join(missing)} "
-                         "(--data_root names the folder that replaces their leading 'data/')")
-    if args.json:
-        storage.write_text(args.json, json.dumps(dict(checkpoint=storage.absolute(args.checkpoint), sets=results),
-                                                 indent=1))
-        print(f"wrote {args.json}", file=sys.stderr)
+        print(markdown_table(results))
+        missing = [f"{name} ({result['missing']})" for name, result in results.items() if "missing" in result]
+        if len(missing) == len(results):
+            raise cli_errors.UserError(f"no set could be evaluated: no records match {'; '.join(missing)} "
+                                       "(--data_root names the folder that replaces their leading 'data/')")
+        if args.json:
+            storage.write_text(args.json, json.dumps(dict(checkpoint=storage.absolute(args.checkpoint),
+                                                          sets=results), indent=1))
+            print(f"wrote {args.json}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -9,15 +9,12 @@ finds the processes itself; elsewhere pass --coordinator_address/--num_processes
 (or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) on every host.
 """
 import difflib
-import os
-import sys
-import threading
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from hdvila_jax import compilation_cache, config_files, demo, eval_only, multihost, quiet_logs, storage
+from hdvila_jax import cli_errors, compilation_cache, config_files, demo, eval_only, multihost, quiet_logs, storage
 from hdvila_jax.config_checks import check_config
 from hdvila_jax.data.answers import AnswerVocabError
 from hdvila_jax.models.config import ConfigError
@@ -31,7 +28,7 @@ from hdvila_jax.variables_io import CheckpointError
 
 # Failures a user acts on (a config field out of range, a bucket or server that is not there, a
 # workdir the hosts do not share, a checkpoint that cannot be written or restored): one "error:" line
-# on every process, exit 1, no traceback.
+# on every process, exit 1, no traceback (--debug: the traceback first).
 _STOPPING_ERRORS = (TrainConfigError, ConfigError, ShardingConfigError, OptimizerConfigError, AnswerVocabError,
                     storage.StorageError, SharedWorkdirError, WorkdirLockedError, CheckpointError)
 
@@ -39,21 +36,24 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Trainer config file[:
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config, metrics and checkpoints.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes from workdir) or eval-only.")
 flags.mark_flags_as_required(["config", "workdir"])
+cli_errors.define_debug_flag()
+INTERRUPTED = "interrupted (Ctrl-C): stopped without saving; the workdir's complete checkpoints are kept"
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with an override naming no config field (``--config.batch_sise=8``) as one
     ``error:`` line naming the flag and the closest known fields."""
-    try:
-        return flags.FLAGS(argv)
-    except (AttributeError, KeyError):
-        specs = [arg.split("=", 1)[1] for arg in argv[1:] if arg.startswith("--config=")]
-        config = config_files.load_config(specs[-1]) if specs else None
-        for arg in argv[1:]:
-            name = arg.split("=", 1)[0][len("--config."):] if arg.startswith("--config.") else ""
-            if name and (problem := _unknown_field(config, name)):
-                raise SystemExit(f"error: --config.{name}: {problem}") from None
-        raise
+    with cli_errors.user_errors(debug=cli_errors.debug_in_argv(argv)):
+        try:
+            return flags.FLAGS(argv)
+        except (AttributeError, KeyError):
+            specs = [arg.split("=", 1)[1] for arg in argv[1:] if arg.startswith("--config=")]
+            config = config_files.load_config(specs[-1]) if specs else None
+            for arg in argv[1:]:
+                name = arg.split("=", 1)[0][len("--config."):] if arg.startswith("--config.") else ""
+                if name and (problem := _unknown_field(config, name)):
+                    raise cli_errors.UserError(f"--config.{name}: {problem}")
+            raise
 
 
 def _unknown_field(config, dotted: str) -> str:
@@ -70,34 +70,11 @@ def _unknown_field(config, dotted: str) -> str:
     return ""
 
 
-def _stopping_error(err: BaseException) -> BaseException | None:
-    """The first of ``_STOPPING_ERRORS`` in ``err``'s chain of causes (an input worker's read error
-    arrives wrapped), or None."""
-    while err is not None and not isinstance(err, _STOPPING_ERRORS):
-        err = err.__cause__ or err.__context__
-    return err
-
-
-def main(argv):
-    try:
+def main(argv: list[str]) -> None:
+    """Train or evaluate (see the module docstring); a user's mistake is one ``error:`` line."""
+    # a Ctrl-C before training starts, or a second one (the first one checkpoints), ends with one line
+    with cli_errors.user_errors(*_STOPPING_ERRORS, interrupted=INTERRUPTED):
         _run(argv)
-    except KeyboardInterrupt:  # before training starts, or a second Ctrl-C (the first one checkpoints)
-        _stop("interrupted (Ctrl-C): stopped without saving; the workdir's complete checkpoints are kept", 130)
-    except Exception as err:  # noqa: BLE001 -- re-raised unless it is one of _STOPPING_ERRORS
-        found = _stopping_error(err)
-        if found is None:
-            raise
-        _stop(f"error: {found}", 1)
-
-
-def _stop(message: str, code: int) -> None:
-    """Print ``message`` and exit with ``code``, at once if a thread would keep the interpreter alive
-    (a checkpoint save left unfinished, its server gone)."""
-    print(message, file=sys.stderr, flush=True)
-    logging.flush()
-    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
-        os._exit(code)
-    raise SystemExit(code)
 
 
 def _run(argv):

@@ -1,11 +1,14 @@
 """User mistakes on the command lines end in one ``error:`` line naming the flag or field, exit 1, no
-traceback (issue 31's first slice: ``hdvila_jax.main`` and ``hdvila_jax.evaluate``)."""
+traceback (issue 31: ``hdvila_jax.main``, ``evaluate``, ``search``, ``convert``; ``--debug`` and the shared
+``hdvila_jax.cli_errors``); the data commands' are in ``test_data_cli_errors.py``."""
 import os
+import pickle
 import subprocess
 import sys
 
 import pytest
 
+from hdvila_jax import cli_errors
 from tests import train_helpers
 
 TINY = os.path.join(train_helpers.REPO, "configs", "stage1.py:tiny")
@@ -68,3 +71,58 @@ def test_convert_and_build_name_a_missing_file(tmp_path):
                    str(tmp_path / "a.jsonl"), "--output", str(tmp_path / "records")], train_helpers.REPO) == (
         f"error: --annotations {tmp_path / 'a.jsonl'}: no such file")
     assert not os.path.exists(tmp_path / "out") and not os.path.exists(tmp_path / "records")
+
+
+def test_debug_shows_the_traceback_before_the_same_line(tmp_path):
+    """--debug (hdvila_jax.cli_errors): the traceback, then the one line, exit 1; also for a config field
+    named before absl parsed --debug itself."""
+    for override, last in (("--config.batch_size=-3", "error: config.batch_size: must be a positive integer, got -3"),
+                           ("--config.batch_sise=8", "error: --config.batch_sise: config has no field 'batch_sise'")):
+        proc = subprocess.run([sys.executable, "-m", "hdvila_jax.main", f"--config={TINY}",
+                               f"--workdir={tmp_path / 'run'}", override, "--debug"], cwd=tmp_path,
+                              env=train_helpers.subprocess_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1 and "Traceback" in proc.stderr, proc.stderr[-3000:]
+        assert proc.stderr.strip().splitlines()[-1].startswith(last)
+    proc = subprocess.run([sys.executable, "-m", "hdvila_jax.search", "query", f"--index={tmp_path}", " ", "--debug"],
+                          cwd=tmp_path, env=train_helpers.subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "SearchError" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "error: query 1 of 1 is empty: give each query some text"
+
+
+def test_debug_in_argv_takes_the_last_word():
+    assert cli_errors.debug_in_argv(["prog", "--debug"])
+    assert cli_errors.debug_in_argv(["prog", "--nodebug", "--debug=true"])
+    assert not cli_errors.debug_in_argv(["prog", "--debug", "--nodebug"])
+    assert not cli_errors.debug_in_argv(["prog", "--debug=false", "--debugger"])
+
+
+class _Mistake(Exception):
+    pass
+
+
+def test_user_errors_stops_on_a_named_cause_and_lets_bugs_through(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        with cli_errors.user_errors(_Mistake, debug=False):
+            try:
+                raise _Mistake("--flag X: no such file")
+            except _Mistake as err:
+                raise RuntimeError("a worker failed") from err  # wrapped, as an input worker's error arrives
+    assert stopped.value.code == 1
+    assert capsys.readouterr().err == "error: --flag X: no such file\n"
+    with pytest.raises(KeyError):  # not a user's mistake: the traceback is wanted
+        with cli_errors.user_errors(_Mistake, debug=False):
+            raise KeyError("bug")
+    with pytest.raises(SystemExit) as stopped:
+        with cli_errors.user_errors(debug=True):
+            raise cli_errors.UserError("--x: bad")
+    err = capsys.readouterr().err
+    assert stopped.value.code == 1 and "Traceback" in err and err.endswith("error: --x: bad\n")
+    with pytest.raises(SystemExit) as stopped:
+        with cli_errors.user_errors(interrupted="interrupted (Ctrl-C)", debug=False):
+            raise KeyboardInterrupt
+    assert stopped.value.code == 130 and capsys.readouterr().err == "interrupted (Ctrl-C)\n"
+
+
+def test_user_error_is_the_same_after_pickling():
+    error = pickle.loads(pickle.dumps(cli_errors.UserError("--x: bad")))
+    assert error.code == "error: --x: bad" and error.message == "--x: bad"

@@ -15,6 +15,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from hdvila_jax import cli_errors
 from hdvila_jax.convert import convert_hdvila, load_bert, load_resnet, load_state_dict
 from hdvila_jax.storage import StorageError
 from hdvila_jax.models import model_config_from_dict
@@ -32,6 +33,7 @@ _RESNET = flags.DEFINE_string("resnet", None, "A torchvision/mmdetection ResNet 
 _OUTPUT = flags.DEFINE_string("output", None, "New orbax checkpoint directory to write (local or gs://).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random initialisation of parts not loaded.")
 _ALLOW_MISSING = flags.DEFINE_bool("allow_missing", False, "Accept a BERT checkpoint with fewer layers than the model.")
+cli_errors.define_debug_flag()
 
 
 def convert(model_config, stage: int, hdvila: str | None, bert: str | None, resnet: str | None,
@@ -52,15 +54,15 @@ def convert(model_config, stage: int, hdvila: str | None, bert: str | None, resn
     return variables
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
+    """Convert and save (see the module docstring); a user's mistake is one ``error:`` line."""
     del argv
     if _MODEL.value is None or _OUTPUT.value is None:
         raise app.UsageError("--model_config and --output are required")
-    try:
+    # a missing or foreign file, a bad flag
+    with cli_errors.user_errors(ValueError, OSError, ImportError, StorageError):
         variables = convert(_MODEL.value, int(_STAGE.value), _HDVILA.value, _BERT.value, _RESNET.value,
                             _SEED.value, _ALLOW_MISSING.value)
-    except (ValueError, OSError, ImportError, StorageError) as err:  # a missing or foreign file, a bad flag
-        raise SystemExit(f"error: {err}") from None
     save_variables(_OUTPUT.value, variables)
     logging.info("wrote %s", _OUTPUT.value)
 

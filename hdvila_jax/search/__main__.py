@@ -26,7 +26,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from hdvila_jax import multihost
+from hdvila_jax import cli_errors, multihost
 from hdvila_jax.encoder import Encoder, EncoderError
 from hdvila_jax.search.build import build_index
 from hdvila_jax.search.index import SearchError, load_index
@@ -58,6 +58,7 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "index: global batch (def
 _INDEX = flags.DEFINE_string("index", None, "query: the index directory to search (local or gs://).")
 _TOP = flags.DEFINE_integer("top", 5, "query: hits per query.")
 _PNG = flags.DEFINE_string("png", None, "query: also draw the hits into this PNG (local or gs://).")
+cli_errors.define_debug_flag()
 
 
 def _require(value, flag: str, command: str):
@@ -126,13 +127,12 @@ def run_query(queries: list[str]) -> None:
 
 
 def main(argv: list[str]) -> None:
+    """Run ``index`` or ``query`` (see the module docstring); a user's mistake is one ``error:`` line."""
     commands = dict(index=run_index, query=run_query)
     if len(argv) < 2 or argv[1] not in commands:
         raise app.UsageError(f"the first argument must be a command: {' or '.join(commands)}")
-    try:
+    with cli_errors.user_errors(SearchError, EncoderError, TrainConfigError):
         commands[argv[1]](argv[2:])
-    except (SearchError, EncoderError, TrainConfigError) as err:
-        raise SystemExit(f"error: {err}") from err
 
 
 if __name__ == "__main__":
