@@ -23,6 +23,11 @@ from data_pipelines.remote_files import FileSet
 from hdvila_jax import storage
 
 
+class AnnotationError(ValueError):
+    """An annotation file that cannot be read at all (not JSON, not UTF-8, no header row); names the file.
+    (A bad line or row is a BadInput instead: skipped and reported.)"""
+
+
 @dataclasses.dataclass(frozen=True)
 class ClipSpec:
     """One clip to build: where its frames come from and its text(s)."""
@@ -67,9 +72,15 @@ def resolve_video_path(videos: FileSet, name: str) -> str:
 def json_objects(path: str) -> Iterator[tuple[str, dict | None, str | None]]:
     """Yields (item, object, error) for each non-blank entry of a jsonl or json-list file (local or gs://)."""
     if path.endswith(".json"):
-        entries = json.loads(storage.read_text(path))
+        try:
+            entries = json.loads(storage.read_text(path))
+        except UnicodeDecodeError as e:
+            raise AnnotationError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+        except json.JSONDecodeError as e:
+            raise AnnotationError(f"{path}: not valid JSON ({e}); a .json annotation file holds one list of "
+                                  "objects, a .jsonl file one object per line") from e
         if not isinstance(entries, list):
-            raise ValueError(f"{path}: a .json annotation file must hold a list of objects")
+            raise AnnotationError(f"{path}: a .json annotation file must hold a list of objects")
         for i, entry in enumerate(entries):
             item = f"{path}[{i}]"
             yield (item, entry, None) if isinstance(entry, dict) else (item, None, "not a JSON object")

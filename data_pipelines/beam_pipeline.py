@@ -37,14 +37,20 @@ import argparse
 import sys
 import time
 
-from apache_beam import Pipeline
-from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
+try:
+    from apache_beam import Pipeline
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.options.pipeline_options import PipelineOptions
+except ImportError as missing_beam:  # the [beam] extra is not installed
+    if __name__ != "__main__":
+        raise
+    raise SystemExit(f"error: {missing_beam}: the Beam build needs the [beam] extra: pip install -e '.[beam]'"
+                     ) from None
 
-from data_pipelines import build_tfrecords
+from data_pipelines import build_tfrecords, cli_checks
 from data_pipelines.beam_plan import PlanFile, write_plan
 from data_pipelines.beam_transforms import COUNTER_NAMESPACE, COUNTERS, BuildShards
-from hdvila_jax import storage
+from hdvila_jax import cli_errors, storage
 
 
 def _beam_option_actions() -> dict[str, argparse.Action]:
@@ -109,10 +115,13 @@ def build(args: argparse.Namespace, pipeline_options: PipelineOptions) -> tuple[
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command line (see the module docstring); a user's mistake is one ``error:`` line."""
     build_argv, beam_argv = split_argv(sys.argv[1:] if argv is None else argv)
     args = build_tfrecords.parse_args(build_argv)
     start = time.time()
-    _, counters = build(args, PipelineOptions(beam_argv))
+    with cli_errors.user_errors(*cli_checks.INPUT_ERRORS, debug=args.debug):
+        build_tfrecords.check_inputs(args)
+        _, counters = build(args, PipelineOptions(beam_argv))
     print(f"  beam counters: {counters}; {time.time() - start:.1f}s")
 
 

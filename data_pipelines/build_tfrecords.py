@@ -35,7 +35,7 @@ from typing import Iterator
 
 from tqdm import tqdm
 
-from data_pipelines import build_report
+from data_pipelines import build_report, cli_checks
 from data_pipelines import frame_folders
 from data_pipelines.annotations import BadInput, ClipSpec, read_clip_annotations, read_hdvila100m_annotations
 from data_pipelines.answer_vocab import build_ans2label, write_ans2label
@@ -45,7 +45,7 @@ from data_pipelines.custom_annotations import read_custom_retrieval
 from data_pipelines.downstream_annotations import read_msrvtt_mc_annotations, read_retrieval_annotations
 from data_pipelines.qa_annotations import OPEN_ENDED_FORMATS, QA_FORMATS, READERS, select_answers
 from data_pipelines.shard_writer import ShardWriter, read_sidecar, shard_finished, shard_path, shard_ranges
-from hdvila_jax import storage
+from hdvila_jax import cli_errors, storage
 from hdvila_jax.data.answers import AnswerVocabError, load_ans2label
 
 
@@ -91,6 +91,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     qa.add_argument("--min_answer_count", type=int,
                     help="without --ans2label: answers seen fewer times in this split are dropped from the "
                          "vocabulary and their questions skipped (default 1)")
+    cli_errors.add_debug_argument(parser)
     args = parser.parse_args(argv)
     if args.format == "hdvila100m" and not args.transcripts:
         parser.error("--format hdvila100m needs --transcripts")
@@ -104,6 +105,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.frame_size is None:
         args.frame_size = {"resize": (defaults.frame_height, defaults.frame_width),
                            "tgif": (768, 768)}.get(args.geometry, (720, 1152))
+    cli_checks.check_build_options(parser, **_option_fields(args))
     return args
 
 
@@ -126,13 +128,16 @@ def _check_answer_flags(parser: argparse.ArgumentParser, args: argparse.Namespac
         parser.error(f"--min_answer_count must be >= 1, got {args.min_answer_count}")
 
 
+def _option_fields(args: argparse.Namespace) -> dict:
+    """The ``BuildOptions`` fields of parsed arguments."""
+    return dict(frame_height=args.frame_size[0], frame_width=args.frame_size[1], sample_rate=args.sample_rate,
+                num_frm=args.num_frm, min_clips=args.min_clips, num_candidates=args.num_candidates,
+                jpeg_quality=args.jpeg_quality, geometry=args.geometry, middle_layout=args.middle_layout)
+
+
 def build_options(args: argparse.Namespace) -> BuildOptions:
-    options = BuildOptions(frame_height=args.frame_size[0], frame_width=args.frame_size[1],
-                           sample_rate=args.sample_rate, num_frm=args.num_frm, min_clips=args.min_clips,
-                           num_candidates=args.num_candidates, jpeg_quality=args.jpeg_quality,
-                           geometry=args.geometry, middle_layout=args.middle_layout)
-    options.validate()
-    return options
+    """The checked build options of parsed arguments."""
+    return BuildOptions(**_option_fields(args)).validate()
 
 
 def _check_build_config(path: str, config: dict) -> None:
@@ -141,8 +146,8 @@ def _check_build_config(path: str, config: dict) -> None:
         previous = json.loads(storage.read_text(path))
         if previous != config:
             changed = sorted(k for k in config.keys() | previous.keys() if config.get(k) != previous.get(k))
-            raise SystemExit(f"{path}: existing shards were built with different settings ({', '.join(changed)});"
-                             " use another --output or delete them")
+            raise cli_errors.UserError(f"{path}: existing shards were built with different settings "
+                                       f"({', '.join(changed)}); use another --output or delete them")
         return
     storage.write_text(path, json.dumps(config, indent=1))
 
@@ -195,7 +200,7 @@ def answer_vocabulary(args: argparse.Namespace, specs: list[ClipSpec]) -> tuple[
         try:
             ans2label = load_ans2label(path)
         except AnswerVocabError as e:
-            raise SystemExit(f"--ans2label: {e}") from e
+            raise cli_errors.UserError(f"--ans2label: {e}") from e
         digest = hashlib.sha256(storage.read_bytes(path)).hexdigest()
         return ans2label, {"ans2label": path, "ans2label_sha256": digest, "unknown_answers": args.unknown_answers}
     ans2label = build_ans2label((s.answer_text for s in specs), args.min_answer_count)
@@ -282,14 +287,21 @@ def build(args: argparse.Namespace, pool: multiprocessing.pool.Pool | None = Non
     return write_split_report(args, plan)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    missing = [f"--{flag} {getattr(args, flag)}: no such file" for flag in ("annotations", "transcripts")
-               if getattr(args, flag) and not storage.isfile(getattr(args, flag))]
-    missing += [] if storage.isdir(args.videos) else [f"--videos {args.videos}: no such folder"]
+def check_inputs(args: argparse.Namespace) -> None:
+    """Stop with one line naming the flag when an input is not there or the output folder cannot be made."""
+    missing = cli_checks.missing_inputs({"--annotations": args.annotations, "--transcripts": args.transcripts},
+                                        {"--videos": args.videos})
     if missing:
-        raise SystemExit(f"error: {missing[0]}")
-    build(args)
+        raise cli_errors.UserError(missing[0])
+    cli_checks.make_output_folder("--output", args.output)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The command line (see the module docstring); a user's mistake is one ``error:`` line."""
+    args = parse_args(argv)
+    with cli_errors.user_errors(*cli_checks.INPUT_ERRORS, debug=args.debug):
+        check_inputs(args)
+        build(args)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import json
 import os
 from typing import Iterator
 
-from data_pipelines.annotations import BadInput, ClipSpec, json_objects, parse_timestamp
+from data_pipelines.annotations import AnnotationError, BadInput, ClipSpec, json_objects, parse_timestamp
 from data_pipelines.remote_files import FileSet
 from hdvila_jax import storage
 
@@ -30,19 +30,30 @@ CHOICE_SEPARATOR = "|"
 
 def read_rows(path: str, required: tuple[str, ...] = ()) -> Iterator[tuple[str, dict | None, str | None]]:
     """("FILE:LINE", row, error) of every non-blank row of a CSV (header row first) or JSONL / JSON file.
-    A CSV whose header row lacks a ``required`` column is a ValueError naming the header."""
+    A file that is not UTF-8, not a CSV, or a CSV whose header row lacks a ``required`` column is an
+    AnnotationError naming it (and the header)."""
     if not path.lower().endswith(".csv"):
         yield from json_objects(path)
         return
+    try:
+        yield from _csv_rows(path, required)
+    except UnicodeDecodeError as e:
+        raise AnnotationError(f"{path}: not UTF-8 text ({e.reason}); save the CSV as UTF-8") from e
+    except csv.Error as e:
+        raise AnnotationError(f"{path}: not a readable CSV ({e})") from e
+
+
+def _csv_rows(path: str, required: tuple[str, ...]) -> Iterator[tuple[str, dict | None, str | None]]:
     with storage.open_file(path, "rb") as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames:
-            raise ValueError(f"{path}: empty CSV (the first row must name the columns: {', '.join(required)})")
+            raise AnnotationError(f"{path}: empty CSV (the first row must name the columns: {', '.join(required)})")
         columns = [name.strip() for name in reader.fieldnames if name]
         lacking = [name for name in required if name not in columns]
         if lacking:
-            raise ValueError(f"{path}: the header row ({', '.join(columns)}) lacks the column(s) {', '.join(lacking)}; "
-                             f"the first row must name the columns: {', '.join(required)} and the optional ones")
+            raise AnnotationError(f"{path}: the header row ({', '.join(columns)}) lacks the column(s) "
+                                  f"{', '.join(lacking)}; the first row must name the columns: {', '.join(required)} "
+                                  "and the optional ones")
         for row in reader:
             item = f"{path}:{reader.line_num}"
             if None in row:

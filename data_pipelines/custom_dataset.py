@@ -24,11 +24,11 @@ import json
 import os
 import sys
 
-from data_pipelines import build_tfrecords
+from data_pipelines import build_tfrecords, cli_checks
 from data_pipelines.annotations import BadInput, ClipSpec
 from data_pipelines.custom_annotations import (read_custom_mc, read_custom_qa, read_custom_retrieval, read_rows,
                                                row_span)
-from hdvila_jax import storage
+from hdvila_jax import cli_errors, storage
 from hdvila_jax.video.decode import VideoError, VideoInfo, probe_video
 
 SPLITS = ("train", "val")
@@ -49,11 +49,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num_frm", type=int, default=7)
     parser.add_argument("--num_candidates", type=int, default=8)
     parser.add_argument("--min_clips", type=int, default=4)
+    cli_errors.add_debug_argument(parser)
     args = parser.parse_args(argv)
     if not 0 <= args.val_fraction < 1:
         parser.error(f"--val_fraction must be in [0, 1), got {args.val_fraction}")
-    if not storage.isfile(args.annotations):
-        parser.error(f"--annotations {args.annotations}: no such file")
+    cli_checks.check_at_least_one(parser, args, "num_shards", "workers")
+    cli_checks.check_build_options(parser, frame_height=args.frame_size[0], frame_width=args.frame_size[1],
+                                   sample_rate=args.sample_rate, num_frm=args.num_frm, min_clips=args.min_clips,
+                                   num_candidates=args.num_candidates)
+    missing = cli_checks.missing_inputs({"--annotations": args.annotations}, {"--videos": args.videos})
+    if missing:
+        parser.error(missing[0])
     args.videos = args.videos or storage.dirname(storage.absolute(args.annotations))
     return args
 
@@ -161,13 +167,13 @@ def convert(args: argparse.Namespace) -> dict:
     for row in duplicates:
         print(f"stored once {row.item}: {row.reason}", file=sys.stderr)
     if not specs:
-        raise SystemExit(f"error: --annotations {args.annotations}: no usable rows ({len(bad)} bad)")
+        raise cli_errors.UserError(f"--annotations {args.annotations}: no usable rows ({len(bad)} bad)")
     splits = split_videos(specs, args.val_fraction)
     for split in SPLITS:
         if not splits[split] and (split == "train" or args.val_fraction > 0):
-            raise SystemExit(f"error: the {split} split would be empty: {len(splits['train'] | splits['val'])} usable "
-                             f"video(s); add videos" + (" or use --val_fraction 0 (no val split)"
-                                                        if split == "val" else ""))
+            raise cli_errors.UserError(f"the {split} split would be empty: {len(splits['train'] | splits['val'])} "
+                                       "usable video(s); add videos" + (" or use --val_fraction 0 (no val split)"
+                                                                        if split == "val" else ""))
     records = storage.join(args.output, "records")
     summary = dict(format=fmt, annotations=storage.absolute(args.annotations), bad_rows=[vars(b) for b in bad],
                    duplicate_rows=[vars(d) for d in duplicates])
@@ -176,8 +182,8 @@ def convert(args: argparse.Namespace) -> dict:
         summary[split] = dict(videos=len(splits[split]), examples=report["records"], skipped=report["skipped"],
                               files=storage.join(storage.absolute(records), f"{split}-*.tfrecord"))
         if not report["records"]:
-            raise SystemExit(f"error: the {split} split has 0 examples after the build "
-                             f"({len(report['skipped'])} skipped: {storage.join(records, f'{split}_report.json')})")
+            raise cli_errors.UserError(f"the {split} split has 0 examples after the build ({len(report['skipped'])} "
+                                       f"skipped: {storage.join(records, f'{split}_report.json')})")
     storage.write_text(storage.join(args.output, "custom_dataset.json"), json.dumps(summary, indent=1))
     dropped = sum(len(summary[s]["skipped"]) for s in SPLITS if s in summary)
     print(f"{len(bad)} bad rows skipped, {dropped} clips dropped at build time, {len(duplicates)} duplicate rows "
@@ -187,11 +193,11 @@ def convert(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command line (see the module docstring); a user's mistake is one ``error:`` line."""
     args = parse_args(argv)
-    try:
+    with cli_errors.user_errors(*cli_checks.INPUT_ERRORS, debug=args.debug):
+        cli_checks.make_output_folder("--output", args.output)
         convert(args)
-    except ValueError as err:  # an empty CSV, a header without the needed columns
-        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

@@ -38,11 +38,11 @@ import time
 
 import numpy as np
 
-from data_pipelines import build_tfrecords
+from data_pipelines import build_tfrecords, cli_checks
 from data_pipelines.downstream_annotations import MC_NUM_OPTIONS
 from data_pipelines.synthetic_videos import COLOURS, DIRECTIONS, SHAPES, MovingShape, write_moving_shape_video
 from data_pipelines.vocab import write_vocab
-from hdvila_jax import storage
+from hdvila_jax import cli_errors, storage
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -59,7 +59,15 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--min_clips", type=int, default=4)
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    cli_errors.add_debug_argument(parser)
+    args = parser.parse_args(argv)
+    cli_checks.check_at_least_one(parser, args, "num_train", "num_val", "fps", "workers")
+    if not args.duration > 0:
+        parser.error(f"--duration must be > 0 seconds, got {args.duration}")
+    cli_checks.check_build_options(parser, frame_height=args.frame_size[0], frame_width=args.frame_size[1],
+                                   sample_rate=args.sample_rate, num_candidates=args.num_candidates,
+                                   min_clips=args.min_clips)
+    return args
 
 
 def demo_contents(count: int, rng: np.random.Generator) -> list[MovingShape]:
@@ -149,7 +157,15 @@ def qa_mc_entries(contents: list[MovingShape], rng: np.random.Generator) -> list
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command line (see the module docstring); a user's mistake is one ``error:`` line."""
     args = _parse_args(argv)
+    with cli_errors.user_errors(*cli_checks.INPUT_ERRORS, debug=args.debug):
+        cli_checks.make_output_folder("--output", args.output)
+        make_demo(args)
+
+
+def make_demo(args: argparse.Namespace) -> None:
+    """Write the demo set of parsed arguments (see the module docstring)."""
     rng = np.random.default_rng(args.seed)
     start = time.time()
     splits = {"train": demo_contents(args.num_train, rng), "val": demo_contents(args.num_val, rng)}
@@ -182,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     pool = multiprocessing.get_context("spawn").Pool(args.workers) if args.workers > 1 else None
     with pool or contextlib.nullcontext():
         for split, videos, format_, shards, extra in builds:
-            build_tfrecords.build(build_tfrecords.parse_args([
+            report = build_tfrecords.build(build_tfrecords.parse_args([
                 "--videos", storage.join(args.output, "videos", videos),
                 "--annotations", annotations[split],
                 "--format", format_,
@@ -196,6 +212,11 @@ def main(argv: list[str] | None = None) -> None:
                 "--min_clips", str(args.min_clips),
                 *extra,
             ]), pool=pool)
+            if not report["records"]:
+                reason = report["skipped"][0]["reason"] if report["skipped"] else "no clips"
+                raise cli_errors.UserError(
+                    f"the demo's {split} records are empty: every clip was skipped ({reason}); make the videos "
+                    "longer (--duration, --fps) or the clips shorter (--sample_rate, --min_clips)")
     print(f"demo data ready in {args.output} ({time.time() - start:.1f}s)")
 
 

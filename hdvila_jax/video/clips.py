@@ -43,8 +43,12 @@ class FrameOptions:
 
     def validate(self) -> "FrameOptions":
         """Raise ValueError naming the first bad option (by its build_tfrecords flag); return self."""
-        if self.frame_height % LR_FACTOR or self.frame_width % LR_FACTOR:
-            raise ValueError(f"--frame_size must be divisible by 4, got {self.frame_height}x{self.frame_width}")
+        if (self.frame_height % LR_FACTOR or self.frame_width % LR_FACTOR or self.frame_height <= 0
+                or self.frame_width <= 0):
+            raise ValueError(f"--frame_size must be positive and divisible by 4, got "
+                             f"{self.frame_height}x{self.frame_width}")
+        if self.sample_rate < 1:
+            raise ValueError(f"--sample_rate must be >= 1 (frames between a clip's frames), got {self.sample_rate}")
         if self.num_frm % 2 != 1 or self.num_frm < 3:
             raise ValueError(f"--num_frm must be odd and >= 3, got {self.num_frm}")
         if not 1 <= self.min_clips <= self.num_candidates:
