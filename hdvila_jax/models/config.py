@@ -13,7 +13,7 @@ RESNET_DEPTHS = (18, 34, 50, 101, 152)
 SCORE_AGG_FUNCS = ("lse", "mean", "max")
 DTYPES = ("float32", "bfloat16", "float16", "float64")  # float64 needs jax_enable_x64 (numerical checks)
 # What ``remat=True`` recomputes in the backward pass (see ``ModelConfig.remat_policy``).
-REMAT_POLICIES = ("stage", "block", "block_dots")
+REMAT_POLICIES = ("elementwise", "stage", "block", "block_dots")
 # Platforms the model can be lowered for (``ModelConfig.lowering_platform``; "" = the default backend).
 LOWERING_PLATFORMS = ("", "cpu", "gpu", "tpu")
 

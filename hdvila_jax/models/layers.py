@@ -22,13 +22,39 @@ def at_least_float32(dtype) -> jnp.dtype:
     return jnp.promote_types(dtype, jnp.float32)
 
 
+# What a rematerialised block keeps for the backward pass under each ``ModelConfig.remat_policy`` (the
+# others keep only the block's inputs): "block_dots" every matmul and convolution output; "elementwise"
+# the matmuls without batch dimensions (the projections, not attention's scores or weighted values).
+_SAVED = {"block_dots": jax.checkpoint_policies.dots_saveable,
+          "elementwise": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
 def remat_block(cls: type[nn.Module], remat: str, static_argnums: tuple[int, ...] = ()) -> type[nn.Module]:
     """``cls`` recomputed in the backward pass under the remat policy ``remat`` (``ModelConfig.remat_policy``;
-    "" = no remat): "block_dots" keeps matmul and convolution outputs, the others keep only its inputs."""
+    "" = no remat), keeping what the policy saves (``_SAVED``; by default only the block's inputs)."""
     if not remat:
         return cls
-    policy = jax.checkpoint_policies.dots_saveable if remat == "block_dots" else None
-    return nn.remat(cls, policy=policy, static_argnums=static_argnums)
+    return nn.remat(cls, policy=_SAVED.get(remat), static_argnums=static_argnums)
+
+
+@jax.custom_vjp
+def relu(x: jax.Array) -> jax.Array:
+    """``max(x, 0)`` with ``jax.nn.relu``'s gradient (0 at 0), whose backward pass reads its output
+    (``y > 0`` exactly where ``x > 0``) instead of keeping a mask of ``x``: where the output is saved
+    anyway (the next convolution's input), the mask's bytes are not kept. Same values and gradients."""
+    return jnp.maximum(x, 0)
+
+
+def _relu_forward(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    y = relu(x)
+    return y, y
+
+
+def _relu_backward(y: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+    return (jnp.where(y > 0, g, jnp.zeros_like(g)),)
+
+
+relu.defvjp(_relu_forward, _relu_backward)
 
 
 def layer_norm(eps: float, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.LayerNorm:

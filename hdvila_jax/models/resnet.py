@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from hdvila_jax.models.conv import Conv, output_size
-from hdvila_jax.models.layers import Dtype, max_pool, remat_block
+from hdvila_jax.models.layers import Dtype, max_pool, relu, remat_block
 
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -75,11 +75,11 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         d, p, lower = self.dtype, self.param_dtype, (self.lowering_platform, self.onednn)
-        out = nn.relu(conv_bn(x, self.planes, 3, self.stride, d, p, "conv1", "bn1", *lower))
+        out = relu(conv_bn(x, self.planes, 3, self.stride, d, p, "conv1", "bn1", *lower))
         out = conv_bn(out, self.planes, 3, 1, d, p, "conv2", "bn2", *lower)
         if self.downsample:
             x = conv_bn(x, self.planes, 1, self.stride, d, p, "downsample_conv", "downsample_bn", *lower)
-        return nn.relu(out + x)
+        return relu(out + x)
 
 
 class Bottleneck(nn.Module):
@@ -97,12 +97,12 @@ class Bottleneck(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         d, p, lower = self.dtype, self.param_dtype, (self.lowering_platform, self.onednn)
-        out = nn.relu(conv_bn(x, self.planes, 1, 1, d, p, "conv1", "bn1", *lower))
-        out = nn.relu(conv_bn(out, self.planes, 3, self.stride, d, p, "conv2", "bn2", *lower))
+        out = relu(conv_bn(x, self.planes, 1, 1, d, p, "conv1", "bn1", *lower))
+        out = relu(conv_bn(out, self.planes, 3, self.stride, d, p, "conv2", "bn2", *lower))
         out = conv_bn(out, self.planes * 4, 1, 1, d, p, "conv3", "bn3", *lower)
         if self.downsample:
             x = conv_bn(x, self.planes * 4, 1, self.stride, d, p, "downsample_conv", "downsample_bn", *lower)
-        return nn.relu(out + x)
+        return relu(out + x)
 
 
 class ResNet(nn.Module):
@@ -111,7 +111,7 @@ class ResNet(nn.Module):
     ``num_stages=3`` stops after stage 3 (C4), as the LR branch does; the stage-4
     parameters are then never created. ``remat`` is a ``ModelConfig.remat_policy`` ("" = off):
     "stage" recomputes each stage in the backward pass from its input, "block" / "block_dots"
-    each residual block. Convolutions and the stem's max-pool are lowered for ``lowering_platform``
+    each residual block; "elementwise" none (every saved activation is a convolution's input). Convolutions and the stem's max-pool are lowered for ``lowering_platform``
     ("" = the default backend), CPU convolutions in oneDNN if ``onednn`` (``ModelConfig``'s fields).
     """
 
@@ -128,9 +128,9 @@ class ResNet(nn.Module):
         d, p, lower = self.dtype, self.param_dtype, (self.lowering_platform, self.onednn)
         block_cls = BasicBlock if self.depth in (18, 34) else Bottleneck
         expansion = block_cls.expansion
-        if self.remat != "stage":
+        if self.remat in ("block", "block_dots"):  # "elementwise": the ReLUs keep only their outputs anyway
             block_cls = remat_block(block_cls, self.remat)
-        x = nn.relu(conv_bn(x, 64, 7, 2, d, p, "conv1", "bn1", *lower))
+        x = relu(conv_bn(x, 64, 7, 2, d, p, "conv1", "bn1", *lower))
         x = max_pool(x, 3, 2, 1, platform=self.lowering_platform)
         in_channels, outputs = 64, []
         for stage, num_blocks in enumerate(STAGE_BLOCKS[self.depth][: self.num_stages]):

@@ -1,0 +1,108 @@
+"""The leaner backward pass (issue 32): ReLUs whose gradient reads their output, and the "elementwise"
+remat policy (transformer blocks keep only their projections' outputs), give today's numbers and keep
+fewer bytes for the backward pass."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax._src.ad_checkpoint import saved_residuals
+
+from hdvila_jax.models import HDVILA, resnet
+from hdvila_jax.models.layers import relu
+from tests.model_helpers import init_small, random_batch, relative_error, small_config
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_relu_has_jax_relus_values_and_gradient_bit_for_bit(dtype):
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(4096), dtype)
+    x = x.at[:4].set(jnp.asarray([0.0, -0.0, 1e-30, -1e-30], dtype))  # the kink, both zeros, tiny values
+    g = jnp.asarray(np.random.default_rng(1).standard_normal(4096), dtype)
+    ours, vjp = jax.vjp(relu, x)
+    theirs, their_vjp = jax.vjp(jax.nn.relu, x)
+    np.testing.assert_array_equal(np.asarray(ours, np.float32), np.asarray(theirs, np.float32))
+    np.testing.assert_array_equal(np.asarray(vjp(g)[0], np.float32), np.asarray(their_vjp(g)[0], np.float32))
+    assert float(vjp(g)[0][0]) == 0.0  # the gradient at 0 is 0, as jax.nn.relu's
+
+
+def test_relu_keeps_no_mask_for_the_backward_pass():
+    w1, w2 = jnp.ones((8, 8)) / 8, jnp.ones((8, 3)) / 8
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 8)), jnp.float32)
+    for act, kinds in ((jax.nn.relu, {"bool", "float32"}), (relu, {"float32"})):
+        saved = saved_residuals(lambda a, b: (act(x @ a) @ b).sum(), w1, w2)
+        assert {str(aval.dtype) for aval, _ in saved} == kinds  # jax.nn.relu's mask of x > 0 is gone
+
+
+def _loss_and_grads(cfg, variables, batch, stage):
+    model = HDVILA(cfg)
+
+    def loss(params):
+        out = model.apply({**variables, "params": params}, batch, stage=stage)
+        value = out["mlm_loss"] if stage == 2 else jnp.sum(out["text_features"] @ out["video_features"].T)
+        return value, out
+
+    (value, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+    return value, out, grads
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_new_backward_gives_todays_outputs_and_gradients(monkeypatch, stage):
+    # The tiny model's ResNet-50 bottlenecks (this test's point) at a small crop, float32.
+    new_cfg = small_config(resnet_depth=50, remat=True, remat_policy="elementwise")
+    variables = init_small(new_cfg, stage=stage)
+    batch = random_batch(new_cfg, batch=2, clips=2)
+    new = _loss_and_grads(new_cfg, variables, batch, stage)
+    monkeypatch.setattr(resnet, "relu", jax.nn.relu)  # today's formulation: jax's ReLU, no remat
+    old = _loss_and_grads(small_config(resnet_depth=50), variables, batch, stage)
+    assert relative_error(new[0], old[0]) < 1e-6
+    for name in old[1]:
+        if name == "mlm_acc":  # a count of right guesses: equal, not relatively close
+            assert float(new[1][name]) == float(old[1][name])
+        else:
+            assert relative_error(new[1][name], old[1][name]) < 1e-6, name
+    flat_old, flat_new = (np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(g)]) for g in (old[2], new[2]))
+    assert relative_error(flat_new, flat_old) < 1e-6
+    leaves = jax.tree_util.tree_leaves_with_path(old[2])
+    assert len(leaves) > 200
+    # Per parameter, but for gradients that are zero up to round-off (e.g. attention's key bias, which
+    # the softmax cancels: 1e-12 either way, so their relative error means nothing).
+    meaningful = 1e-6 * np.linalg.norm(flat_old)
+    checked = 0
+    for (path, theirs), ours in zip(leaves, jax.tree_util.tree_leaves(new[2])):
+        if np.linalg.norm(theirs) > meaningful:
+            assert relative_error(ours, theirs) < 1e-5, jax.tree_util.keystr(path)
+            checked += 1
+    assert checked > 200  # stage 1 leaves the cross-modal layers and heads without gradient
+
+
+def _saved_per_example(cfg):
+    """Bytes of feature maps the video tower keeps for its backward pass per example (2 examples' less 1 example's: the
+    parameters' bf16 copies stay out), by dtype."""
+    variables = init_small(cfg, stage=1)
+    model = HDVILA(cfg)
+    kinds = {}
+    for examples, sign in ((2, 1), (1, -1)):
+        batch = random_batch(cfg, batch=examples, clips=2, with_labels=False)
+
+        def loss(params):
+            _, features = model.apply({**variables, "params": params}, batch["img_middle"], batch["img_other"],
+                                      method=HDVILA.encode_video)
+            return jnp.sum(features)
+
+        for aval, source in saved_residuals(loss, variables["params"]):
+            # Feature maps (rank >= 3; not the final feature vectors); broadcast constants (jax.nn.relu's
+            # zeros) are residuals to JAX but never buffers in XLA.
+            if aval.ndim >= 3 and "output of" in source and "broadcast_in_dim" not in source:
+                kinds[str(aval.dtype)] = kinds.get(str(aval.dtype), 0) + sign * aval.size * aval.dtype.itemsize
+    return {kind: n for kind, n in kinds.items() if n}
+
+
+def test_elementwise_policy_keeps_no_masks_or_float32_activations(monkeypatch):
+    # Traced for TPU (nothing is compiled): on CPU the max-pool is a chain of selects that keeps masks.
+    base = dict(resnet_depth=50, dtype="bfloat16", lowering_platform="tpu")
+    after = _saved_per_example(small_config(**base, remat=True, remat_policy="elementwise"))
+    monkeypatch.setattr(resnet, "relu", jax.nn.relu)  # today's formulation: jax's ReLU, no remat
+    before = _saved_per_example(small_config(**base))
+    # Today: ReLU masks (bool) and float32 LayerNorm / softmax intermediates are kept.
+    assert before["bool"] > 0 and before["float32"] > 0
+    assert "bool" not in after and "float32" not in after
+    assert sum(after.values()) < 0.75 * sum(before.values())  # 15.1 -> 10.8 MB per example here
