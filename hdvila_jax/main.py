@@ -14,7 +14,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from hdvila_jax import cli_errors, compilation_cache, config_files, demo, eval_only, multihost, quiet_logs, storage
+from hdvila_jax import (cli_errors, compilation_cache, config_files, demo, eval_only, interrupts, multihost,
+                        quiet_logs, storage)
 from hdvila_jax.config_checks import check_config
 from hdvila_jax.data.answers import AnswerVocabError
 from hdvila_jax.models.config import ConfigError
@@ -73,6 +74,7 @@ def _unknown_field(config, dotted: str) -> str:
 def main(argv: list[str]) -> None:
     """Train or evaluate (see the module docstring); a user's mistake is one ``error:`` line."""
     # a Ctrl-C before training starts, or a second one (the first one checkpoints), ends with one line
+    interrupts.install()
     with cli_errors.user_errors(*_STOPPING_ERRORS, interrupted=INTERRUPTED):
         _run(argv)
 

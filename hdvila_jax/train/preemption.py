@@ -8,6 +8,8 @@ import jax
 from absl import logging
 from jax.experimental import multihost_utils
 
+from hdvila_jax import interrupts
+
 
 class Preemption:
     """Whether to save and stop now, asked after every step at no cost to the step loop. One process:
@@ -20,11 +22,13 @@ class Preemption:
         self.received = False
         self._previous = {}
         if jax.process_count() == 1:
+            interrupts.watch_collections()
             self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def _handle(self, signum, frame):
         if signum == signal.SIGINT and self.received:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the checkpoint
+            interrupts.raise_interrupt()  # a second Ctrl-C: stop now, without the checkpoint
+            return
         again = " (Ctrl-C again to stop at once, without it)" if signum == signal.SIGINT else ""
         logging.warning("%s received: saving a checkpoint at the next step boundary and stopping%s",
                         signal.Signals(signum).name, again)
