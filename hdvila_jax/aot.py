@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 import time
 from typing import Any
 
@@ -33,8 +32,12 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from hdvila_jax import accelerators, hlo_profile, storage, variables_io
+from hdvila_jax import accelerators, cli_errors, hlo_profile, storage, variables_io
 from hdvila_jax.models import HDVILA
+from hdvila_jax.models.config import ConfigError
+from hdvila_jax.sharding import ShardingConfigError
+from hdvila_jax.tasks.base import TrainConfigError
+from hdvila_jax.train.optimizer import OptimizerConfigError
 from hdvila_jax.train.step_builder import BuiltStep, build_step, eval_batch_shapes, memory_per_device
 
 class AotError(RuntimeError):
@@ -237,23 +240,23 @@ def define_flags() -> None:
                       "by model part (hdvila_jax.hlo_profile).")
     flags.DEFINE_string("json", None, "Write the report as JSON to this file.")
     flags.DEFINE_string("hlo", None, "Write the train step's optimised HLO (text) to this file.")
+    cli_errors.define_debug_flag()
     flags.mark_flags_as_required(["config", "topology"])
 
 
 def main(argv):
     del argv
     args = flags.FLAGS
-    try:
+    # A user's mistake (a topology, a batch, a config field) is one line; --debug shows its traceback.
+    with cli_errors.user_errors(AotError, ConfigError, TrainConfigError, ShardingConfigError, OptimizerConfigError):
         report = compile_for_topology(args.config, args.topology, args.per_chip_batch, args.eval, args.profile,
                                       args.hlo)
-    except AotError as e:
-        sys.exit(f"error: {e}")
     print_report(report)
     if args.json:
         storage.write_text(args.json, json.dumps(report, indent=2))
     error = fit_error(report)
     if error:
-        sys.exit(f"error: {error}")
+        raise cli_errors.UserError(error)
 
 
 if __name__ == "__main__":

@@ -178,3 +178,19 @@ def test_a_step_libtpu_refuses_is_reported_not_a_traceback(tmp_path):
     report = json.loads(out.read_text())
     assert report["fits"] is False and report["per_chip_batch"] == 6000
     assert report["temporaries_bytes_per_chip"] > report["available_hbm_bytes_per_chip"] > 15 * accelerators.GIB
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--per_chip_batch=0", "error: --per_chip_batch=0: must be a positive integer"),
+    ("--config.model.remat_policy=nope", "error: model config field 'remat_policy': must be one of")])
+def test_aot_command_line_mistakes_are_one_line(flag, message):
+    import subprocess
+    import sys
+    command = [sys.executable, "-m", "hdvila_jax.aot", "--config=configs/stage1.py:tiny", "--topology=v5e:2x2",
+               "--per_chip_batch=2", "--eval=false", flag]
+    result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(message)
+    debug = subprocess.run(command + ["--debug"], capture_output=True, text=True,
+                           env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert debug.returncode == 1 and "Traceback" in debug.stderr  # --debug shows where it came from
