@@ -47,7 +47,9 @@ def relu(x: jax.Array) -> jax.Array:
 
 def _relu_forward(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     y = relu(x)
-    return y, y
+    # Behind a barrier (which copies nothing), so that XLA cannot rewrite the backward pass's ``y > 0``
+    # into ``x > 0`` and keep ``x`` as well.
+    return y, jax.lax.optimization_barrier(y)
 
 
 def _relu_backward(y: jax.Array, g: jax.Array) -> tuple[jax.Array]:

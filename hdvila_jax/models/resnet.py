@@ -17,11 +17,25 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from hdvila_jax.models.conv import Conv, output_size
-from hdvila_jax.models.layers import Dtype, max_pool, relu, remat_block
+from hdvila_jax.models.layers import Dtype, at_least_float32, max_pool, relu, remat_block
 
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 BN_EPS = 1e-5
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+def normalize_pixels(images: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    """RGB 0..255 (any dtype) -> normalised ``dtype``, computed in float32 (float64 for a float64 ``dtype``).
+
+    The mean and std are float32 constants in every dtype, as in the original (``torch.tensor(...).type_as``).
+    """
+    compute = at_least_float32(dtype)
+    x = images.astype(compute)
+    mean, std = (jnp.asarray(v, jnp.float32).astype(compute) for v in (PIXEL_MEAN, PIXEL_STD))
+    x = (x - mean) / std
+    return x.astype(dtype)
 
 
 class FrozenBatchNorm(nn.Module):
@@ -106,13 +120,15 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """ResNet returning the outputs of stages 1..``num_stages`` (C2.. at strides 4, 8, 16, 32).
+    """ResNet from RGB pixels (0..255, NHWC, normalised inside: :func:`normalize_pixels`) to the outputs
+    of stages 1..``num_stages`` (C2.. at strides 4, 8, 16, 32).
 
     ``num_stages=3`` stops after stage 3 (C4), as the LR branch does; the stage-4
     parameters are then never created. ``remat`` is a ``ModelConfig.remat_policy`` ("" = off):
     "stage" recomputes each stage in the backward pass from its input, "block" / "block_dots"
-    each residual block; "elementwise" none (every saved activation is a convolution's input). Convolutions and the stem's max-pool are lowered for ``lowering_platform``
-    ("" = the default backend), CPU convolutions in oneDNN if ``onednn`` (``ModelConfig``'s fields).
+    each residual block; "elementwise" none (every saved activation is a convolution's input).
+    Convolutions and the stem's max-pool are lowered for ``lowering_platform`` ("" = the default
+    backend), CPU convolutions in oneDNN if ``onednn`` (``ModelConfig``'s fields).
     """
 
     depth: int = 50
@@ -130,7 +146,12 @@ class ResNet(nn.Module):
         expansion = block_cls.expansion
         if self.remat in ("block", "block_dots"):  # "elementwise": the ReLUs keep only their outputs anyway
             block_cls = remat_block(block_cls, self.remat)
-        x = relu(conv_bn(x, 64, 7, 2, d, p, "conv1", "bn1", *lower))
+        # The stem from the pixels, its normalised input recomputed for its kernel's gradient rather than
+        # kept through the step (the convolution's output is not needed there: nothing else is recomputed).
+        def stem(module: nn.Module, pixels: jax.Array) -> jax.Array:
+            return conv_bn(normalize_pixels(pixels, d), 64, 7, 2, d, p, "conv1", "bn1", *lower)
+
+        x = relu(nn.remat(stem)(self, x))
         x = max_pool(x, 3, 2, 1, platform=self.lowering_platform)
         in_channels, outputs = 64, []
         for stage, num_blocks in enumerate(STAGE_BLOCKS[self.depth][: self.num_stages]):

@@ -15,26 +15,10 @@ from flax import linen as nn
 
 from hdvila_jax.models.config import ModelConfig
 from hdvila_jax.models.conv import Conv
-from hdvila_jax.models.layers import at_least_float32, exact_gelu, max_pool
+from hdvila_jax.models.layers import exact_gelu, max_pool
 from hdvila_jax.models.platform import resolve_platform
 from hdvila_jax.models.resnet import ResNet
 from hdvila_jax.models.timesformer import TimeSformer
-
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
-
-
-def normalize_pixels(images: jax.Array, dtype: jnp.dtype) -> jax.Array:
-    """RGB 0..255 (any dtype) -> normalised ``dtype``, computed in float32 (float64 for a float64 ``dtype``).
-
-    The mean and std are float32 constants in every dtype, as in the original (``torch.tensor(...).type_as``).
-    """
-    compute = at_least_float32(dtype)
-    x = images.astype(compute)
-    mean, std = (jnp.asarray(v, jnp.float32).astype(compute) for v in (PIXEL_MEAN, PIXEL_STD))
-    x = (x - mean) / std
-    return x.astype(dtype)
-
 
 class HybridVideoEncoder(nn.Module):
     """``img_middle [B, C, H, W, 3]`` + ``img_other [B, C, F-1, H/4, W/4, 3]`` -> grid ``[B, C, H/64, W/64, D]``.
@@ -64,13 +48,10 @@ class HybridVideoEncoder(nn.Module):
     def backbones(self, img_middle: jax.Array, img_other: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Pixels -> HR C4 ``[N, H/16, W/16, c4]``, HR C5 ``[N, H/32, W/32, c5]`` and LR C4
         ``[N*(F-1), H/64, W/64, c4]``, with N = B*C clips."""
-        dtype = jnp.dtype(self.config.dtype)
-        hr = normalize_pixels(img_middle.reshape(-1, *img_middle.shape[2:]), dtype)
-        _, _, hr_c4, hr_c5 = self.cnn_hr(hr)
+        _, _, hr_c4, hr_c5 = self.cnn_hr(img_middle.reshape(-1, *img_middle.shape[2:]))
         self.sow("intermediates", "hr_stage3", hr_c4)
         self.sow("intermediates", "hr_stage4", hr_c5)
-        lr = normalize_pixels(img_other.reshape(-1, *img_other.shape[3:]), dtype)
-        lr_c4 = self.cnn_lr(lr)[-1]
+        lr_c4 = self.cnn_lr(img_other.reshape(-1, *img_other.shape[3:]))[-1]
         self.sow("intermediates", "lr_stage3", lr_c4)
         return hr_c4, hr_c5, lr_c4
 
