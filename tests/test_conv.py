@@ -11,7 +11,7 @@ import pytest
 from flax import linen as nn
 
 from hdvila_jax.models import HDVILA, conv, layers, platform as platform_module
-from hdvila_jax.models.conv import IM2COL_MAX_CELLS, conv2d, im2col_conv, space_to_depth_conv
+from hdvila_jax.models.conv import IM2COL_MAX_CELLS, conv2d, im2col_conv
 from hdvila_jax.models.layers import max_pool
 from hdvila_jax.models.variables import abstract_variables, example_batch
 from tests.model_helpers import small_config
@@ -36,24 +36,6 @@ def test_conv2d_matches_xla_convolution(hw, kernel, stride):
     ct = jnp.asarray(rng.standard_normal(ref(x, w).shape), jnp.float32)
     for g, g_ref in zip(jax.vjp(ours, x, w)[1](ct), jax.vjp(ref, x, w)[1](ct)):
         np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-4)
-
-
-@pytest.mark.parametrize("hw, kernel, channels", [((16, 24), 7, 3), ((10, 12), 3, 3), ((32, 64), 7, 4), ((8, 8), 5, 1)])
-def test_space_to_depth_convolution_is_the_stride_2_convolution(hw, kernel, channels):
-    # The TPU stems' form: the same sums of the same products, float32 round-off apart (values and gradients).
-    rng = np.random.default_rng(1)
-    x = jnp.asarray(rng.standard_normal((2, *hw, channels)), jnp.float32)
-    w = jnp.asarray(rng.standard_normal((kernel, kernel, channels, 8)), jnp.float32)
-    ref = lambda x, w: reference_conv(x, w, 2)
-    ours, theirs = space_to_depth_conv(x, w), ref(x, w)
-    assert ours.shape == theirs.shape == (2, hw[0] // 2, hw[1] // 2, 8)
-    assert float(jnp.linalg.norm(ours - theirs) / jnp.linalg.norm(theirs)) < 1e-6
-    ct = jnp.asarray(rng.standard_normal(theirs.shape), jnp.float32)
-    for g, g_ref in zip(jax.vjp(space_to_depth_conv, x, w)[1](ct), jax.vjp(ref, x, w)[1](ct)):
-        assert float(jnp.linalg.norm(g - g_ref) / jnp.linalg.norm(g_ref)) < 1e-6
-    # On TPU the stems take this form: a 4x4 (or 2x2, 3x3) window over 4x the channels, stride 1.
-    lowered = jax.jit(lambda x, w: conv2d(x, w, 2, platform="tpu")).lower(x, w).as_text()
-    assert f"{(kernel + 1) // 2}x{(kernel + 1) // 2}x{4 * channels}x8" in lowered
 
 
 def test_small_maps_take_the_im2col_path():

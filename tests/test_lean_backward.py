@@ -52,7 +52,7 @@ def use_todays_formulation(monkeypatch):
 @pytest.mark.parametrize("stage, platform", [(1, ""), (2, ""), (1, "tpu")])
 def test_new_backward_gives_todays_outputs_and_gradients(monkeypatch, stage, platform):
     # The tiny model's ResNet-50 bottlenecks (this test's point) at a small crop, float32; "tpu": traced for
-    # TPU (its convolutions, space-to-depth stems and max-pool) and run on the CPU.
+    # TPU (its convolutions and max-pool) and run on the CPU.
     new_cfg = small_config(resnet_depth=50, remat=True, remat_policy="elementwise", lowering_platform=platform)
     variables = init_small(new_cfg, stage=stage)
     batch = random_batch(new_cfg, batch=2, clips=2)

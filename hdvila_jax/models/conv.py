@@ -25,7 +25,6 @@ from hdvila_jax.models.layers import Dtype, window_views
 from hdvila_jax.models.platform import resolve_platform
 
 IM2COL_MAX_CELLS = 24  # largest output map (rows x columns) a kxk convolution is run as im2col on CPU
-SPACE_TO_DEPTH_MAX_CHANNELS = 4  # on TPU, stride-2 kxk convolutions over at most this many channels (the stems)
 
 
 def output_size(size: int, stride: int) -> int:
@@ -61,25 +60,6 @@ def uses_onednn(x: jax.Array, kernel: jax.Array, opted_in: bool) -> bool:
     return x.dtype in onednn_conv.supported_dtypes() and onednn_conv.available()
 
 
-def space_to_depth_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """The "same"-padded stride-2 convolution of ``x [N, H, W, C]`` (H, W even) with an odd ``kernel
-    [k, k, C, D]``, as a stride-1 convolution over 2x2 blocks of pixels folded into channels
-    (``[N, (H+k-1)/2, (W+k-1)/2, 4C]`` after padding) with a ``[(k+1)/2, (k+1)/2, 4C, D]`` kernel made from ``kernel``
-    inside the function (its parameter keeps its layout): the same sums of the same products, in
-    another order, with 4x the contraction depth (the 7x7 stem over 3 channels: 48 channels, a 4x4
-    window), the form MLPerf's TPU ResNets use. Output pixel (i, j) reads the padded input's rows
-    2i .. 2i+k-1, i.e. blocks i .. i+(k-1)/2 with the kernel's missing row k set to zero."""
-    k, pad = kernel.shape[0], kernel.shape[0] // 2
-    n, h, w, c = x.shape
-    x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))  # H + k - 1 rows: an even count
-    blocks = x.reshape(n, (h + k - 1) // 2, 2, (w + k - 1) // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
-    blocks = blocks.reshape(*blocks.shape[:3], 4 * c)
-    half = (k + 1) // 2  # kernel rows 2a + di for a < half, di in {0, 1}; row k is zero
-    folded = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0))).reshape(half, 2, half, 2, c, -1)
-    folded = folded.transpose(0, 2, 1, 3, 4, 5).reshape(half, half, 4 * c, -1)
-    return jax.lax.conv_general_dilated(blocks, folded, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, *, platform: str, onednn: bool = False) -> jax.Array:
     """``x [N, H, W, Cin]`` * ``kernel [k, k, Cin, Cout]``, padding ``k // 2``, stride ``s`` ->
     ``[N, ceil(H/s), ceil(W/s), Cout]``, lowered for ``platform`` ("cpu", "gpu", "tpu"; "" = the default
@@ -93,9 +73,6 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, *, platform: str, o
         if uses_onednn(x, kernel, onednn):
             from hdvila_jax.kernels import onednn_conv
             return onednn_conv.conv2d(x, kernel, stride)
-    elif (resolve_platform(platform) == "tpu" and stride == 2 and k > 1 and x.shape[-1] <= SPACE_TO_DEPTH_MAX_CHANNELS
-          and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0):
-        return space_to_depth_conv(x, kernel)
     pad = k // 2
     return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
