@@ -1,13 +1,13 @@
-"""The leaner backward pass (issue 32): ReLUs whose gradient reads their output, and the "elementwise"
-remat policy (transformer blocks keep only their projections' outputs), give today's numbers and keep
-fewer bytes for the backward pass."""
+"""The "elementwise" remat policy (issue 32: ReLUs whose gradient reads their output, the stems' inputs
+recomputed from the pixels, transformer blocks keeping only their projections' outputs) gives today's
+numbers and keeps fewer bytes for the backward pass."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax._src.ad_checkpoint import saved_residuals
 
-from hdvila_jax.models import HDVILA, resnet
+from hdvila_jax.models import HDVILA
 from hdvila_jax.models.layers import relu
 from tests.model_helpers import init_small, random_batch, relative_error, small_config
 
@@ -44,20 +44,15 @@ def _loss_and_grads(cfg, variables, batch, stage):
     return value, out, grads
 
 
-def use_todays_formulation(monkeypatch):
-    """jax's ReLU: the backward pass before issue 32 (with no remat policy)."""
-    monkeypatch.setattr(resnet, "relu", jax.nn.relu)
-
-
 @pytest.mark.parametrize("stage, platform", [(1, ""), (2, ""), (1, "tpu")])
-def test_new_backward_gives_todays_outputs_and_gradients(monkeypatch, stage, platform):
+def test_new_backward_gives_todays_outputs_and_gradients(stage, platform):
     # The tiny model's ResNet-50 bottlenecks (this test's point) at a small crop, float32; "tpu": traced for
     # TPU (its convolutions and max-pool) and run on the CPU.
     new_cfg = small_config(resnet_depth=50, remat=True, remat_policy="elementwise", lowering_platform=platform)
     variables = init_small(new_cfg, stage=stage)
     batch = random_batch(new_cfg, batch=2, clips=2)
     new = _loss_and_grads(new_cfg, variables, batch, stage)
-    use_todays_formulation(monkeypatch)  # and no remat
+    # Today's formulation: no remat policy (jax's ReLU, the stem's input kept).
     old = _loss_and_grads(small_config(resnet_depth=50, lowering_platform=platform), variables, batch, stage)
     assert relative_error(new[0], old[0]) < 1e-6
     for name in old[1]:
@@ -104,12 +99,11 @@ def _saved_per_example(cfg):
     return {kind: n for kind, n in kinds.items() if n}
 
 
-def test_elementwise_policy_keeps_no_masks_or_float32_activations(monkeypatch):
+def test_elementwise_policy_keeps_no_masks_or_float32_activations():
     # Traced for TPU (nothing is compiled): on CPU the max-pool is a chain of selects that keeps masks.
     base = dict(resnet_depth=50, dtype="bfloat16", lowering_platform="tpu")
     after = _saved_per_example(small_config(**base, remat=True, remat_policy="elementwise"))
-    use_todays_formulation(monkeypatch)  # and no remat
-    before = _saved_per_example(small_config(**base))
+    before = _saved_per_example(small_config(**base))  # today's formulation: no remat policy
     # Today: ReLU masks (bool) and float32 LayerNorm / softmax intermediates are kept.
     assert before["bool"] > 0 and before["float32"] > 0
     assert "bool" not in after and "float32" not in after

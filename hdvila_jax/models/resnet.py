@@ -84,16 +84,18 @@ class BasicBlock(nn.Module):
     param_dtype: Dtype = jnp.float32
     lowering_platform: str = ""  # see Conv
     onednn: bool = False
+    relu_keeps_output: bool = False  # the "elementwise" remat policy's ReLU (``layers.relu``)
     expansion = 1
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         d, p, lower = self.dtype, self.param_dtype, (self.lowering_platform, self.onednn)
-        out = relu(conv_bn(x, self.planes, 3, self.stride, d, p, "conv1", "bn1", *lower))
+        act = relu if self.relu_keeps_output else nn.relu
+        out = act(conv_bn(x, self.planes, 3, self.stride, d, p, "conv1", "bn1", *lower))
         out = conv_bn(out, self.planes, 3, 1, d, p, "conv2", "bn2", *lower)
         if self.downsample:
             x = conv_bn(x, self.planes, 1, self.stride, d, p, "downsample_conv", "downsample_bn", *lower)
-        return relu(out + x)
+        return act(out + x)
 
 
 class Bottleneck(nn.Module):
@@ -106,17 +108,19 @@ class Bottleneck(nn.Module):
     param_dtype: Dtype = jnp.float32
     lowering_platform: str = ""  # see Conv
     onednn: bool = False
+    relu_keeps_output: bool = False  # the "elementwise" remat policy's ReLU (``layers.relu``)
     expansion = 4
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         d, p, lower = self.dtype, self.param_dtype, (self.lowering_platform, self.onednn)
-        out = relu(conv_bn(x, self.planes, 1, 1, d, p, "conv1", "bn1", *lower))
-        out = relu(conv_bn(out, self.planes, 3, self.stride, d, p, "conv2", "bn2", *lower))
+        act = relu if self.relu_keeps_output else nn.relu
+        out = act(conv_bn(x, self.planes, 1, 1, d, p, "conv1", "bn1", *lower))
+        out = act(conv_bn(out, self.planes, 3, self.stride, d, p, "conv2", "bn2", *lower))
         out = conv_bn(out, self.planes * 4, 1, 1, d, p, "conv3", "bn3", *lower)
         if self.downsample:
             x = conv_bn(x, self.planes * 4, 1, self.stride, d, p, "downsample_conv", "downsample_bn", *lower)
-        return relu(out + x)
+        return act(out + x)
 
 
 class ResNet(nn.Module):
@@ -126,7 +130,8 @@ class ResNet(nn.Module):
     ``num_stages=3`` stops after stage 3 (C4), as the LR branch does; the stage-4
     parameters are then never created. ``remat`` is a ``ModelConfig.remat_policy`` ("" = off):
     "stage" recomputes each stage in the backward pass from its input, "block" / "block_dots"
-    each residual block; "elementwise" none (every saved activation is a convolution's input).
+    each residual block; "elementwise" recomputes only the stem's normalised input, and its ReLUs
+    keep their outputs, not masks of their inputs (every other saved activation is a convolution's input).
     Convolutions and the stem's max-pool are lowered for ``lowering_platform`` ("" = the default
     backend), CPU convolutions in oneDNN if ``onednn`` (``ModelConfig``'s fields).
     """
@@ -146,12 +151,16 @@ class ResNet(nn.Module):
         expansion = block_cls.expansion
         if self.remat in ("block", "block_dots"):  # "elementwise": the ReLUs keep only their outputs anyway
             block_cls = remat_block(block_cls, self.remat)
-        # The stem from the pixels, its normalised input recomputed for its kernel's gradient rather than
-        # kept through the step (the convolution's output is not needed there: nothing else is recomputed).
+        lean = self.remat == "elementwise"
+
         def stem(module: nn.Module, pixels: jax.Array) -> jax.Array:
             return conv_bn(normalize_pixels(pixels, d), 64, 7, 2, d, p, "conv1", "bn1", *lower)
 
-        x = relu(nn.remat(stem)(self, x))
+        # "elementwise": the stem's normalised input is recomputed from the pixels for its kernel's
+        # gradient rather than kept through the step (nothing else is recomputed: the convolution's
+        # output is not needed there), and each ReLU keeps only its output.
+        act = relu if lean else nn.relu
+        x = act((nn.remat(stem) if lean else stem)(self, x))
         x = max_pool(x, 3, 2, 1, platform=self.lowering_platform)
         in_channels, outputs = 64, []
         for stage, num_blocks in enumerate(STAGE_BLOCKS[self.depth][: self.num_stages]):
@@ -163,7 +172,7 @@ class ResNet(nn.Module):
                 for b in range(num_blocks):
                     stride = 2 if (b == 0 and stage > 0) else 1
                     downsample = b == 0 and (stride != 1 or in_channels != planes * expansion)
-                    x = block_cls(planes, stride, downsample, d, p, *lower, name=f"layer{stage + 1}_{b}")(x)
+                    x = block_cls(planes, stride, downsample, d, p, *lower, lean, name=f"layer{stage + 1}_{b}")(x)
                 return x
 
             x = (nn.remat(run_stage) if self.remat == "stage" else run_stage)(self, x)
