@@ -79,15 +79,18 @@ def find_cause(err: BaseException | None, kinds: tuple[type[BaseException], ...]
 
 
 def stop(message: str, code: int) -> None:
-    """Print ``message`` to stderr and exit with ``code``; at once if a thread would keep the
-    interpreter alive (e.g. a checkpoint save left unfinished, its server gone)."""
+    """Print ``message`` to stderr and exit with ``code``; at once (no interpreter shutdown) after Ctrl-C,
+    whose work is abandoned while XLA's own threads may still be compiling (a shutdown under them
+    crashed the process), or if a thread would keep the interpreter alive (e.g. a checkpoint save left
+    unfinished, its server gone)."""
     print(message, file=sys.stderr, flush=True)
     try:
         from absl import logging
         logging.flush()
     except ImportError:  # pragma: no cover -- absl is a dependency
         pass
-    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+    if code == INTERRUPTED or any(t.is_alive() and not t.daemon for t in threading.enumerate()
+                                  if t is not threading.main_thread()):
         sys.stdout.flush()
         os._exit(code)
     raise SystemExit(code)
