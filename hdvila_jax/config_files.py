@@ -35,10 +35,20 @@ def _package_root_on_path(path: str) -> Iterator[None]:
             sys.path.remove(root)
 
 
+def split_spec(spec: str) -> tuple[str, str]:
+    """``"configs/retrieval.py:msrvtt"`` -> ``("configs/retrieval.py", "msrvtt")``; a ``.json`` config has no
+    variant; the ``://`` of a ``gs://`` path is not a variant's colon."""
+    if spec.endswith(".json"):
+        return spec, ""
+    scheme, separator, rest = spec.partition("://") if storage.is_remote(spec) else ("", "", spec)
+    path, _, variant = rest.partition(":")
+    return scheme + separator + path, variant
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
     """``"configs/retrieval.py:msrvtt"`` -> that file's ``get_config("msrvtt")``; ``"run/config.json"``
     -> its contents as a ConfigDict."""
-    path, variant = (spec, "") if spec.endswith(".json") else spec.partition(":")[::2]
+    path, variant = split_spec(spec)
     if storage.is_remote(path) and not path.endswith(".json"):
         raise ConfigFileError(f"config file {path!r}: only .json configs are read from gs://; python configs are local")
     if not storage.isfile(path):

@@ -63,5 +63,5 @@ def prepare_demo_init(config: ml_collections.ConfigDict, config_file: str,
     workdir = storage.dirname(storage.absolute(source))
     logging.info("%s has no checkpoint: training %s into %s first", source, spec, workdir)
     prepare_demo_data(demo)
-    prepare_demo_init(demo, spec.partition(":")[0], train)
+    prepare_demo_init(demo, config_files.split_spec(spec)[0], train)
     train(demo, workdir)

@@ -57,6 +57,14 @@ def test_absolute_keeps_gs_paths():
     assert storage.dirname("gs://bucket/run") == storage.dirname("gs://bucket") == "gs://bucket"
     with pytest.raises(ValueError, match="only local paths and gs://"):
         storage.path("s3://bucket/x")
+    # The one os.path.abspath outside storage's own remote branches (config_files' package root of a .py
+    # config) never sees gs://: a python config in a bucket is refused before it.
+    from hdvila_jax import config_files
+    with pytest.raises(config_files.ConfigFileError, match="only .json configs are read from gs://"):
+        config_files.load_config("gs://bucket/configs/stage1.py:tiny")  # was "config file 'gs' does not exist"
+    assert config_files.split_spec("gs://bucket/configs/stage1.py:tiny") == ("gs://bucket/configs/stage1.py", "tiny")
+    assert config_files.split_spec("configs/stage1.py:tiny") == ("configs/stage1.py", "tiny")
+    assert config_files.split_spec("gs://bucket/run/config.json") == ("gs://bucket/run/config.json", "")
 
 
 def test_gs_path_without_gcsfs_says_how_to_install(monkeypatch):
