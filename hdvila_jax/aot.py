@@ -168,12 +168,13 @@ def compile_for_topology(config: ml_collections.ConfigDict, topology: str, per_c
     # XLA's cost analysis counts a loop body once: with accumulation, one micro-batch's cost
     report.update(train_report,
                   cost_covers="one micro-batch and the update" if config.grad_accum_steps > 1 else "the step")
-    if hlo_path and compiled is not None:
+    hlo = compiled.as_text() if compiled is not None and (hlo_path or profile) else None  # tens of MB at paper size
+    if hlo_path and hlo is not None:
         with open(hlo_path, "w") as f:
-            f.write(compiled.as_text())
-    if profile and compiled is not None:
-        report["op_profile"] = hlo_profile.op_profile(compiled.as_text())
-        report["module_profile"] = hlo_profile.module_profile(compiled.as_text())
+            f.write(hlo)
+    if profile and hlo is not None:
+        report["op_profile"] = hlo_profile.op_profile(hlo)
+        report["module_profile"] = hlo_profile.module_profile(hlo)
     lowered_eval = eval_step_lowered(built) if with_eval else None
     if lowered_eval is not None:
         eval_report, _ = compile_and_report(lowered_eval, devices_per_chip, chip, dtype)

@@ -38,7 +38,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config, metrics 
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes from workdir) or eval-only.")
 flags.mark_flags_as_required(["config", "workdir"])
 cli_errors.define_debug_flag()
-INTERRUPTED = "interrupted (Ctrl-C): stopped without saving; the workdir's complete checkpoints are kept"
+_INTERRUPTED_MESSAGE = "interrupted (Ctrl-C): stopped without saving; the workdir's complete checkpoints are kept"
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -75,7 +75,7 @@ def main(argv: list[str]) -> None:
     """Train or evaluate (see the module docstring); a user's mistake is one ``error:`` line."""
     # a Ctrl-C before training starts, or a second one (the first one checkpoints), ends with one line
     interrupts.install()
-    with cli_errors.user_errors(*_STOPPING_ERRORS, interrupted=INTERRUPTED):
+    with cli_errors.user_errors(*_STOPPING_ERRORS, interrupted=_INTERRUPTED_MESSAGE):
         _run(argv)
 
 
