@@ -65,8 +65,10 @@ class ModelConfig:
     remat: bool = False
     # With ``remat``: "stage" recomputes each ResNet stage as a whole (keeping only its input) and
     # each transformer layer; "block" recomputes each residual block and transformer layer;
-    # "block_dots" does too but keeps their matmul / convolution outputs. "stage" needs the least
-    # memory by XLA's analysis of the paper config (docs/performance.md).
+    # "block_dots" does too but keeps their matmul / convolution outputs; "elementwise" keeps every
+    # projection's output and the ResNets' hidden maps, recomputing LayerNorms, GELUs, attention scores,
+    # the stems and stage 1's block outputs (1% more FLOPs; the paper configs' policy). "stage" needs the
+    # least memory by XLA's analysis of the paper config (docs/performance.md).
     remat_policy: str = "stage"
     # Lowering (no parameters, the same function; only how it is lowered). The platform the model is
     # traced for: "cpu", "gpu" or "tpu", the devices a step will run on; "" = JAX's default backend

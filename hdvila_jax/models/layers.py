@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+from jax.ad_checkpoint import checkpoint_name
 
 from hdvila_jax.models.platform import resolve_platform
 
@@ -37,22 +38,25 @@ def remat_block(cls: type[nn.Module], remat: str, static_argnums: tuple[int, ...
     return nn.remat(cls, policy=_SAVED.get(remat), static_argnums=static_argnums)
 
 
-@jax.custom_vjp
-def relu(x: jax.Array) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def relu(x: jax.Array, name: str = "") -> jax.Array:
     """``max(x, 0)`` with ``jax.nn.relu``'s gradient (0 at 0), whose backward pass reads its output
     (``y > 0`` exactly where ``x > 0``) instead of keeping a mask of ``x``: where the output is saved
-    anyway (the next convolution's input), the mask's bytes are not kept. Same values and gradients."""
+    anyway (the next convolution's input), the mask's bytes are not kept. Same values and gradients.
+    A ``name`` names the output for a remat policy (``jax.ad_checkpoint.checkpoint_name``)."""
     return jnp.maximum(x, 0)
 
 
-def _relu_forward(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    y = relu(x)
+def _relu_forward(x: jax.Array, name: str) -> tuple[jax.Array, jax.Array]:
+    y = jnp.maximum(x, 0)
+    if name:
+        y = checkpoint_name(y, name)
     # Behind a barrier (which copies nothing), so that XLA cannot rewrite the backward pass's ``y > 0``
     # into ``x > 0`` and keep ``x`` as well.
     return y, jax.lax.optimization_barrier(y)
 
 
-def _relu_backward(y: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+def _relu_backward(name: str, y: jax.Array, g: jax.Array) -> tuple[jax.Array]:
     return (jnp.where(y > 0, g, jnp.zeros_like(g)),)
 
 

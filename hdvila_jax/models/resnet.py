@@ -22,6 +22,11 @@ from hdvila_jax.models.layers import Dtype, at_least_float32, max_pool, relu, re
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 BN_EPS = 1e-5
+# The "elementwise" remat policy's names: what a residual block keeps for the backward pass (its hidden
+# maps, the inputs of its second and last convolutions), and the stages whose block outputs it does not
+# keep but recomputes from them (the blocks' last 1x1 convolutions and the first block's downsample).
+HIDDEN = "resnet_hidden"
+RECOMPUTED_OUTPUT_STAGES = (0,)
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
@@ -74,6 +79,11 @@ def conv_bn(x: jax.Array, features: int, kernel: int, stride: int, dtype: Dtype,
     return y * multiplier.astype(y.dtype) + shift.astype(y.dtype)
 
 
+def _hidden_relu(x: jax.Array) -> jax.Array:
+    """A residual block's inner ReLU under the "elementwise" policy: keeps its output, named ``HIDDEN``."""
+    return relu(x, HIDDEN)
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions (ResNet-18/34)."""
 
@@ -91,7 +101,8 @@ class BasicBlock(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         d, p, lower = self.dtype, self.param_dtype, (self.lowering_platform, self.onednn)
         act = relu if self.relu_keeps_output else nn.relu
-        out = act(conv_bn(x, self.planes, 3, self.stride, d, p, "conv1", "bn1", *lower))
+        hidden = _hidden_relu if self.relu_keeps_output else nn.relu
+        out = hidden(conv_bn(x, self.planes, 3, self.stride, d, p, "conv1", "bn1", *lower))
         out = conv_bn(out, self.planes, 3, 1, d, p, "conv2", "bn2", *lower)
         if self.downsample:
             x = conv_bn(x, self.planes, 1, self.stride, d, p, "downsample_conv", "downsample_bn", *lower)
@@ -115,8 +126,9 @@ class Bottleneck(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         d, p, lower = self.dtype, self.param_dtype, (self.lowering_platform, self.onednn)
         act = relu if self.relu_keeps_output else nn.relu
-        out = act(conv_bn(x, self.planes, 1, 1, d, p, "conv1", "bn1", *lower))
-        out = act(conv_bn(out, self.planes, 3, self.stride, d, p, "conv2", "bn2", *lower))
+        hidden = _hidden_relu if self.relu_keeps_output else nn.relu
+        out = hidden(conv_bn(x, self.planes, 1, 1, d, p, "conv1", "bn1", *lower))
+        out = hidden(conv_bn(out, self.planes, 3, self.stride, d, p, "conv2", "bn2", *lower))
         out = conv_bn(out, self.planes * 4, 1, 1, d, p, "conv3", "bn3", *lower)
         if self.downsample:
             x = conv_bn(x, self.planes * 4, 1, self.stride, d, p, "downsample_conv", "downsample_bn", *lower)
@@ -130,8 +142,10 @@ class ResNet(nn.Module):
     ``num_stages=3`` stops after stage 3 (C4), as the LR branch does; the stage-4
     parameters are then never created. ``remat`` is a ``ModelConfig.remat_policy`` ("" = off):
     "stage" recomputes each stage in the backward pass from its input, "block" / "block_dots"
-    each residual block; "elementwise" recomputes only the stem's normalised input, and its ReLUs
-    keep their outputs, not masks of their inputs (every other saved activation is a convolution's input).
+    each residual block; "elementwise" recomputes the stem from the pixels and, in the stages of
+    ``RECOMPUTED_OUTPUT_STAGES`` (the largest maps), each block's output from its kept hidden maps (its
+    last convolution, 1x1 in a bottleneck, and the first block's downsample); its ReLUs keep their
+    outputs, not masks of their inputs (every other saved activation is a convolution's input).
     Convolutions and the stem's max-pool are lowered for ``lowering_platform`` ("" = the default
     backend), CPU convolutions in oneDNN if ``onednn`` (``ModelConfig``'s fields).
     """
@@ -153,15 +167,16 @@ class ResNet(nn.Module):
             block_cls = remat_block(block_cls, self.remat)
         lean = self.remat == "elementwise"
 
-        def stem(module: nn.Module, pixels: jax.Array) -> jax.Array:
-            return conv_bn(normalize_pixels(pixels, d), 64, 7, 2, d, p, "conv1", "bn1", *lower)
-
-        # "elementwise": the stem's normalised input is recomputed from the pixels for its kernel's
-        # gradient rather than kept through the step (nothing else is recomputed: the convolution's
-        # output is not needed there), and each ReLU keeps only its output.
         act = relu if lean else nn.relu
-        x = act((nn.remat(stem) if lean else stem)(self, x))
-        x = max_pool(x, 3, 2, 1, platform=self.lowering_platform)
+
+        def stem(module: nn.Module, pixels: jax.Array) -> jax.Array:
+            x = act(conv_bn(normalize_pixels(pixels, d), 64, 7, 2, d, p, "conv1", "bn1", *lower))
+            return max_pool(x, 3, 2, 1, platform=self.lowering_platform)
+
+        # "elementwise": the stem (3 input channels: recomputing both stems adds 0.5% to the paper stage-1
+        # step's FLOPs) is recomputed from the pixels in the backward pass, so neither its normalised input
+        # nor its full-resolution output is kept through the step, only the max-pool's output (stage 1's input).
+        x = (nn.remat(stem) if lean else stem)(self, x)
         in_channels, outputs = 64, []
         for stage, num_blocks in enumerate(STAGE_BLOCKS[self.depth][: self.num_stages]):
             planes = 64 * 2**stage
@@ -175,7 +190,11 @@ class ResNet(nn.Module):
                     x = block_cls(planes, stride, downsample, d, p, *lower, lean, name=f"layer{stage + 1}_{b}")(x)
                 return x
 
-            x = (nn.remat(run_stage) if self.remat == "stage" else run_stage)(self, x)
+            if self.remat == "stage":
+                run_stage = nn.remat(run_stage)
+            elif lean and stage in RECOMPUTED_OUTPUT_STAGES:
+                run_stage = nn.remat(run_stage, policy=jax.checkpoint_policies.save_only_these_names(HIDDEN))
+            x = run_stage(self, x)
             in_channels = planes * expansion
             outputs.append(x)
         return outputs
