@@ -2,7 +2,7 @@
 compiles (``python -m hdvila_jax.aot``; libtpu on any host, no TPU needed).
 
     python -m benchmarks.aot_table [--configs=stage1,stage2,msrvtt,msrvtt_qa]
-        [--topologies=v5e:2x4,v5p:2x2x1,v5p:4x4x4,v6e:2x4] [--remat=none,stage] [--batches=16,8,4,2,1]
+        [--topologies=v5e:2x4,v5p:2x2x1,v5p:4x4x4,v6e:2x4] [--remat=elementwise,none,stage] [--batches=16,8,4,2,1]
         [--json=out.json]
 
 For each (config, topology, remat) the per-chip batches are tried from the largest down, each a
@@ -26,7 +26,7 @@ CONFIGS = {"stage1": "configs/stage1.py", "stage2": "configs/stage2.py", "msrvtt
            "msrvtt_qa": "configs/qa.py:msrvtt_qa"}
 _CONFIGS = flags.DEFINE_list("configs", list(CONFIGS), f"Configs, from {sorted(CONFIGS)}.")
 _TOPOLOGIES = flags.DEFINE_list("topologies", ["v5e:2x4", "v5p:2x2x1", "v5p:4x4x4", "v6e:2x4"], "TPU topologies.")
-_REMAT = flags.DEFINE_list("remat", ["none", "stage"], "'none' or a model.remat_policy.")
+_REMAT = flags.DEFINE_list("remat", ["elementwise", "none", "stage"], "'none' or a model.remat_policy.")
 _BATCHES = flags.DEFINE_list("batches", ["16", "8", "4", "2", "1"], "Per-chip batches to try, largest first.")
 _EVAL = flags.DEFINE_bool("eval", False, "Also compile the eval step.")
 _JSON = flags.DEFINE_string("json", None, "Write the rows as JSON to this file.")

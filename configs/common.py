@@ -103,6 +103,10 @@ def base_config(stage: int, variant: str) -> ml_collections.ConfigDict:
                                                  demo_config=""))
     if variant == "paper":
         config.model.dtype = "bfloat16"
+        # Recompute only what is cheap (docs/performance.md, "Fewer bytes"): 12 stage-1 examples per chip
+        # fit a v5e; where the batch fits without it (v5p, v6e), --config.model.remat=false is faster.
+        config.model.remat = True
+        config.model.remat_policy = "elementwise"
         return config
     config.demo_data_dir = "demo_data"  # = the demo/tiny data root of get_data_config
     config.model.resnet_depth = 18

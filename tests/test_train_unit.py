@@ -115,3 +115,14 @@ def test_bad_model_field_is_named():
     config.data.mlm_probability = 0.0
     with pytest.raises(TrainConfigError, match="config.data.mlm_probability"):
         check_config(config)
+
+
+def test_paper_configs_use_the_elementwise_remat_policy_and_the_small_variants_none():
+    # docs/performance.md, "Fewer bytes": 12 stage-1 examples per v5e chip fit with it; the tiny and demo
+    # variants run on CPUs and small GPUs without remat.
+    from configs import qa, retrieval
+    for config in (stage1.get_config("paper"), stage2.get_config("paper"), retrieval.get_config("msrvtt"),
+                   qa.get_config("msrvtt_qa")):
+        assert (config.model.remat, config.model.remat_policy) == (True, "elementwise")
+    for variant in ("tiny", "demo"):
+        assert stage1.get_config(variant).model.remat is False
