@@ -6,7 +6,7 @@ stage1.py, stage2.py, retrieval.py and qa.py each build on this module; none imp
 import ml_collections
 
 from configs import model as model_configs
-from hdvila_jax import compilation_cache
+from hdvila_jax import compilation_cache, tpu_flags
 from hdvila_jax.data.config import get_data_config
 
 # Parameter groups (regexes on paths like 'video/cnn_hr/...'): the ResNets and their fusion, the
@@ -74,6 +74,9 @@ def base_config(stage: int, variant: str) -> ml_collections.ConfigDict:
     # Dropout's PRNG (jax.random key impl): threefry2x32 (jax's default; the same masks on every
     # backend) or rbg / unsafe_rbg (cheaper random bits on TPU, as MaxText uses; other masks).
     config.rng_impl = "threefry2x32"
+    # libtpu compiler flags (LIBTPU_INIT_ARGS, set before libtpu starts; hdvila_jax/tpu_flags.py): by default
+    # no windowed reduce-scatter einsums, which keep activations in HBM until the step's end; "" = none.
+    config.libtpu_flags = tpu_flags.DEFAULT
     # The model's crop_size and num_frames are the reader's too: (H, W) of the HR crop and frames per clip.
     config.model = model_configs.get_config("paper" if variant == "paper" else "tiny")
     config.data = get_data_config(variant)

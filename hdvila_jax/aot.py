@@ -32,7 +32,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from hdvila_jax import accelerators, cli_errors, hlo_profile, storage, variables_io
+from hdvila_jax import accelerators, cli_errors, hlo_profile, storage, tpu_flags, variables_io
 from hdvila_jax.models import HDVILA
 from hdvila_jax.models.config import ConfigError
 from hdvila_jax.sharding import ShardingConfigError
@@ -143,6 +143,8 @@ def compile_for_topology(config: ml_collections.ConfigDict, topology: str, per_c
     ``profile``, also the train step's ``op_profile`` and ``module_profile``; ``hlo_path``: write its optimised HLO there)."""
     if per_chip_batch is not None and per_chip_batch < 1:
         raise AotError(f"--per_chip_batch={per_chip_batch}: must be a positive integer")
+    libtpu_flags = config.get("libtpu_flags", "")
+    tpu_flags.apply(libtpu_flags)  # before libtpu starts, as the trainer does
     devices = topology_devices(topology)
     chips = chips_in(topology)
     if len(devices) % chips:
@@ -162,7 +164,8 @@ def compile_for_topology(config: ml_collections.ConfigDict, topology: str, per_c
                   mesh=dict(built.mesh.shape), global_batch=config.batch_size,
                   per_chip_batch=config.batch_size / config.grad_accum_steps / chips,
                   grad_accum_steps=config.grad_accum_steps,
-                  dtype=dtype, remat=built.model_cfg.active_remat or "none", stage=config.stage,
+                  dtype=dtype, remat=built.model_cfg.active_remat or "none", libtpu_flags=libtpu_flags,
+                  stage=config.stage,
                   task=built.task.name)
     train_report, compiled = compile_and_report(built.lower(), devices_per_chip, chip, dtype)
     # XLA's cost analysis counts a loop body once: with accumulation, one micro-batch's cost

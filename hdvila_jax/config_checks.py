@@ -5,7 +5,7 @@ from __future__ import annotations
 import ml_collections
 from jax.sharding import Mesh
 
-from hdvila_jax import sharding
+from hdvila_jax import sharding, tpu_flags
 from hdvila_jax.models import ModelConfig, model_config_from_dict
 from hdvila_jax.tasks import Task, get_task
 from hdvila_jax.tasks.base import TrainConfigError, require
@@ -22,6 +22,7 @@ def check_config(config: ml_collections.ConfigDict) -> tuple[ModelConfig, Task]:
         require(name in config, name, "missing")
     require(config.stage in (1, 2), "stage", f"must be 1 or 2, got {config.stage!r}")
     require(config.rng_impl in RNG_IMPLS, "rng_impl", f"must be one of {RNG_IMPLS}, got {config.rng_impl!r}")
+    tpu_flags.check(config.get("libtpu_flags", ""))
     task = get_task(config)  # an unknown config.task is a TrainConfigError naming it
     require(task.stage == config.stage, "stage", f"task {task.name} uses the stage-{task.stage} model")
     epochs = config.get("epochs", 0)

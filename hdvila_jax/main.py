@@ -15,7 +15,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from hdvila_jax import (cli_errors, compilation_cache, config_files, demo, eval_only, interrupts, multihost,
-                        quiet_logs, storage)
+                        quiet_logs, storage, tpu_flags)
 from hdvila_jax.config_checks import check_config
 from hdvila_jax.data.answers import AnswerVocabError
 from hdvila_jax.models.config import ConfigError
@@ -88,6 +88,7 @@ def _run(argv):
     # before anything compiles (jax sets its cache up at the first compile)
     compilation_cache.setup_compilation_cache(config.get("compilation_cache_dir", compilation_cache.DEFAULT),
                                               _WORKDIR.value)
+    tpu_flags.apply(config.get("libtpu_flags", ""))  # before libtpu starts (multi-host setup may start it)
     how = multihost.initialize_from_flags()
     logging.info("process %d/%d (%s), %d local / %d global devices", jax.process_index(), jax.process_count(), how,
                  jax.local_device_count(), jax.device_count())

@@ -52,6 +52,7 @@ def report():
 def test_tiny_train_and_eval_steps_compile_for_v5e_and_fit(report):
     assert (report["topology"], report["chip"], report["chips"], report["devices"]) == ("v5e:2x2", "TPU v5e", 4, 4)
     assert report["global_batch"] == 8 and report["per_chip_batch"] == 2 and report["mesh"] == {"data": 4, "fsdp": 1}
+    assert report["libtpu_flags"] == "--xla_tpu_enable_windowed_einsum_for_reduce_scatter=false"  # what it compiled with
     for row in (report, report["eval"]):
         assert row["fits"] and 0 < row["peak_bytes_per_chip"] < 16 * accelerators.GIB
         assert row["peak_bytes_per_chip"] == (row["arguments_bytes_per_chip"] + row["outputs_bytes_per_chip"]
@@ -194,3 +195,14 @@ def test_aot_command_line_mistakes_are_one_line(flag, message):
     debug = subprocess.run(command + ["--debug"], capture_output=True, text=True,
                            env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert debug.returncode == 1 and "Traceback" in debug.stderr  # --debug shows where it came from
+
+
+def test_config_libtpu_flags_reach_libtpu():
+    # A flag libtpu does not know stops it: the config's flags are in LIBTPU_INIT_ARGS when it starts.
+    import subprocess
+    import sys
+    command = [sys.executable, "-m", "hdvila_jax.aot", "--config=configs/stage1.py:tiny", "--topology=v5e:2x2",
+               "--per_chip_batch=2", "--eval=false", "--config.libtpu_flags=--xla_tpu_no_such_flag_here=1"]
+    env = {k: v for k, v in os.environ.items() if k != "LIBTPU_INIT_ARGS"}
+    result = subprocess.run(command, capture_output=True, text=True, env=dict(env, JAX_PLATFORMS="cpu"), timeout=600)
+    assert result.returncode != 0 and "Unknown command line flag 'xla_tpu_no_such_flag_here'" in result.stderr
