@@ -143,8 +143,7 @@ def compile_for_topology(config: ml_collections.ConfigDict, topology: str, per_c
     ``profile``, also the train step's ``op_profile`` and ``module_profile``; ``hlo_path``: write its optimised HLO there)."""
     if per_chip_batch is not None and per_chip_batch < 1:
         raise AotError(f"--per_chip_batch={per_chip_batch}: must be a positive integer")
-    libtpu_flags = config.get("libtpu_flags", "")
-    tpu_flags.apply(libtpu_flags)  # before libtpu starts, as the trainer does
+    libtpu_flags = tpu_flags.apply(config.get("libtpu_flags", ""))  # before libtpu starts, as the trainer does
     devices = topology_devices(topology)
     chips = chips_in(topology)
     if len(devices) % chips:
