@@ -67,7 +67,7 @@ class ModelConfig:
     # each transformer layer; "block" recomputes each residual block and transformer layer;
     # "block_dots" does too but keeps their matmul / convolution outputs; "elementwise" keeps every
     # projection's output and the ResNets' hidden maps, recomputing LayerNorms, GELUs, attention scores,
-    # the stems and stage 1's block outputs (1% more FLOPs; the paper configs' policy). "stage" needs the
+    # the stems and stage 1's block outputs (about 2% more FLOPs; the paper configs' policy). "stage" needs the
     # least memory by XLA's analysis of the paper config (docs/performance.md).
     remat_policy: str = "stage"
     # Lowering (no parameters, the same function; only how it is lowered). The platform the model is
