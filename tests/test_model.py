@@ -34,6 +34,7 @@ BF16_RTOL = 5e-2
     ("remat_policy", "everything", "remat_policy"),
     ("lowering_platform", "cuda", "lowering_platform"),
     ("onednn_conv", "yes", "onednn_conv"),
+    ("fused_attention", 1, "fused_attention.*true or false"),
     ("crop_size", (64, 64 * 101), "max_grid_col_position_embeddings"),
 ])
 def test_bad_config_names_the_field(field, value, message):

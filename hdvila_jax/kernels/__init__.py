@@ -1,1 +1,2 @@
-"""Native CPU kernels called from XLA through its FFI (built from source on first use)."""
+"""Kernels of our own: native CPU convolutions called through XLA's FFI (built from source on first use)
+and a Pallas TPU attention kernel."""

@@ -79,6 +79,11 @@ class ModelConfig:
     # On CPU, kxk convolutions on large maps in oneDNN (``hdvila_jax.kernels``; the [onednn] extra,
     # a single CPU device); XLA's own convolutions where it cannot be built.
     onednn_conv: bool = False
+    # The TimeSformer's spatial attention (160 tokens per frame) as one Pallas kernel per direction
+    # (``hdvila_jax.kernels.fused_attention``): its scores and probabilities never reach HBM and the
+    # backward pass recomputes them; the same roundings as XLA's formulation (round-off apart). A TPU
+    # kernel: on other platforms Pallas interprets it, slowly (for tests).
+    fused_attention: bool = False
 
     @property
     def active_remat(self) -> str:
@@ -140,6 +145,8 @@ def validate(cfg: ModelConfig) -> ModelConfig:
     _check(cfg.lowering_platform in LOWERING_PLATFORMS, "lowering_platform",
            f"must be one of {LOWERING_PLATFORMS} (\"\" = the default backend), got {cfg.lowering_platform!r}")
     _check(isinstance(cfg.onednn_conv, bool), "onednn_conv", f"must be true or false, got {cfg.onednn_conv!r}")
+    _check(isinstance(cfg.fused_attention, bool), "fused_attention",
+           f"must be true or false, got {cfg.fused_attention!r}")
     _check(cfg.param_dtype in DTYPES, "param_dtype", f"must be one of {DTYPES}, got {cfg.param_dtype!r}")
     return cfg
 

@@ -13,8 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from hdvila_jax.kernels.fused_attention import fused_attention
 from hdvila_jax.models.layers import (Dtype, at_least_float32, attention, exact_gelu, layer_norm,
                                       linear_resize_matrix, remat_block, trunc_init)
+from hdvila_jax.sharding import BATCH_AXES
 
 
 class HeadsDense(nn.Module):
@@ -40,11 +42,16 @@ class HeadsDense(nn.Module):
 
 class GridAttention(nn.Module):
     """Multi-head self-attention with a fused ``qkv`` projection over the ``axis`` of ``x [..., D]``
-    (the other leading axes are batch); the output keeps ``x``'s layout."""
+    (the other leading axes are batch); the output keeps ``x``'s layout. ``fused`` (``x [B, L, D]``
+    only) attends in one kernel per direction lowered for ``lowering_platform``, per shard of the mesh
+    the step is traced for (``jax.sharding.use_abstract_mesh``, as the train step does); traced
+    without one (evaluation, search), it is XLA's formulation, which gives the same numbers."""
 
     num_heads: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    fused: bool = False
+    lowering_platform: str = ""
 
     @nn.compact
     def __call__(self, x: jax.Array, axis: int) -> jax.Array:
@@ -59,7 +66,10 @@ class GridAttention(nn.Module):
         q, k, v = dense("qkv", features=3 * width, equation=f"{dims}z,zshk->s{batch}h{tokens}k",
                         kernel_shape=(width, 3, heads, width // heads),
                         bias_shape=(3, *ones, heads, 1, width // heads))(x)
-        out = attention(q, k, v, None, None, True)  # [batch..., heads, tokens, head_dim]
+        if self.fused and not jax.sharding.get_abstract_mesh().empty:  # traced for a mesh: the train step
+            out = fused_attention(q, k, v, platform=self.lowering_platform, batch_axes=BATCH_AXES)
+        else:
+            out = attention(q, k, v, None, None, True)  # [batch..., heads, tokens, head_dim]
         return dense("proj", features=width, equation=f"{batch}h{tokens}k,hkz->{dims}z",
                      kernel_shape=(heads, width // heads, width), bias_shape=(width,))(out)
 
@@ -73,6 +83,8 @@ class TimeSformerBlock(nn.Module):
     zero_temporal_fc: bool
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    fused_attention: bool = False  # the spatial attention in one kernel (GridAttention's ``fused``)
+    lowering_platform: str = ""
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
@@ -91,7 +103,8 @@ class TimeSformerBlock(nn.Module):
         x = x + res
 
         xs = x.reshape(n * t, h * w, d)
-        res = GridAttention(self.num_heads, dt, pd, name="attn")(norm("norm1")(xs), axis=1).reshape(n, t, h, w, d)
+        spatial = GridAttention(self.num_heads, dt, pd, self.fused_attention, self.lowering_platform, name="attn")
+        res = spatial(norm("norm1")(xs), axis=1).reshape(n, t, h, w, d)
         x = x + drop((2, 3, 4))(res, deterministic=deterministic)
 
         hidden = int(d * self.mlp_ratio)
@@ -112,6 +125,8 @@ class TimeSformer(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     remat: str = ""  # a ModelConfig.remat_policy ("" = off): each block is recomputed in the backward pass
+    fused_attention: bool = False  # ModelConfig.fused_attention
+    lowering_platform: str = ""
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
@@ -130,6 +145,6 @@ class TimeSformer(nn.Module):
         rates = np.linspace(0.0, self.drop_path_rate, self.depth)
         block_cls = remat_block(TimeSformerBlock, self.remat, static_argnums=(2,))
         for i in range(self.depth):
-            x = block_cls(self.num_heads, self.mlp_ratio, float(rates[i]), i > 0, self.dtype,
-                                 self.param_dtype, name=f"block_{i}")(x, deterministic)
+            x = block_cls(self.num_heads, self.mlp_ratio, float(rates[i]), i > 0, self.dtype, self.param_dtype,
+                          self.fused_attention, self.lowering_platform, name=f"block_{i}")(x, deterministic)
         return x

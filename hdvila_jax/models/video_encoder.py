@@ -43,7 +43,8 @@ class HybridVideoEncoder(nn.Module):
         self.fuse = conv1x1()
         self.timesformer = TimeSformer(cfg.timesformer_depth, cfg.timesformer_heads, cfg.timesformer_mlp_ratio,
                                        cfg.timesformer_drop_path_rate, cfg.timesformer_grid, cfg.timesformer_frames,
-                                       dtype, pdtype, cfg.active_remat)
+                                       dtype, pdtype, cfg.active_remat,
+                                       fused_attention=cfg.fused_attention, lowering_platform=self.platform)
 
     def backbones(self, img_middle: jax.Array, img_other: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Pixels -> HR C4 ``[N, H/16, W/16, c4]``, HR C5 ``[N, H/32, W/32, c5]`` and LR C4

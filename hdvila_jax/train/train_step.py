@@ -39,7 +39,8 @@ def make_train_step(config: ml_collections.ConfigDict, model: HDVILA, optimizer:
         frozen = {p: v for p, v in flat.items() if p not in trainable}
         rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"], impl=config.rng_impl), state["step"])
         ctx = StepContext(model, mesh, config.grad_accum_steps, frozen, state["batch_stats"])
-        loss, metrics, grads = task.loss_and_grads(ctx, trainable, batch, rng)
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # per-shard kernels (fused attention)
+            loss, metrics, grads = task.loss_and_grads(ctx, trainable, batch, rng)
 
         full_grads = traverse_util.unflatten_dict(
             {p: grads[p] if p in grads else jnp.zeros_like(v) for p, v in flat.items()}, sep="/")
