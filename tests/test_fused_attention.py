@@ -22,12 +22,19 @@ def _qkv(shape, dtype, seed=0):
     return tuple(jnp.asarray(rng.standard_normal(shape) * scale, dtype) for scale in (1.5, 1.5, 1.0, 1.0))
 
 
+def _xla_attention(q, k, v, heads):
+    """XLA's formulation (``models.layers.attention``) on token-major ``[B, L, heads * head_dim]``."""
+    split = lambda x: x.reshape(*x.shape[:2], heads, -1).transpose(0, 2, 1, 3)  # noqa: E731
+    out = attention(split(q), split(k), split(v), None, None, True)
+    return out.transpose(0, 2, 1, 3).reshape(q.shape)
+
+
 @pytest.mark.parametrize("dtype, tolerance", [(jnp.float32, 1e-5), (jnp.bfloat16, 1e-3)])
-@pytest.mark.parametrize("shape", [(3, 4, 24, 16), (2, 2, 10, 8)])
-def test_kernel_gives_xla_attentions_outputs_and_gradients(dtype, tolerance, shape):
+@pytest.mark.parametrize("shape, heads", [((3, 24, 64), 4), ((2, 10, 16), 2), ((2, 12, 8), 1)])
+def test_kernel_gives_xla_attentions_outputs_and_gradients(dtype, tolerance, shape, heads):
     q, k, v, d_out = _qkv(shape, dtype)
-    out, vjp = jax.vjp(lambda q, k, v: attention(q, k, v, None, None, True), q, k, v)
-    fused_out, fused_vjp = jax.vjp(lambda q, k, v: fa.fused_attention(q, k, v, platform="cpu"), q, k, v)
+    out, vjp = jax.vjp(lambda q, k, v: _xla_attention(q, k, v, heads), q, k, v)
+    fused_out, fused_vjp = jax.vjp(lambda q, k, v: fa.fused_attention(q, k, v, heads, platform="cpu"), q, k, v)
     assert fused_out.dtype == out.dtype and fused_out.shape == out.shape
     assert relative_error(fused_out, out) < tolerance
     for ours, theirs in zip(fused_vjp(d_out), vjp(d_out)):
@@ -37,35 +44,29 @@ def test_kernel_gives_xla_attentions_outputs_and_gradients(dtype, tolerance, sha
 
 def test_kernel_keeps_only_its_inputs_for_the_backward_pass():
     from jax._src.ad_checkpoint import saved_residuals
-    q, k, v, _ = _qkv((2, 2, 24, 16), jnp.float32)
+    q, k, v, _ = _qkv((2, 24, 32), jnp.float32)
     shapes = {tuple(aval.shape) for aval, _ in saved_residuals(
-        lambda q, k, v: fa.fused_attention(q, k, v, platform="cpu").sum(), q, k, v)}
-    assert shapes == {(2, 2, 24, 16)}  # no 24 x 24 probabilities
-    xla = {tuple(aval.shape) for aval, _ in saved_residuals(lambda q, k, v: attention(q, k, v, None, None, True).sum(),
-                                                             q, k, v)}
+        lambda q, k, v: fa.fused_attention(q, k, v, 2, platform="cpu").sum(), q, k, v)}
+    assert shapes == {(2, 24, 32)}  # no 24 x 24 probabilities
+    xla = {tuple(aval.shape) for aval, _ in saved_residuals(lambda q, k, v: _xla_attention(q, k, v, 2).sum(), q, k, v)}
     assert (2, 2, 24, 24) in xla
 
 
 def test_bad_inputs_are_named():
-    q, k, v, _ = _qkv((2, 2, 8, 8), jnp.float32)
-    with pytest.raises(ValueError, match="fused_attention: q, k, v must be 4-d float32 or bfloat16"):
-        fa.fused_attention(q, k.astype(jnp.bfloat16), v, platform="cpu")
+    q, k, v, _ = _qkv((2, 8, 8), jnp.float32)
+    with pytest.raises(ValueError, match="fused_attention: q, k, v must be .batch, len, heads . head_dim. float32"):
+        fa.fused_attention(q, k.astype(jnp.bfloat16), v, 2, platform="cpu")
+    with pytest.raises(ValueError, match="with 3 heads"):
+        fa.fused_attention(q, k, v, 3, platform="cpu")
     with pytest.raises(ValueError, match="fused_attention"):
-        fa.fused_attention(q[0], k[0], v[0], platform="cpu")
+        fa.fused_attention(q[0], k[0], v[0], 2, platform="cpu")
 
 
 def test_a_batch_that_does_not_split_over_the_mesh_is_named():
-    q, k, v, _ = _qkv((3, 2, 8, 8), jnp.float32)
+    q, k, v, _ = _qkv((3, 8, 8), jnp.float32)
     mesh = jax.sharding.AbstractMesh((2, 1), ("data", "fsdp"))
     with jax.sharding.use_abstract_mesh(mesh), pytest.raises(ValueError, match="batch of 3 does not split over"):
-        fa.fused_attention(q, k, v, platform="cpu", batch_axes=("data", "fsdp"))
-
-
-def test_blocks_fit_vector_memory():
-    # The paper's frames: 16 heads of 160 x 64 (rows padded to 128 lanes, 40 KiB in bfloat16).
-    assert fa._heads_per_block((448, 16, 160, 64), 2) == 8
-    assert fa._heads_per_block((448, 16, 160, 64), 4) == 4
-    assert fa._heads_per_block((2, 3, 4096, 256), 4) == 1  # never less than one head
+        fa.fused_attention(q, k, v, 2, platform="cpu", batch_axes=("data", "fsdp"))
 
 
 def _model_loss_and_grads(cfg, variables, batch, mesh):
@@ -131,3 +132,17 @@ def test_sharded_train_step_with_fused_attention_gives_the_same_step():
     loss, fused_loss, params_error = float(words[1]), float(words[2]), float(words[4])
     assert loss != 0 and abs(fused_loss - loss) <= 1e-5 * abs(loss)
     assert params_error < 1e-6  # the updated parameters
+
+
+@pytest.mark.parametrize("axis", [0, 1, 3])
+def test_attention_over_an_axis_in_its_own_layout_is_todays_attention(axis):
+    # The TimeSformer's XLA formulation attends over one leading axis of q, k, v [..., heads, head_dim]
+    # in their own layout; models.layers.attention is the same over [batch..., heads, tokens, head_dim].
+    from hdvila_jax.models.timesformer import attention_over_axis
+    q, k, v, _ = _qkv((3, 5, 2, 4, 2, 8), jnp.float32)
+    ours = attention_over_axis(q, k, v, axis)
+    heads_major = lambda x: jnp.moveaxis(jnp.moveaxis(x, -2, 0), axis + 1, -2)  # noqa: E731
+    theirs = attention(heads_major(q), heads_major(k), heads_major(v), None, None, True)
+    theirs = jnp.moveaxis(jnp.moveaxis(theirs, -2, axis + 1), 0, -2)
+    assert ours.shape == q.shape
+    assert relative_error(ours, theirs) < 1e-6

@@ -14,7 +14,7 @@ import numpy as np
 from flax import linen as nn
 
 from hdvila_jax.kernels.fused_attention import fused_attention
-from hdvila_jax.models.layers import (Dtype, at_least_float32, attention, exact_gelu, layer_norm,
+from hdvila_jax.models.layers import (Dtype, at_least_float32, exact_gelu, layer_norm,
                                       linear_resize_matrix, remat_block, trunc_init)
 from hdvila_jax.sharding import BATCH_AXES
 
@@ -40,12 +40,38 @@ class HeadsDense(nn.Module):
         return jnp.einsum(self.equation, x, kernel.reshape(self.kernel_shape)) + bias.reshape(self.bias_shape)
 
 
+class SplitDense(nn.Module):
+    """``nn.Dense``'s parameters (``kernel [in, out]``, ``bias [out]``, ``HeadsDense``'s initialisers)
+    applied as ``parts`` matmuls, one per equal slice of the outputs, each split into ``part_shape``:
+    ``x [..., in]`` -> ``parts`` arrays ``[..., *part_shape]`` (a fused q/k/v projection computed as
+    three, each written in ``x``'s own layout with its heads split out)."""
+
+    features: int
+    parts: int
+    part_shape: tuple[int, ...]
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, ...]:
+        kernel = self.param("kernel", trunc_init, (x.shape[-1], self.features), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        size, out = self.features // self.parts, "hkjl"[:len(self.part_shape)]
+        columns = [slice(i * size, (i + 1) * size) for i in range(self.parts)]
+        return tuple(jnp.einsum(f"...z,z{out}->...{out}", x, kernel[:, c].reshape(-1, *self.part_shape))
+                     + bias[c].reshape(self.part_shape) for c in columns)
+
+
 class GridAttention(nn.Module):
     """Multi-head self-attention with a fused ``qkv`` projection over the ``axis`` of ``x [..., D]``
-    (the other leading axes are batch); the output keeps ``x``'s layout. ``fused`` (``x [B, L, D]``
-    only) attends in one kernel per direction lowered for ``lowering_platform``, per shard of the mesh
-    the step is traced for (``jax.sharding.use_abstract_mesh``, as the train step does); traced
-    without one (evaluation, search), it is XLA's formulation, which gives the same numbers."""
+    (the other leading axes are batch); the output keeps ``x``'s layout. q, k and v are computed in
+    ``x``'s own layout with the heads split out (``[..., heads, head_dim]``, one matmul each) and the
+    attention's einsums run over ``axis``, so nothing is transposed to a heads-major layout (fewer TPU
+    bytes; docs/performance.md). ``fused`` (``x [B, L, D]``, ``axis=1`` only) attends in one kernel
+    per direction lowered for ``lowering_platform``, per shard of the mesh the step is traced for
+    (``jax.sharding.use_abstract_mesh``, as the train step does); traced without one (evaluation,
+    search), it is XLA's formulation, which gives the same numbers."""
 
     num_heads: int
     dtype: Dtype = jnp.float32
@@ -56,22 +82,32 @@ class GridAttention(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, axis: int) -> jax.Array:
         width, heads = x.shape[-1], self.num_heads
-        dims = "abcdefg"[:x.ndim - 1]  # x's leading axes; "z" features, "s" q/k/v, "h" heads, "k" head_dim
-        tokens = dims[axis]
-        batch = dims.replace(tokens, "")
-        ones = (1,) * len(batch)
-        dense = lambda name, **kw: HeadsDense(contracted=width, dtype=self.dtype, param_dtype=self.param_dtype,
-                                              name=name, **kw)
+        head_dim = width // heads
         # The reference lays the 3*D outputs out as [3, heads, head_dim].
-        q, k, v = dense("qkv", features=3 * width, equation=f"{dims}z,zshk->s{batch}h{tokens}k",
-                        kernel_shape=(width, 3, heads, width // heads),
-                        bias_shape=(3, *ones, heads, 1, width // heads))(x)
+        q, k, v = SplitDense(3 * width, 3, (heads, head_dim), self.dtype, self.param_dtype, name="qkv")(x)
         if self.fused and not jax.sharding.get_abstract_mesh().empty:  # traced for a mesh: the train step
-            out = fused_attention(q, k, v, platform=self.lowering_platform, batch_axes=BATCH_AXES)
+            if x.ndim != 3 or axis != 1:
+                raise ValueError(f"GridAttention(fused=True) attends over axis 1 of x [B, L, D], got {x.shape}, {axis=}")
+            flat = lambda a: a.reshape(*x.shape)  # noqa: E731  [B, L, heads * head_dim]
+            out = fused_attention(flat(q), flat(k), flat(v), heads, platform=self.lowering_platform,
+                                  batch_axes=BATCH_AXES).reshape(q.shape)
         else:
-            out = attention(q, k, v, None, None, True)  # [batch..., heads, tokens, head_dim]
-        return dense("proj", features=width, equation=f"{batch}h{tokens}k,hkz->{dims}z",
-                     kernel_shape=(heads, width // heads, width), bias_shape=(width,))(out)
+            out = attention_over_axis(q, k, v, axis)
+        dims = "abcdefg"[:x.ndim - 1]
+        return HeadsDense(width, f"{dims}hk,hkz->{dims}z", (heads, head_dim, width), (width,), width, self.dtype,
+                          self.param_dtype, name="proj")(out)
+
+
+def attention_over_axis(q: jax.Array, k: jax.Array, v: jax.Array, axis: int) -> jax.Array:
+    """``models.layers.attention`` (softmax in float32, the same roundings) of ``q, k, v [..., heads,
+    head_dim]`` over their leading ``axis``, the other leading axes batch; the output has ``q``'s layout."""
+    dims = "abcdefg"[:q.ndim - 2]
+    tokens = dims[axis]
+    keys = dims.replace(tokens, "y")
+    scores = f"{dims.replace(tokens, '')}h{tokens}y"
+    logits = jnp.einsum(f"{dims}hk,{keys}hk->{scores}", q, k).astype(at_least_float32(q.dtype)) * q.shape[-1] ** -0.5
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum(f"{scores},{keys}hk->{dims}hk", probs, v)
 
 
 class TimeSformerBlock(nn.Module):
