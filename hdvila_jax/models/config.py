@@ -81,8 +81,9 @@ class ModelConfig:
     onednn_conv: bool = False
     # The TimeSformer's spatial attention (160 tokens per frame) as one Pallas kernel per direction
     # (``hdvila_jax.kernels.fused_attention``): its scores and probabilities never reach HBM and the
-    # backward pass recomputes them; the same roundings as XLA's formulation (round-off apart). A TPU
-    # kernel: on other platforms Pallas interprets it, slowly (for tests).
+    # backward pass recomputes them; the same roundings as XLA's formulation (round-off apart). With it
+    # both attentions take q, k, v token-major (``timesformer.GridAttention``). A TPU kernel: on other
+    # platforms Pallas interprets it, slowly (for tests).
     fused_attention: bool = False
 
     @property

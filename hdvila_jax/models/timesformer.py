@@ -14,7 +14,7 @@ import numpy as np
 from flax import linen as nn
 
 from hdvila_jax.kernels.fused_attention import fused_attention
-from hdvila_jax.models.layers import (Dtype, at_least_float32, exact_gelu, layer_norm,
+from hdvila_jax.models.layers import (Dtype, at_least_float32, attention, exact_gelu, layer_norm,
                                       linear_resize_matrix, remat_block, trunc_init)
 from hdvila_jax.sharding import BATCH_AXES
 
@@ -65,17 +65,22 @@ class SplitDense(nn.Module):
 
 class GridAttention(nn.Module):
     """Multi-head self-attention with a fused ``qkv`` projection over the ``axis`` of ``x [..., D]``
-    (the other leading axes are batch); the output keeps ``x``'s layout. q, k and v are computed in
-    ``x``'s own layout with the heads split out (``[..., heads, head_dim]``, one matmul each) and the
-    attention's einsums run over ``axis``, so nothing is transposed to a heads-major layout (fewer TPU
-    bytes; docs/performance.md). ``fused`` (``x [B, L, D]``, ``axis=1`` only) attends in one kernel
-    per direction lowered for ``lowering_platform``, per shard of the mesh the step is traced for
-    (``jax.sharding.use_abstract_mesh``, as the train step does); traced without one (evaluation,
-    search), it is XLA's formulation, which gives the same numbers."""
+    (the other leading axes are batch); the output keeps ``x``'s layout.
+
+    By default q, k and v come out of one einsum in a heads-major layout for ``layers.attention``.
+    ``token_major`` computes them in ``x``'s own layout with the heads split out (``[..., heads,
+    head_dim]``, one matmul each) and runs the attention's einsums over ``axis``: fewer bytes on TPU
+    without remat, but more memory with the ``elementwise`` policy (docs/performance.md), so it comes
+    with ``ModelConfig.fused_attention`` only. ``fused`` (token-major, ``x [B, L, D]``, ``axis=1``)
+    attends in one kernel per direction lowered for ``lowering_platform``, per shard of the mesh the
+    step is traced for (``jax.sharding.use_abstract_mesh``, as the train step does); traced without
+    one (evaluation, search), it is the token-major XLA formulation. All give the same numbers from
+    the same parameters."""
 
     num_heads: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    token_major: bool = False
     fused: bool = False
     lowering_platform: str = ""
 
@@ -83,7 +88,20 @@ class GridAttention(nn.Module):
     def __call__(self, x: jax.Array, axis: int) -> jax.Array:
         width, heads = x.shape[-1], self.num_heads
         head_dim = width // heads
-        # The reference lays the 3*D outputs out as [3, heads, head_dim].
+        dims = "abcdefg"[:x.ndim - 1]  # x's leading axes; "z" features, "s" q/k/v, "h" heads, "k" head_dim
+        dense = lambda name, **kw: HeadsDense(contracted=width, dtype=self.dtype, param_dtype=self.param_dtype,
+                                              name=name, **kw)
+        if not (self.token_major or self.fused):
+            tokens = dims[axis]
+            batch = dims.replace(tokens, "")
+            ones = (1,) * len(batch)
+            # The reference lays the 3*D outputs out as [3, heads, head_dim].
+            q, k, v = dense("qkv", features=3 * width, equation=f"{dims}z,zshk->s{batch}h{tokens}k",
+                            kernel_shape=(width, 3, heads, head_dim),
+                            bias_shape=(3, *ones, heads, 1, head_dim))(x)
+            out = attention(q, k, v, None, None, True)  # [batch..., heads, tokens, head_dim]
+            return dense("proj", features=width, equation=f"{batch}h{tokens}k,hkz->{dims}z",
+                         kernel_shape=(heads, head_dim, width), bias_shape=(width,))(out)
         q, k, v = SplitDense(3 * width, 3, (heads, head_dim), self.dtype, self.param_dtype, name="qkv")(x)
         if self.fused and not jax.sharding.get_abstract_mesh().empty:  # traced for a mesh: the train step
             if x.ndim != 3 or axis != 1:
@@ -93,9 +111,8 @@ class GridAttention(nn.Module):
                                   batch_axes=BATCH_AXES).reshape(q.shape)
         else:
             out = attention_over_axis(q, k, v, axis)
-        dims = "abcdefg"[:x.ndim - 1]
-        return HeadsDense(width, f"{dims}hk,hkz->{dims}z", (heads, head_dim, width), (width,), width, self.dtype,
-                          self.param_dtype, name="proj")(out)
+        return dense("proj", features=width, equation=f"{dims}hk,hkz->{dims}z", kernel_shape=(heads, head_dim, width),
+                     bias_shape=(width,))(out)
 
 
 def attention_over_axis(q: jax.Array, k: jax.Array, v: jax.Array, axis: int) -> jax.Array:
@@ -119,7 +136,7 @@ class TimeSformerBlock(nn.Module):
     zero_temporal_fc: bool
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    fused_attention: bool = False  # the spatial attention in one kernel (GridAttention's ``fused``)
+    fused_attention: bool = False  # ModelConfig.fused_attention: GridAttention's ``token_major`` and spatial ``fused``
     lowering_platform: str = ""
 
     @nn.compact
@@ -132,14 +149,15 @@ class TimeSformerBlock(nn.Module):
         drop = lambda shared_dims: nn.Dropout(self.drop_path, broadcast_dims=shared_dims)
 
         # Temporal attention over t for each (n, h, w) cell, in x's own layout.
-        res = GridAttention(self.num_heads, dt, pd, name="temporal_attn")(norm("temporal_norm1")(x), axis=1)
+        lean = self.fused_attention  # token-major q, k, v; the spatial attention fused (GridAttention)
+        res = GridAttention(self.num_heads, dt, pd, lean, name="temporal_attn")(norm("temporal_norm1")(x), axis=1)
         res = drop((1, 4))(res, deterministic=deterministic)
         fc_init = nn.initializers.zeros if self.zero_temporal_fc else trunc_init
         res = nn.Dense(d, kernel_init=fc_init, dtype=dt, param_dtype=pd, name="temporal_fc")(res)
         x = x + res
 
         xs = x.reshape(n * t, h * w, d)
-        spatial = GridAttention(self.num_heads, dt, pd, self.fused_attention, self.lowering_platform, name="attn")
+        spatial = GridAttention(self.num_heads, dt, pd, lean, lean, self.lowering_platform, name="attn")
         res = spatial(norm("norm1")(xs), axis=1).reshape(n, t, h, w, d)
         x = x + drop((2, 3, 4))(res, deterministic=deterministic)
 
