@@ -34,7 +34,8 @@ FORMULATIONS = {"heads-major": dict(), "token-major": dict(token_major=True),
 def sublayer_cost(device: jax.Device, sublayer: str, formulation: str, clips: int) -> dict:
     """XLA's cost and memory analysis of one sublayer's forward + backward compiled for ``device``."""
     h, w = GRID
-    shape, axis = ((clips, FRAMES, h, w, WIDTH), 1) if sublayer == "temporal" else ((clips * FRAMES, h * w, WIDTH), 1)
+    shape = (clips, FRAMES, h, w, WIDTH) if sublayer == "temporal" else (clips * FRAMES, h * w, WIDTH)
+    axis = 1  # time in the grid, space in the frames
     module = GridAttention(HEADS, jnp.bfloat16, jnp.float32, lowering_platform="tpu", **FORMULATIONS[formulation])
     single = jax.sharding.SingleDeviceSharding(device)
     params = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape[1:]), jnp.bfloat16),

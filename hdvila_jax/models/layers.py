@@ -70,16 +70,18 @@ def layer_norm(eps: float, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.La
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None,
-              dropout: nn.Module | None, deterministic: bool) -> jax.Array:
-    """Scaled dot-product attention over ``[..., heads, len, head_dim]``; softmax in float32 (or float64)."""
+              dropout: nn.Module | None, deterministic: bool,
+              equations: tuple[str, str] = ("...qd,...kd->...qk", "...qk,...kd->...qd")) -> jax.Array:
+    """Scaled dot-product attention over ``[..., heads, len, head_dim]``; softmax in float32 (or float64).
+    ``equations`` (scores, then output; the scores' last axis is the keys') lay q, k, v out otherwise."""
     scale = q.shape[-1] ** -0.5
-    logits = jnp.einsum("...qd,...kd->...qk", q, k).astype(at_least_float32(q.dtype)) * scale
+    logits = jnp.einsum(equations[0], q, k).astype(at_least_float32(q.dtype)) * scale
     if bias is not None:
         logits = logits + bias
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     if dropout is not None:
         probs = dropout(probs, deterministic=deterministic)
-    return jnp.einsum("...qk,...kd->...qd", probs, v)
+    return jnp.einsum(equations[1], probs, v)
 
 
 def max_pool(x: jax.Array, window: int, stride: int, pad: int = 0, *, platform: str) -> jax.Array:

@@ -116,15 +116,13 @@ class GridAttention(nn.Module):
 
 
 def attention_over_axis(q: jax.Array, k: jax.Array, v: jax.Array, axis: int) -> jax.Array:
-    """``models.layers.attention`` (softmax in float32, the same roundings) of ``q, k, v [..., heads,
-    head_dim]`` over their leading ``axis``, the other leading axes batch; the output has ``q``'s layout."""
+    """``models.layers.attention`` of ``q, k, v [..., heads, head_dim]`` over their leading ``axis``, the
+    other leading axes batch; the output has ``q``'s layout."""
     dims = "abcdefg"[:q.ndim - 2]
     tokens = dims[axis]
     keys = dims.replace(tokens, "y")
     scores = f"{dims.replace(tokens, '')}h{tokens}y"
-    logits = jnp.einsum(f"{dims}hk,{keys}hk->{scores}", q, k).astype(at_least_float32(q.dtype)) * q.shape[-1] ** -0.5
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum(f"{scores},{keys}hk->{dims}hk", probs, v)
+    return attention(q, k, v, None, None, True, (f"{dims}hk,{keys}hk->{scores}", f"{scores},{keys}hk->{dims}hk"))
 
 
 class TimeSformerBlock(nn.Module):
