@@ -72,6 +72,24 @@ def test_max_pool_gradients_agree_across_platforms():
         np.testing.assert_array_equal(other, cpu)
 
 
+@pytest.mark.parametrize("relu", [jax.nn.relu, layers.relu])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("platform", ["cpu", "tpu"])
+def test_relu_after_the_stem_pool_gives_the_same_values_and_gradients(platform, dtype, relu):
+    # The ResNet stem pools before its ReLU (issue 32): max-pool(ReLU(z)) = ReLU(max-pool(z)), gradients bit
+    # for bit. Coarse values make ties everywhere: all-negative windows, tied zeros, tied positive maxima.
+    rng = np.random.default_rng(3)
+    z = jnp.asarray(np.round(rng.standard_normal((2, 11, 14, 4)) * 2) / 2, dtype)
+    z = z.at[0, :4, :4].set(-1.0)  # whole windows below zero
+    ct = jnp.asarray(rng.standard_normal((2, 6, 7, 4)), dtype)
+    before = jax.vjp(lambda z: max_pool(relu(z), 3, 2, 1, platform=platform), z)
+    after = jax.vjp(lambda z: relu(max_pool(z, 3, 2, 1, platform=platform)), z)
+    np.testing.assert_array_equal(np.asarray(after[0], np.float32), np.asarray(before[0], np.float32))
+    grad_before, grad_after = (np.asarray(vjp(ct)[0], np.float32) for _, vjp in (before, after))
+    np.testing.assert_array_equal(grad_after, grad_before)
+    assert (grad_after != 0).sum() > 20 and (z <= 0).sum() > 100 and (grad_after[z <= 0] == 0).all()
+
+
 def equations(jaxpr):
     """Every equation of ``jaxpr`` and of the jaxprs nested in it (jit, remat, custom VJPs)."""
     for eqn in jaxpr.eqns:

@@ -170,8 +170,11 @@ class ResNet(nn.Module):
         act = relu if lean else nn.relu
 
         def stem(module: nn.Module, pixels: jax.Array) -> jax.Array:
-            x = act(conv_bn(normalize_pixels(pixels, d), 64, 7, 2, d, p, "conv1", "bn1", *lower))
-            return max_pool(x, 3, 2, 1, platform=self.lowering_platform)
+            # The ReLU after the max-pool: max-pool(ReLU(z)) = ReLU(max-pool(z)), with the same gradient
+            # (where a patch's maximum is positive both send it to its first maximum, else both send 0),
+            # and the backward pass needs no full-resolution ReLU mask (docs/performance.md).
+            x = conv_bn(normalize_pixels(pixels, d), 64, 7, 2, d, p, "conv1", "bn1", *lower)
+            return act(max_pool(x, 3, 2, 1, platform=self.lowering_platform))
 
         # "elementwise": the stem (3 input channels: recomputing both stems adds 0.5% to the paper stage-1
         # step's FLOPs) is recomputed from the pixels in the backward pass, so neither its normalised input
