@@ -46,16 +46,17 @@ def test_tpu_step_is_traced_with_tpu_convolutions():
 @pytest.mark.slow
 def test_fused_attention_compiles_to_mosaic_kernels_per_shard(tmp_path):
     # The tiny step with config.model.fused_attention, all-FSDP over 4 v5e chips: each TimeSformer block's
-    # spatial attention is a forward and a backward Mosaic kernel inside the step's shard_map, and libtpu
-    # compiles them. (The eval step is traced without a mesh: XLA's attention, nothing to partition.)
+    # spatial and temporal attentions are a forward and a backward Mosaic kernel each inside the step's
+    # shard_map, and libtpu compiles them. (The eval step is traced without a mesh: XLA's attention, nothing to partition.)
     config = _config()
     config.model.fused_attention = True
     config.mesh.data, config.mesh.fsdp = 1, -1
     hlo = tmp_path / "step.hlo"
     row = aot.compile_for_topology(config, "v5e:2x2", per_chip_batch=2, hlo_path=str(hlo))
     kernels = [line for line in hlo.read_text().splitlines() if 'custom_call_target="tpu_custom_call"' in line]
-    assert len(kernels) == 2 * config.model.timesformer_depth
+    assert len(kernels) == 4 * config.model.timesformer_depth
     assert sum("forward_kernel" in k for k in kernels) == sum("backward_kernel" in k for k in kernels)
+    assert sum("temporal_forward_kernel" in k for k in kernels) == config.model.timesformer_depth
     assert row["fits"] and row["eval"]["fits"] and row["flops_per_chip_step"] > 0
 
 

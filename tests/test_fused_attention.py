@@ -1,6 +1,6 @@
 """The fused spatial attention (``hdvila_jax.kernels.fused_attention``, issue 32): the kernel gives XLA's
-formulation's outputs and gradients, the model uses it only where it is traced for a mesh, and the
-sharded train step with it gives the step without it. On this CPU Pallas interprets the kernel; the
+formulation's outputs and gradients, the model uses it (and the temporal kernel, tests/test_temporal_attention.py)
+only where it is traced for a mesh, and the sharded train step with them gives the step without them. On this CPU Pallas interprets the kernel; the
 TPU lowering is compiled in tests/test_aot.py."""
 import subprocess
 import sys
@@ -14,12 +14,8 @@ from hdvila_jax.kernels import fused_attention as fa
 from hdvila_jax.models import HDVILA
 from hdvila_jax.models.layers import attention
 from tests import train_helpers
+from tests.kernel_helpers import assert_kernel_matches, random_qkv
 from tests.model_helpers import init_small, random_batch, relative_error, small_config
-
-
-def _qkv(shape, dtype, seed=0):
-    rng = np.random.default_rng(seed)
-    return tuple(jnp.asarray(rng.standard_normal(shape) * scale, dtype) for scale in (1.5, 1.5, 1.0, 1.0))
 
 
 def _xla_attention(q, k, v, heads):
@@ -32,19 +28,13 @@ def _xla_attention(q, k, v, heads):
 @pytest.mark.parametrize("dtype, tolerance", [(jnp.float32, 1e-5), (jnp.bfloat16, 1e-3)])
 @pytest.mark.parametrize("shape, heads", [((3, 24, 64), 4), ((2, 10, 16), 2), ((2, 12, 8), 1)])
 def test_kernel_gives_xla_attentions_outputs_and_gradients(dtype, tolerance, shape, heads):
-    q, k, v, d_out = _qkv(shape, dtype)
-    out, vjp = jax.vjp(lambda q, k, v: _xla_attention(q, k, v, heads), q, k, v)
-    fused_out, fused_vjp = jax.vjp(lambda q, k, v: fa.fused_attention(q, k, v, heads, platform="cpu"), q, k, v)
-    assert fused_out.dtype == out.dtype and fused_out.shape == out.shape
-    assert relative_error(fused_out, out) < tolerance
-    for ours, theirs in zip(fused_vjp(d_out), vjp(d_out)):
-        assert ours.dtype == theirs.dtype
-        assert relative_error(ours, theirs) < tolerance
+    assert_kernel_matches(lambda q, k, v: fa.fused_attention(q, k, v, heads, platform="cpu"),
+                          lambda q, k, v: _xla_attention(q, k, v, heads), shape, dtype, tolerance)
 
 
 def test_kernel_keeps_only_its_inputs_for_the_backward_pass():
     from jax._src.ad_checkpoint import saved_residuals
-    q, k, v, _ = _qkv((2, 24, 32), jnp.float32)
+    q, k, v, _ = random_qkv((2, 24, 32), jnp.float32)
     shapes = {tuple(aval.shape) for aval, _ in saved_residuals(
         lambda q, k, v: fa.fused_attention(q, k, v, 2, platform="cpu").sum(), q, k, v)}
     assert shapes == {(2, 24, 32)}  # no 24 x 24 probabilities
@@ -53,7 +43,7 @@ def test_kernel_keeps_only_its_inputs_for_the_backward_pass():
 
 
 def test_bad_inputs_are_named():
-    q, k, v, _ = _qkv((2, 8, 8), jnp.float32)
+    q, k, v, _ = random_qkv((2, 8, 8), jnp.float32)
     with pytest.raises(ValueError, match="fused_attention: q, k, v must be .batch, len, heads . head_dim. float32"):
         fa.fused_attention(q, k.astype(jnp.bfloat16), v, 2, platform="cpu")
     with pytest.raises(ValueError, match="with 3 heads"):
@@ -63,7 +53,7 @@ def test_bad_inputs_are_named():
 
 
 def test_a_batch_that_does_not_split_over_the_mesh_is_named():
-    q, k, v, _ = _qkv((3, 8, 8), jnp.float32)
+    q, k, v, _ = random_qkv((3, 8, 8), jnp.float32)
     mesh = jax.sharding.AbstractMesh((2, 1), ("data", "fsdp"))
     with jax.sharding.use_abstract_mesh(mesh), pytest.raises(ValueError, match="batch of 3 does not split over"):
         fa.fused_attention(q, k, v, 2, platform="cpu", batch_axes=("data", "fsdp"))
@@ -91,7 +81,8 @@ def test_model_with_fused_attention_gives_todays_loss_and_gradients():
     batch = random_batch(cfg, batch=2, clips=2)
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "fsdp"))  # as the trainer's
     (value, grads), jaxpr = _model_loss_and_grads(cfg, variables, batch, mesh)
-    assert jaxpr.count("pallas_call") == 2 * cfg.timesformer_depth  # each block's forward and backward kernel
+    # Each block's spatial and temporal attention: a forward and a backward kernel each.
+    assert jaxpr.count("pallas_call") == 4 * cfg.timesformer_depth
     (old_value, old_grads), old_jaxpr = _model_loss_and_grads(small_config(), variables, batch, mesh)
     assert "pallas_call" not in old_jaxpr
     assert relative_error(value, old_value) < 1e-5
@@ -116,7 +107,7 @@ for fused in (False, True):
                     np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(jax.device_get(state["params"]))])))
 (xla_marks, loss, params), (marks, fused_loss, fused_params) = results
 assert xla_marks == 0, xla_marks
-assert marks == 2 * config.model.timesformer_depth, marks  # each block's kernels run per shard
+assert marks == 4 * config.model.timesformer_depth, marks  # each block's two attentions' kernels run per shard
 print("loss", loss, fused_loss, "params", float(np.linalg.norm(fused_params - params) / np.linalg.norm(params)))
 """
 
@@ -139,7 +130,7 @@ def test_attention_over_an_axis_in_its_own_layout_is_todays_attention(axis):
     # The TimeSformer's XLA formulation attends over one leading axis of q, k, v [..., heads, head_dim]
     # in their own layout; models.layers.attention is the same over [batch..., heads, tokens, head_dim].
     from hdvila_jax.models.timesformer import attention_over_axis
-    q, k, v, _ = _qkv((3, 5, 2, 4, 2, 8), jnp.float32)
+    q, k, v, _ = random_qkv((3, 5, 2, 4, 2, 8), jnp.float32)
     ours = attention_over_axis(q, k, v, axis)
     heads_major = lambda x: jnp.moveaxis(jnp.moveaxis(x, -2, 0), axis + 1, -2)  # noqa: E731
     theirs = attention(heads_major(q), heads_major(k), heads_major(v), None, None, True)

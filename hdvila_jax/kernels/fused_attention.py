@@ -49,7 +49,7 @@ def _probabilities(q: jax.Array, k: jax.Array, scale: float) -> jax.Array:
     return unnormalized / jnp.sum(unnormalized, axis=-1, keepdims=True)
 
 
-def _head_columns(heads: int, width: int) -> list[slice]:
+def head_columns(heads: int, width: int) -> list[slice]:
     """The last-dimension slice of each head in a ``[..., heads * head_dim]`` row."""
     size = width // heads
     return [slice(h * size, (h + 1) * size) for h in range(heads)]
@@ -57,7 +57,7 @@ def _head_columns(heads: int, width: int) -> list[slice]:
 
 def _forward_kernel(q_ref, k_ref, v_ref, o_ref, *, heads: int, scale: float) -> None:
     outs = []
-    for cols in _head_columns(heads, q_ref.shape[-1]):
+    for cols in head_columns(heads, q_ref.shape[-1]):
         v = v_ref[0, :, cols]
         probs = _probabilities(q_ref[0, :, cols], k_ref[0, :, cols], scale).astype(v.dtype)
         outs.append(_dot(probs, v, _MATMUL, o_ref.dtype))
@@ -66,7 +66,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, o_ref, *, heads: int, scale: float) -> 
 
 def _backward_kernel(q_ref, k_ref, v_ref, do_ref, dq_ref, dk_ref, dv_ref, *, heads: int, scale: float) -> None:
     dq, dk, dv = [], [], []
-    for cols in _head_columns(heads, q_ref.shape[-1]):
+    for cols in head_columns(heads, q_ref.shape[-1]):
         q, k, v, do = q_ref[0, :, cols], k_ref[0, :, cols], v_ref[0, :, cols], do_ref[0, :, cols]
         probs = _probabilities(q, k, scale)
         dv.append(_dot(probs.astype(v.dtype), do, _CONTRACT_FIRST, dv_ref.dtype))
@@ -95,22 +95,55 @@ def _call(kernel, inputs: tuple[jax.Array, ...], outputs: int, matmuls: int, hea
         cost_estimate=cost, interpret=interpret, name=kernel.__name__.strip("_"))(*inputs)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, interpret: bool) -> jax.Array:
-    (out,) = _call(_forward_kernel, (q, k, v), 1, 2, heads, interpret)
-    return out
+def attention_from_kernels(call, forward_kernel, backward_kernel):
+    """``f(q, k, v, heads, interpret)``, attention with a custom VJP that keeps only ``q, k, v``:
+    ``call(kernel, inputs, outputs, products, heads, interpret)`` runs ``forward_kernel`` (q, k, v -> the
+    output; 2 multiply-adds per score and lane) and ``backward_kernel`` (q, k, v, the output's gradient ->
+    dq, dk, dv; 5 multiply-adds, the scores recomputed)."""
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+    def attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, interpret: bool) -> jax.Array:
+        return call(forward_kernel, (q, k, v), 1, 2, heads, interpret)[0]
+
+    def forward(q, k, v, heads, interpret):
+        return attention(q, k, v, heads, interpret), (q, k, v)
+
+    def backward(heads, interpret, residuals, d_out):
+        return tuple(call(backward_kernel, (*residuals, d_out), 3, 5, heads, interpret))
+
+    attention.defvjp(forward, backward)
+    return attention
 
 
-def _attention_forward(q, k, v, heads, interpret):
-    return _attention(q, k, v, heads, interpret), (q, k, v)
+_attention = attention_from_kernels(_call, _forward_kernel, _backward_kernel)
 
 
-def _attention_backward(heads, interpret, residuals, d_out):
-    q, k, v = residuals
-    return tuple(_call(_backward_kernel, (q, k, v, d_out), 3, 5, heads, interpret))
+def check_inputs(name: str, q: jax.Array, k: jax.Array, v: jax.Array, heads: int, layout: str) -> None:
+    """ValueError unless ``q, k, v`` are float32 or bfloat16 arrays of one shape and dtype, laid out as
+    ``layout`` (its rank: one more than its commas), whose last dimension splits into ``heads`` heads."""
+    if not (q.shape == k.shape == v.shape and q.dtype == k.dtype == v.dtype) or q.ndim != layout.count(",") + 1 \
+            or q.dtype not in (jnp.float32, jnp.bfloat16) or q.shape[-1] % heads:
+        raise ValueError(f"{name}: q, k, v must be {layout} float32 or bfloat16 arrays of one shape and dtype "
+                         f"with {heads} heads, got {q.dtype}{q.shape}, {k.dtype}{k.shape}, {v.dtype}{v.shape}")
 
 
-_attention.defvjp(_attention_forward, _attention_backward)
+def per_shard(name: str, run, q: jax.Array, k: jax.Array, v: jax.Array, batch_axes: tuple[str, ...]) -> jax.Array:
+    """``run(q, k, v)`` (a kernel XLA cannot partition) on each shard of the first dimension over those of
+    ``batch_axes`` the abstract mesh has (``jax.sharding.use_abstract_mesh``); directly without one."""
+    mesh = jax.sharding.get_abstract_mesh()
+    axes = tuple(a for a in batch_axes if not mesh.empty and a in mesh.axis_names and mesh.shape[a] > 1)
+    shards = math.prod(mesh.shape[a] for a in axes)
+    if shards == 1:
+        return run(q, k, v)
+    if q.shape[0] % shards:
+        raise ValueError(f"{name}: a batch of {q.shape[0]} does not split over the mesh's {shards} shards of {axes}")
+    spec = P(axes)
+    return jax.shard_map(run, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(q, k, v)
+
+
+def interpreted(platform: str) -> bool:
+    """Whether a kernel lowered for ``platform`` ("" = the default backend) is interpreted (not a TPU)."""
+    return (platform or jax.default_backend()) != "tpu"
 
 
 def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, *, platform: str,
@@ -119,20 +152,6 @@ def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, *, pla
     shape and dtype, float32 or bfloat16) in one kernel per direction; the output has their shape.
     Lowered for ``platform`` ("tpu": Mosaic; "" = the default backend; otherwise interpreted). Under
     an abstract mesh, each shard of its ``batch_axes`` runs its own."""
-    if not (q.shape == k.shape == v.shape and q.dtype == k.dtype == v.dtype) or q.ndim != 3 \
-            or q.dtype not in (jnp.float32, jnp.bfloat16) or q.shape[-1] % heads:
-        raise ValueError(f"fused_attention: q, k, v must be [batch, len, heads * head_dim] float32 or bfloat16 "
-                         f"arrays of one shape and dtype with {heads} heads, got {q.dtype}{q.shape}, "
-                         f"{k.dtype}{k.shape}, {v.dtype}{v.shape}")
-    interpret = (platform or jax.default_backend()) != "tpu"
-    run = lambda q, k, v: _attention(q, k, v, heads, interpret)  # noqa: E731
-    mesh = jax.sharding.get_abstract_mesh()
-    axes = tuple(a for a in batch_axes if not mesh.empty and a in mesh.axis_names and mesh.shape[a] > 1)
-    shards = math.prod(mesh.shape[a] for a in axes)
-    if shards == 1:
-        return run(q, k, v)
-    if q.shape[0] % shards:
-        raise ValueError(f"fused_attention: a batch of {q.shape[0]} does not split over the mesh's {shards} "
-                         f"shards of {axes}")
-    spec = P(axes)
-    return jax.shard_map(run, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(q, k, v)
+    check_inputs("fused_attention", q, k, v, heads, "[batch, len, heads * head_dim]")
+    interpret = interpreted(platform)
+    return per_shard("fused_attention", lambda q, k, v: _attention(q, k, v, heads, interpret), q, k, v, batch_axes)

@@ -79,11 +79,12 @@ class ModelConfig:
     # On CPU, kxk convolutions on large maps in oneDNN (``hdvila_jax.kernels``; the [onednn] extra,
     # a single CPU device); XLA's own convolutions where it cannot be built.
     onednn_conv: bool = False
-    # The TimeSformer's spatial attention (160 tokens per frame) as one Pallas kernel per direction
-    # (``hdvila_jax.kernels.fused_attention``): its scores and probabilities never reach HBM and the
+    # The TimeSformer's attentions as Pallas kernels, one per direction: the spatial one over 160 tokens
+    # per frame (``hdvila_jax.kernels.fused_attention``), the temporal one over 7 frames per cell
+    # (``hdvila_jax.kernels.temporal_attention``). Their scores and probabilities never reach HBM and the
     # backward pass recomputes them; the same roundings as XLA's formulation (round-off apart). With it
-    # both attentions take q, k, v token-major (``timesformer.GridAttention``). A TPU kernel: on other
-    # platforms Pallas interprets it, slowly (for tests).
+    # both attentions take q, k, v token-major (``timesformer.GridAttention``). TPU kernels: on other
+    # platforms Pallas interprets them, slowly (for tests).
     fused_attention: bool = False
 
     @property

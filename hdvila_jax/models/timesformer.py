@@ -14,6 +14,7 @@ import numpy as np
 from flax import linen as nn
 
 from hdvila_jax.kernels.fused_attention import fused_attention
+from hdvila_jax.kernels.temporal_attention import temporal_attention
 from hdvila_jax.models.layers import (Dtype, at_least_float32, attention, exact_gelu, layer_norm,
                                       linear_resize_matrix, remat_block, trunc_init)
 from hdvila_jax.sharding import BATCH_AXES
@@ -71,11 +72,13 @@ class GridAttention(nn.Module):
     ``token_major`` computes them in ``x``'s own layout with the heads split out (``[..., heads,
     head_dim]``, one matmul each) and runs the attention's einsums over ``axis``: fewer bytes on TPU
     without remat, but more memory with the ``elementwise`` policy (docs/performance.md), so it comes
-    with ``ModelConfig.fused_attention`` only. ``fused`` (token-major, ``x [B, L, D]``, ``axis=1``)
-    attends in one kernel per direction lowered for ``lowering_platform``, per shard of the mesh the
-    step is traced for (``jax.sharding.use_abstract_mesh``, as the train step does); traced without
-    one (evaluation, search), it is the token-major XLA formulation. All give the same numbers from
-    the same parameters."""
+    with ``ModelConfig.fused_attention`` only. ``fused`` (token-major, ``axis=1``) attends in one kernel
+    per direction lowered for ``lowering_platform``: over the sequence of ``x [B, L, D]``
+    (``kernels.fused_attention``, the spatial attention) or over the frames ``T`` of a grid ``x [B, T,
+    cells..., D]`` for each cell (``kernels.temporal_attention``), with q, k, v ``[..., D]`` (heads side
+    by side), per shard of the mesh the step is traced for (``jax.sharding.use_abstract_mesh``, as the
+    train step does); traced without one (evaluation, search), it is the token-major XLA formulation.
+    All give the same numbers from the same parameters."""
 
     num_heads: int
     dtype: Dtype = jnp.float32
@@ -102,17 +105,21 @@ class GridAttention(nn.Module):
             out = attention(q, k, v, None, None, True)  # [batch..., heads, tokens, head_dim]
             return dense("proj", features=width, equation=f"{batch}h{tokens}k,hkz->{dims}z",
                          kernel_shape=(heads, head_dim, width), bias_shape=(width,))(out)
-        q, k, v = SplitDense(3 * width, 3, (heads, head_dim), self.dtype, self.param_dtype, name="qkv")(x)
-        if self.fused and not jax.sharding.get_abstract_mesh().empty:  # traced for a mesh: the train step
-            if x.ndim != 3 or axis != 1:
-                raise ValueError(f"GridAttention(fused=True) attends over axis 1 of x [B, L, D], got {x.shape}, {axis=}")
-            flat = lambda a: a.reshape(*x.shape)  # noqa: E731  [B, L, heads * head_dim]
-            out = fused_attention(flat(q), flat(k), flat(v), heads, platform=self.lowering_platform,
-                                  batch_axes=BATCH_AXES).reshape(q.shape)
-        else:
-            out = attention_over_axis(q, k, v, axis)
-        return dense("proj", features=width, equation=f"{dims}hk,hkz->{dims}z", kernel_shape=(heads, head_dim, width),
-                     bias_shape=(width,))(out)
+        if not (self.fused and not jax.sharding.get_abstract_mesh().empty):  # no mesh declared: XLA's formulation
+            q, k, v = SplitDense(3 * width, 3, (heads, head_dim), self.dtype, self.param_dtype, name="qkv")(x)
+            return dense("proj", features=width, equation=f"{dims}hk,hkz->{dims}z",
+                         kernel_shape=(heads, head_dim, width), bias_shape=(width,))(attention_over_axis(q, k, v, axis))
+        # Traced for a mesh (the train step): the kernels, on q, k, v with the heads side by side ([..., D], so
+        # that XLA neither pads a 64-wide head dimension to 128 lanes nor copies between layouts).
+        if x.ndim < 3 or axis != 1:
+            raise ValueError(f"GridAttention(fused=True) attends over axis 1 of x [B, L, ..., D], got {x.shape}, {axis=}")
+        q, k, v = SplitDense(3 * width, 3, (width,), self.dtype, self.param_dtype, name="qkv")(x)
+        # [B, L, D]: a sequence per row (the spatial attention); [B, T, cells..., D]: over T for each cell.
+        kernel = fused_attention if x.ndim == 3 else temporal_attention
+        rows = lambda a: a.reshape(*x.shape[:2], -1, width) if x.ndim > 3 else a  # noqa: E731
+        out = kernel(rows(q), rows(k), rows(v), heads, platform=self.lowering_platform, batch_axes=BATCH_AXES)
+        return dense("proj", features=width, equation=f"{dims}y,yz->{dims}z", kernel_shape=(width, width),
+                     bias_shape=(width,))(out.reshape(x.shape))
 
 
 def attention_over_axis(q: jax.Array, k: jax.Array, v: jax.Array, axis: int) -> jax.Array:
@@ -147,8 +154,9 @@ class TimeSformerBlock(nn.Module):
         drop = lambda shared_dims: nn.Dropout(self.drop_path, broadcast_dims=shared_dims)
 
         # Temporal attention over t for each (n, h, w) cell, in x's own layout.
-        lean = self.fused_attention  # token-major q, k, v; the spatial attention fused (GridAttention)
-        res = GridAttention(self.num_heads, dt, pd, lean, name="temporal_attn")(norm("temporal_norm1")(x), axis=1)
+        lean = self.fused_attention  # token-major q, k, v, both attentions fused (GridAttention)
+        temporal = GridAttention(self.num_heads, dt, pd, lean, lean, self.lowering_platform, name="temporal_attn")
+        res = temporal(norm("temporal_norm1")(x), axis=1)
         res = drop((1, 4))(res, deterministic=deterministic)
         fc_init = nn.initializers.zeros if self.zero_temporal_fc else trunc_init
         res = nn.Dense(d, kernel_init=fc_init, dtype=dt, param_dtype=pd, name="temporal_fc")(res)
