@@ -20,6 +20,9 @@ dtype before their matmuls, as the XLA formulation's einsums in the inputs' dtyp
 Lowered for TPU it is a Mosaic kernel; elsewhere Pallas interprets it (slow: for tests). XLA cannot
 partition a Mosaic kernel: under a sharded ``jax.jit`` the caller declares the mesh
 (``jax.sharding.use_abstract_mesh``) and the kernel runs per shard of its batch axes.
+
+The custom VJP, the input check and the per-shard wrapper serve the temporal kernel too
+(``kernels.temporal_attention``).
 """
 from __future__ import annotations
 
