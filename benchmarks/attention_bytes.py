@@ -5,11 +5,11 @@ forward + backward) on one TPU chip, per formulation, from ahead-of-time compile
 
 Formulations (``hdvila_jax.models.timesformer.GridAttention``): ``heads-major`` (the default: one qkv
 einsum into a heads-major layout, ``layers.attention``), ``token-major`` (q, k, v in the grid's own layout,
-attention einsums over the axis) and ``fused`` (``config.model.fused_attention``: q, k, v with the heads side by side, the attention in
-its Pallas kernel, ``kernels.fused_attention`` for the spatial one, ``kernels.temporal_attention`` for
-the temporal one). ``--clips`` is the per-chip number of clips (2 per stage-1 example:
-64 = 32 examples); the paper's grid (7 frames of 10 x 16 cells, 1024 wide, 16 heads), bf16. A compile
-takes under a minute here.
+attention einsums over the axis) and ``fused`` (``config.model.fused_attention``: q, k, v with the heads
+side by side, the attention in its Pallas kernel, ``kernels.fused_attention`` for the spatial one,
+``kernels.temporal_attention`` for the temporal one). ``--clips`` is the per-chip number of clips (2 per
+stage-1 example: 64 = 32 examples); the paper's grid (7 frames of 10 x 16 cells, 1024 wide, 16 heads),
+bf16. A compile takes under a minute here.
 """
 from __future__ import annotations
 

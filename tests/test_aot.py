@@ -47,7 +47,8 @@ def test_tpu_step_is_traced_with_tpu_convolutions():
 def test_fused_attention_compiles_to_mosaic_kernels_per_shard(tmp_path):
     # The tiny step with config.model.fused_attention, all-FSDP over 4 v5e chips: each TimeSformer block's
     # spatial and temporal attentions are a forward and a backward Mosaic kernel each inside the step's
-    # shard_map, and libtpu compiles them. (The eval step is traced without a mesh: XLA's attention, nothing to partition.)
+    # shard_map, and libtpu compiles them. (The eval step is traced without a mesh: XLA's attention,
+    # nothing to partition.)
     config = _config()
     config.model.fused_attention = True
     config.mesh.data, config.mesh.fsdp = 1, -1

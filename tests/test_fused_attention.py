@@ -1,7 +1,8 @@
 """The fused spatial attention (``hdvila_jax.kernels.fused_attention``, issue 32): the kernel gives XLA's
-formulation's outputs and gradients, the model uses it (and the temporal kernel, tests/test_temporal_attention.py)
-only where it is traced for a mesh, and the sharded train step with them gives the step without them. On this CPU Pallas interprets the kernel; the
-TPU lowering is compiled in tests/test_aot.py."""
+formulation's outputs and gradients, the model uses it (and the temporal kernel,
+tests/test_temporal_attention.py) only where it is traced for a mesh, and the sharded train step with
+them gives the step without them. On this CPU Pallas interprets the kernels; the TPU lowering is
+compiled in tests/test_aot.py."""
 import subprocess
 import sys
 

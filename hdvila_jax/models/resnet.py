@@ -172,7 +172,7 @@ class ResNet(nn.Module):
         def stem(module: nn.Module, pixels: jax.Array) -> jax.Array:
             # The ReLU after the max-pool: max-pool(ReLU(z)) = ReLU(max-pool(z)), with the same gradient
             # (where a patch's maximum is positive both send it to its first maximum, else both send 0),
-            # and the backward pass needs no full-resolution ReLU mask (docs/performance.md).
+            # and the backward pass needs no full-resolution ReLU mask (docs/model.md; bytes: docs/performance.md).
             x = conv_bn(normalize_pixels(pixels, d), 64, 7, 2, d, p, "conv1", "bn1", *lower)
             return act(max_pool(x, 3, 2, 1, platform=self.lowering_platform))
 
